@@ -1,0 +1,19 @@
+"""The converter's output folder: what `edgefleet convert --out DIR` writes and `models push DIR` reads.
+
+    DIR/report.json                      machine-readable conversion report (all profiles)
+    DIR/report.md, DIR/report.png        human report and chart
+    DIR/<profile>/manifest.json          one manifest per profile (protocol.manifest.Manifest)
+    DIR/<profile>/<artifact file>        the artifact the manifest names (sha256 + size inside)
+    DIR/cloud/tfserving/<name>/<version>/saved_model.pb   TF Serving export (TF models)
+    DIR/cloud/torchserve/<name>.mar      TorchServe archive (PyTorch models)
+"""
+
+from __future__ import annotations
+
+MANIFEST_FILE = "manifest.json"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
+CLOUD_DIR = "cloud"
+TFSERVING_DIR = "cloud/tfserving"
+TORCHSERVE_DIR = "cloud/torchserve"
