@@ -1,0 +1,1 @@
+"""EdgeFleet hub: the fleet control plane (registry, TUF repository, MQTT bridge, rollouts)."""
