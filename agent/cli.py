@@ -1,0 +1,84 @@
+"""`edgefleet agent ...`: run the daemon, predict with any model file, batch over a file, roll back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import numpy as np
+
+from agent.errors import AgentError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def readable_errors(fn: F) -> F:
+    """Turn agent, file and value errors into one readable line and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (AgentError, OSError, ValueError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+def agent() -> None:
+    """The device agent: daemon, local inference tools, rollback."""
+
+
+@agent.command()
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save outputs (.npz or .csv)")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
+@readable_errors
+def predict(model_file: Path, inputs: Path, out: Path | None, threads: int) -> None:
+    """Run one inference of MODEL_FILE (.tflite/.onnx) on INPUTS (.npz) and print or save the outputs."""
+    from agent.model import LoadedModel
+    from agent.offline import read_inputs, write_outputs
+
+    model = LoadedModel.from_file(model_file, threads=threads)
+    outputs = model.predict(read_inputs(inputs, model))
+    if out is not None:
+        write_outputs(out, outputs)
+        click.echo(f"wrote {', '.join(outputs)} to {out}")
+        return
+    for name, value in outputs.items():
+        text = np.array2string(value, precision=5, threshold=200)
+        click.echo(f"{name} {list(value.shape)} {value.dtype}:\n{text}")
+
+
+@agent.command()
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npz or .csv")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
+@readable_errors
+def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: int) -> None:
+    """Run MODEL_FILE over every row of INPUTS (.npz or CSV) and write the predictions to --out."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from agent.model import LoadedModel
+    from agent.offline import read_inputs, run_batches, write_outputs
+
+    model = LoadedModel.from_file(model_file, threads=threads)
+    data = read_inputs(inputs, model)
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("predict", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        outputs = run_batches(model, data, batch_size, on_progress=advance)
+    write_outputs(out, outputs)
+    rows = len(next(iter(outputs.values())))
+    click.echo(f"wrote {rows} rows of {', '.join(outputs)} to {out}")

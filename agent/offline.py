@@ -1,0 +1,100 @@
+"""Operator tools outside the daemon: one inference on any model file, or a batch over .npz/CSV."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import InputError
+from agent.model import LoadedModel
+from agent.runtimes import Array
+
+
+def read_npz(path: Path, model: LoadedModel) -> dict[str, Array]:
+    """Inputs from an .npz: one array per input name (a lone array feeds a lone input)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable .npz file: {e}") from e
+    names = [b.name for b in model.inputs]
+    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+        return {names[0]: next(iter(arrays.values()))}
+    return arrays
+
+
+def read_csv(path: Path, model: LoadedModel) -> dict[str, Array]:
+    """Rows of flattened features for a single-input model; a non-numeric first row is a header."""
+    if len(model.inputs) != 1:
+        raise InputError(f"{path}: CSV input needs a single-input model; this one takes {len(model.inputs)}")
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read CSV: {e}") from e
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]
+    if not rows:
+        raise InputError(f"{path}: no data rows")
+    try:
+        values = np.array([[float(x) for x in r] for r in rows], dtype=np.float32)
+    except ValueError as e:
+        raise InputError(f"{path}: non-numeric value in CSV: {e}") from e
+    return {model.inputs[0].name: values}
+
+
+def _numeric(row: list[str]) -> bool:
+    try:
+        [float(x) for x in row]
+    except ValueError:
+        return False
+    return True
+
+
+def read_inputs(path: Path, model: LoadedModel) -> dict[str, Array]:
+    """Inputs from .npz or .csv by suffix."""
+    if path.suffix.lower() == ".csv":
+        return read_csv(path, model)
+    return read_npz(path, model)
+
+
+def run_batches(
+    model: LoadedModel,
+    inputs: dict[str, Array],
+    batch_size: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Array]:
+    """Predict over every row in chunks of `batch_size`; outputs concatenated per name."""
+    counts = {len(np.asarray(v)) for v in inputs.values()}
+    if len(counts) != 1:
+        raise InputError(f"inputs have different numbers of rows: {sorted(counts)}")
+    total = counts.pop()
+    parts: dict[str, list[Array]] = {b.name: [] for b in model.outputs}
+    for start in range(0, total, batch_size):
+        chunk = {k: np.asarray(v)[start : start + batch_size] for k, v in inputs.items()}
+        for name, value in model.predict(chunk).items():
+            parts[name].append(value)
+        if on_progress is not None:
+            on_progress(min(start + batch_size, total), total)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def write_outputs(path: Path, outputs: dict[str, Array]) -> None:
+    """Save outputs: .npz (one array per output name) or .csv (flattened columns `name_i`)."""
+    if path.suffix.lower() == ".csv":
+        header: list[str] = []
+        columns: list[Array] = []
+        for name, value in outputs.items():
+            flat = value.reshape(len(value), -1)
+            header += [f"{name}_{i}" for i in range(flat.shape[1])]
+            columns.append(flat)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(np.concatenate(columns, axis=1).tolist())
+        return
+    np.savez(path, **outputs)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""Runtime plugins: an explicit registry from key to class, chosen by the artifact's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import RuntimeUnavailable
+from agent.runtimes.base import Array, ModelRuntime, TensorInfo
+from agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
+from agent.runtimes.onnxruntime import OnnxRuntime, OnnxRuntimeConfig
+
+RuntimeConfig = LiteRTConfig | OnnxRuntimeConfig
+
+RUNTIMES: dict[str, tuple[type[LiteRTRuntime] | type[OnnxRuntime], type[RuntimeConfig]]] = {
+    "litert": (LiteRTRuntime, LiteRTConfig),
+    "onnxruntime": (OnnxRuntime, OnnxRuntimeConfig),
+}
+
+# Artifact format (manifest `format` or file suffix) -> runtime key.
+FORMAT_RUNTIME: dict[str, str] = {"tflite": "litert", "onnx": "onnxruntime"}
+
+
+def runtime_for_format(fmt: str) -> str:
+    """Runtime key for a model format; RuntimeUnavailable for an unknown one."""
+    try:
+        return FORMAT_RUNTIME[fmt]
+    except KeyError:
+        raise RuntimeUnavailable(
+            f"no runtime for format {fmt!r}; known: {', '.join(FORMAT_RUNTIME)}"
+        ) from None
+
+
+def load_runtime(path: Path, fmt: str, threads: int = 1) -> ModelRuntime:
+    """Load `path` in the runtime its format needs, with `threads` intra-op threads."""
+    cls, config_cls = RUNTIMES[runtime_for_format(fmt)]
+    config = config_cls(threads=threads)
+    runtime: ModelRuntime = cls(path, config)  # type: ignore[arg-type]
+    return runtime
+
+
+def format_of(path: Path) -> str:
+    """Model format from a file suffix (`.tflite` or `.onnx`)."""
+    return path.suffix.lower().lstrip(".")
+
+
+__all__ = [
+    "RUNTIMES",
+    "Array",
+    "ModelRuntime",
+    "TensorInfo",
+    "format_of",
+    "load_runtime",
+    "runtime_for_format",
+]

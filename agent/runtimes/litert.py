@@ -1,0 +1,92 @@
+"""LiteRT plugin: `ai_edge_litert`, falling back to `tflite_runtime` when only that is installed."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import ModelLoadError, RuntimeUnavailable
+from agent.runtimes.base import Array, TensorInfo
+
+
+class LiteRTConfig(BaseModel):
+    """Options for the LiteRT runtime."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["litert"] = "litert"
+    threads: int = Field(default=1, ge=1, le=64)
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError as e:
+        raise RuntimeUnavailable(
+            "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)"
+        ) from e
+
+
+def _info(detail: dict[str, Any]) -> TensorInfo:
+    sig = detail.get("shape_signature")
+    dims = sig if sig is not None and len(sig) else detail["shape"]
+    shape = tuple(None if int(d) < 0 else int(d) for d in dims)
+    scale, zero = detail.get("quantization", (0.0, 0))
+    quantized = float(scale) > 0 and np.dtype(detail["dtype"]).kind in "iu"
+    return TensorInfo(
+        name=str(detail["name"]),
+        shape=shape,
+        dtype=np.dtype(detail["dtype"]),
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero) if quantized else None,
+    )
+
+
+class LiteRTRuntime:
+    """A TFLite flatbuffer in a LiteRT Interpreter; resizes on a new batch size; one call at a time."""
+
+    def __init__(self, path: Path, config: LiteRTConfig) -> None:
+        interpreter_cls = _interpreter_class()
+        try:
+            self._interp = interpreter_cls(model_path=str(path), num_threads=config.threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelLoadError(f"{path.name}: LiteRT cannot load it: {e}") from e
+        self._lock = threading.Lock()
+        in_details = self._interp.get_input_details()
+        out_details = self._interp.get_output_details()
+        self.inputs = [_info(d) for d in in_details]
+        self.outputs = [_info(d) for d in out_details]
+        self._in_index = {d["name"]: int(d["index"]) for d in in_details}
+        self._out_index = [(str(d["name"]), int(d["index"])) for d in out_details]
+        self._shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in in_details}
+
+    def run(self, feeds: dict[str, Array]) -> dict[str, Array]:
+        """Set inputs (resizing dynamic dims when the shape changed), invoke, copy outputs out."""
+        with self._lock:
+            resized = False
+            for name, value in feeds.items():
+                if value.shape != self._shapes[name]:
+                    self._interp.resize_tensor_input(self._in_index[name], list(value.shape), strict=False)
+                    self._shapes[name] = value.shape
+                    resized = True
+            if resized:
+                try:
+                    self._interp.allocate_tensors()
+                except (ValueError, RuntimeError) as e:
+                    raise ModelLoadError(f"LiteRT cannot resize to these input shapes: {e}") from e
+            for name, value in feeds.items():
+                self._interp.set_tensor(self._in_index[name], value)
+            self._interp.invoke()
+            return {name: self._interp.get_tensor(index) for name, index in self._out_index}
