@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import click
@@ -12,7 +13,7 @@ from edgefleet import __version__
 # command name -> "module:attribute". Each part owns its own CLI module.
 LAZY_COMMANDS: dict[str, str] = {
     "profiles": "edgefleet.profiles_cli:profiles",
-    "convert": "converter.cli:convert",
+    "convert": "converter.cli:convert_cmd",
     "hub": "hub.cli:hub",
     "models": "hub.ops_cli:models",
     "devices": "hub.ops_cli:devices",

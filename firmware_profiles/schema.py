@@ -67,7 +67,7 @@ class FirmwareProfile(Contract):
         return [artifact_kind(f, q) for f in self.formats for q in self.quantizations]
 
     @model_validator(mode="after")
-    def _possible(self) -> Self:  # noqa: C901 - one check per rule reads best flat
+    def _possible(self) -> Self:
         if len(set(self.formats)) != len(self.formats):
             raise ValueError("formats: listed twice")
         if len(set(self.quantizations)) != len(self.quantizations):

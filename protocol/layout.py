@@ -6,6 +6,7 @@
     DIR/<profile>/<artifact file>        the artifact the manifest names (sha256 + size inside)
     DIR/cloud/tfserving/<name>/<version>/saved_model.pb   TF Serving export (TF models)
     DIR/cloud/torchserve/<name>.mar      TorchServe archive (PyTorch models)
+    DIR/cloud/triton/<name>/<version>/model.onnx  Triton / KServe v2 repository (float ONNX)
 """
 
 from __future__ import annotations
@@ -17,3 +18,4 @@ REPORT_PNG = "report.png"
 CLOUD_DIR = "cloud"
 TFSERVING_DIR = "cloud/tfserving"
 TORCHSERVE_DIR = "cloud/torchserve"
+TRITON_DIR = "cloud/triton"  # Triton / KServe v2 model repository with the float ONNX model

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from protocol.base import Contract, Identifier, ModelName, Sha256Hex, Version
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 
 DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -213,9 +213,9 @@ class Manifest(Contract):
                 got = len(case.inputs[spec.name])
                 if want is not None and got % want:
                     raise ValueError(f"golden case {i}: {spec.name} has {got} values, not a multiple of {want}")
-        if self.task is Task.CLASSIFICATION and self.labels is not None and self.baseline.class_counts is not None:
-            if len(self.labels) != len(self.baseline.class_counts):
-                raise ValueError("labels and baseline.class_counts differ in length")
+        counts = self.baseline.class_counts
+        if self.labels is not None and counts is not None and len(self.labels) != len(counts):
+            raise ValueError("labels and baseline.class_counts differ in length")
         if self.cloud is not None and (self.cloud.version != self.version):
             raise ValueError("cloud.version must equal version")
         return self

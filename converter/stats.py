@@ -1,0 +1,114 @@
+"""Baseline statistics for drift detection and golden self-test cases, from the validation data.
+
+Binning convention shared with the agent: `bins = len(edges) - 1`; a value v falls in bin
+`searchsorted(edges[1:-1], v, side="right")`, so values below the first edge count in bin 0 and
+values above the last edge in the last bin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from converter.measure import ArtifactRunner
+from protocol.manifest import BaselineStats, GoldenCase, GoldenSet, HistogramBaseline, QuantParams, TensorSpec
+
+DEFAULT_BINS = 10
+MAX_PER_FEATURE = 256  # above this many elements per sample, group by channel instead
+GOLDEN_CASES = 8
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of `values` in the baseline bins (see module docstring)."""
+    idx = np.searchsorted(edges[1:-1], values.ravel(), side="right")
+    return np.bincount(idx, minlength=len(edges) - 1)
+
+
+def histogram(name: str, values: np.ndarray, bins: int = DEFAULT_BINS) -> HistogramBaseline:
+    v = values.astype(np.float64).ravel()
+    edges = np.quantile(v, np.linspace(0.0, 1.0, bins + 1))
+    return HistogramBaseline(
+        name=name,
+        edges=[float(e) for e in edges],
+        counts=[int(c) for c in bin_counts(v, edges)],
+        mean=float(v.mean()),
+        std=float(v.std()),
+        min=float(v.min()),
+        max=float(v.max()),
+    )
+
+
+def _channel_axis(shape: tuple[int, ...]) -> int:
+    """Channels-last unless the layout looks like NCHW (small dim 1, larger last dim)."""
+    if len(shape) == 4 and shape[1] <= 4 < shape[-1]:
+        return 1
+    return len(shape) - 1
+
+
+def baseline_stats(
+    inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], classifier: bool, bins: int = DEFAULT_BINS
+) -> BaselineStats:
+    """Per-feature (small inputs) or per-channel histograms of inputs; class counts or output histograms."""
+    hists: list[HistogramBaseline] = []
+    grouping: str = "feature"
+    for name, x in inputs.items():
+        per_sample = int(np.prod(x.shape[1:]))
+        if per_sample <= MAX_PER_FEATURE:
+            flat = x.reshape(len(x), -1)
+            hists += [histogram(f"{name}[{j}]", flat[:, j], bins) for j in range(flat.shape[1])]
+        else:
+            grouping = "channel"
+            axis = _channel_axis(x.shape)
+            moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+            hists += [histogram(f"{name}[c{j}]", moved[:, j], bins) for j in range(moved.shape[1])]
+    first = next(iter(reference.values()))
+    n = len(first)
+    if classifier:
+        probs = first.reshape(n, -1)
+        counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
+        return BaselineStats(n_samples=n, inputs=hists, class_counts=[int(c) for c in counts], grouping=grouping)  # type: ignore[arg-type]
+    outs = []
+    for name, y in reference.items():
+        flat = y.reshape(n, -1)
+        outs += [histogram(f"{name}[{j}]", flat[:, j], bins) for j in range(flat.shape[1])]
+    return BaselineStats(n_samples=n, inputs=hists, outputs=outs, grouping=grouping)  # type: ignore[arg-type]
+
+
+def golden_indices(n: int, k: int = GOLDEN_CASES) -> np.ndarray:
+    """Evenly spaced, deterministic sample indices."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
+def _tolerance(outputs: list[TensorSpec], values: dict[str, np.ndarray]) -> float:
+    """Room for a different CPU's kernels: two quantisation steps, or 1% of the output range."""
+    tol = 1e-5
+    for spec in outputs:
+        q: QuantParams | None = spec.quantization
+        if q is not None:
+            tol = max(tol, 2.0 * q.scale)
+        else:
+            v = values[spec.name]
+            tol = max(tol, 0.01 * float(np.max(v) - np.min(v)))
+    return tol
+
+
+def golden_set(runner: ArtifactRunner, inputs: dict[str, np.ndarray], classifier: bool) -> GoldenSet:
+    """Golden cases whose expected outputs are what this artifact computed here."""
+    idx = golden_indices(len(next(iter(inputs.values()))))
+    chosen = {k: v[idx] for k, v in inputs.items()}
+    cases = []
+    all_out: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.outputs}
+    for i in range(len(idx)):
+        one = {k: v[i : i + 1] for k, v in chosen.items()}
+        out = runner.run(one)
+        for k, v in out.items():
+            all_out[k].append(v)
+        first = next(iter(out.values()))
+        cases.append(
+            GoldenCase(
+                inputs={k: [float(x) for x in v.ravel()] for k, v in one.items()},
+                expected={k: [float(x) for x in v.ravel()] for k, v in out.items()},
+                expected_top1=int(first.reshape(-1).argmax()) if classifier else None,
+            )
+        )
+    stacked = {k: np.concatenate(v) for k, v in all_out.items()}
+    return GoldenSet(cases=cases, atol=_tolerance(runner.outputs, stacked), rtol=0.0)

@@ -1,0 +1,60 @@
+"""Session fixtures: train the test models once, convert them once, share the outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.pipeline import ConvertRequest, ConvertResult, convert
+from firmware_profiles import load_profiles
+from tests.converter.models import Digits, digits, train_keras_cnn, train_torch_cnn
+
+ALL_PROFILES = sorted(load_profiles())
+ONNX_PROFILES = ["x86_gateway", "jetson_orin_nano", "raspberry_pi_5"]
+
+
+@dataclass(frozen=True)
+class Converted:
+    model: Path
+    calibration: Path
+    validation: Path
+    data: Digits
+    result: ConvertResult
+
+    @property
+    def out(self) -> Path:
+        return self.result.out
+
+
+def write_data(folder: Path, data: Digits) -> tuple[Path, Path]:
+    calib, val = folder / "calib.npy", folder / "val.npz"
+    np.save(calib, data.x_train[:200])
+    np.savez(val, x=data.x_val, y=data.y_val)
+    return calib, val
+
+
+@pytest.fixture(scope="session")
+def keras_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    folder = tmp_path_factory.mktemp("keras")
+    data = digits()
+    model = train_keras_cnn(folder / "digits.keras", data)
+    calib, val = write_data(folder, data)
+    req = ConvertRequest(model=model, profiles=ALL_PROFILES, calibration=calib, validation=val,
+                         out=folder / "out", latency_runs=50)
+    return Converted(model, calib, val, data, convert(req))
+
+
+@pytest.fixture(scope="session")
+def torch_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    folder = tmp_path_factory.mktemp("torch")
+    data = digits(channels_first=True)
+    model = train_torch_cnn(folder / "digits.pt", data)
+    calib, val = write_data(folder, data)
+    req = ConvertRequest(
+        model=model, profiles=[*ONNX_PROFILES, "raspberry_pi_4"], calibration=calib, validation=val,
+        out=folder / "out", latency_runs=50, input_shape=[1, 8, 8], name="digits-torch",
+    )
+    return Converted(model, calib, val, data, convert(req))
