@@ -113,9 +113,7 @@ class TufRepository:
         return repo
 
     @classmethod
-    def open_or_create(
-        cls, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow
-    ) -> TufRepository:
+    def open_or_create(cls, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow) -> TufRepository:
         """Open the repository at `path`, creating it first if there is none."""
         repo = cls(path, expiry=expiry, clock=clock)
         if not (repo.metadata_dir / "1.root.json").exists():
@@ -138,9 +136,7 @@ class TufRepository:
         if role == "snapshot":
             return Metadata.from_file(str(snap_file))
         snap: Metadata[Snapshot] = Metadata.from_file(str(snap_file))
-        return Metadata.from_file(
-            str(self.metadata_dir / f"{snap.signed.meta['targets.json'].version}.targets.json")
-        )
+        return Metadata.from_file(str(self.metadata_dir / f"{snap.signed.meta['targets.json'].version}.targets.json"))
 
     def targets(self) -> dict[str, TargetFile]:
         """Every published target path and its signed length/hashes."""

@@ -53,9 +53,7 @@ def _updater(repo: TufRepository, base_url: str, client: Path, bootstrap: bytes 
 
 def test_refresh_and_download_verified_target(repo: TufRepository, base_url: str, tmp_path: Path) -> None:
     path = manifest_target("digits", 1, "raspberry_pi_4")
-    version = repo.add_targets(
-        {path: b'{"hello": 1}', "models/digits/1/raspberry_pi_4/m.tflite": b"x" * 5000}
-    )
+    version = repo.add_targets({path: b'{"hello": 1}', "models/digits/1/raspberry_pi_4/m.tflite": b"x" * 5000})
     assert version == 2
     updater = _updater(repo, base_url, tmp_path / "c", repo.root_bytes())
     updater.refresh()
@@ -87,9 +85,7 @@ def test_replayed_older_metadata_is_refused(repo: TufRepository, base_url: str, 
         _updater(repo, base_url, tmp_path / "c", None).refresh()
 
 
-def test_expired_timestamp_is_refused_then_refresh_fixes_it(
-    repo: TufRepository, base_url: str, tmp_path: Path
-) -> None:
+def test_expired_timestamp_is_refused_then_refresh_fixes_it(repo: TufRepository, base_url: str, tmp_path: Path) -> None:
     repo.refresh_timestamp(expires=datetime.now(UTC) - timedelta(minutes=1))
     with pytest.raises(exceptions.ExpiredMetadataError):
         _updater(repo, base_url, tmp_path / "c", repo.root_bytes()).refresh()
@@ -99,9 +95,7 @@ def test_expired_timestamp_is_refused_then_refresh_fixes_it(
 
 def test_refresh_expiring_follows_the_clock(tmp_path: Path) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    repo = TufRepository.create(
-        tmp_path / "tuf", expiry=Expiry(timestamp=timedelta(hours=2)), clock=lambda: now[0]
-    )
+    repo = TufRepository.create(tmp_path / "tuf", expiry=Expiry(timestamp=timedelta(hours=2)), clock=lambda: now[0])
     assert repo.refresh_expiring() == []
     now[0] += timedelta(hours=1, minutes=1)
     assert repo.refresh_expiring() == ["timestamp"]

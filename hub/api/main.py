@@ -1,0 +1,58 @@
+"""`create_app(settings)`: the FastAPI application, its error handlers and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hub.api.routes import audit, devices, enroll, health, models, rollouts, tokens, tuf
+from hub.errors import HubError
+from hub.services import Hub
+from hub.settings import HubSettings
+from hub.tuf_repo import Clock, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool = True) -> FastAPI:
+    """Build the hub (storage, TUF, MQTT) and its API; `background=False` skips MQTT and job threads."""
+    hub = Hub(settings=settings, clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if background:
+            hub.start()
+        try:
+            yield
+        finally:
+            hub.stop()
+
+    app = FastAPI(
+        title="EdgeFleet hub",
+        version="1",
+        description="Model registry, TUF repository, devices and health-gated rollouts.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+
+    @app.exception_handler(HubError)
+    async def _hub_error(_request: Request, exc: HubError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("server-side failure: %s", exc)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        hub.metrics.http_requests.labels(request.method, str(response.status_code)).inc()
+        return response
+
+    for module in (health, enroll, tokens, devices, models, rollouts, audit):
+        app.include_router(module.router)
+    app.include_router(tuf.router)
+    return app

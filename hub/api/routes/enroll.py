@@ -1,0 +1,53 @@
+"""Device enrollment: an operator-issued token in, an identity and credentials out."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter
+
+from hub.api.deps import HubDep
+from hub.schemas import Message
+from hub.security import mosquitto_hash, new_password, new_token, sha256_hex
+from hub.store import audit
+from hub.store import devices as device_store
+from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse, MqttCredentials
+
+router = APIRouter(tags=["enrollment"])
+
+
+@router.post(
+    ENROLL_PATH,
+    response_model=EnrollResponse,
+    status_code=201,
+    responses={401: {"model": Message}, 409: {"model": Message}},
+)
+def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
+    """Exchange an enrollment token for a device id, a device bearer token, MQTT credentials and the TUF root."""
+    now = hub.clock()
+    device_id = body.device_id or f"dev-{secrets.token_hex(6)}"
+    device_token, mqtt_password = new_token("efd"), new_password()
+    with hub.engine.begin() as conn:
+        token = device_store.consume_enrollment_token(
+            conn=conn, now=now, token_sha256=sha256_hex(body.enrollment_token)
+        )
+        tags = {**token["tags"], **body.tags}
+        device_store.create_device(
+            conn=conn, now=now, device_id=device_id, profile=body.profile, group=token["group_name"], tags=tags,
+            token_sha256=sha256_hex(device_token), mqtt_password_hash=mosquitto_hash(mqtt_password),
+            agent_version=body.agent_version,
+        )  # fmt: skip
+        audit.record(conn=conn, now=now, actor=f"device:{device_id}", action="device.enroll", target=device_id,
+                     details={"token_id": token["id"], "profile": body.profile})  # fmt: skip
+    hub.sync_broker_auth()
+    hub.rollouts.adopt_device(device_id)
+    s = hub.settings
+    return EnrollResponse(
+        device_id=device_id,
+        device_token=device_token,
+        mqtt=MqttCredentials(
+            host=s.mqtt_public_host or s.mqtt_host, port=s.mqtt_port, username=device_id, password=mqtt_password
+        ),
+        hub_url=s.public_url.rstrip("/"),
+        tuf_root=hub.repo.root_bytes().decode("utf-8"),
+    )

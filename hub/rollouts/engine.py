@@ -1,0 +1,281 @@
+"""The rollout engine: creates rollouts, applies operator verbs, and advances waves on each tick.
+
+Every change is persisted (one transaction) before desired states are published, so a hub killed at
+any instant resumes from the database; the MQTT bridge republishes desired states devices have not
+applied yet whenever it (re)connects.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from hub.errors import InvalidInput, NotFound
+from hub.rollouts import planner
+from hub.rollouts.evaluate import evaluate_members
+from hub.rollouts.machine import (
+    LIVE_STATES,
+    ROLLBACK_EVENTS,
+    TERMINAL_DEVICE_STATES,
+    DeviceState,
+    RolloutEvent,
+    RolloutState,
+    next_state,
+)
+from hub.schemas import RollbackScope, RolloutCreate, RolloutTarget
+from hub.store import audit
+from hub.store import devices as device_store
+from hub.store import models as model_store
+from hub.store import rollouts as rollout_store
+from hub.tuf_repo import Clock
+from protocol.messages import DesiredState
+
+log = logging.getLogger(__name__)
+Publisher = Callable[[list[DesiredState]], None]
+
+
+class RolloutEngine:
+    """Persisted, clock-driven rollout state machine; thread-safe."""
+
+    def __init__(self, *, engine: Engine, clock: Clock, publish: Publisher | None = None) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.publish: Publisher = publish or (lambda _states: None)
+        self._lock = threading.RLock()
+        self.wake = threading.Event()
+
+    # ---- operator verbs -------------------------------------------------------------------------
+    def create(self, spec: RolloutCreate, *, actor: str) -> str:
+        """Plan waves over the matching devices that have an artifact for their profile; start if asked."""
+        rollout_id = spec.id or f"r-{secrets.token_hex(4)}"
+        now = self.clock()
+        with self._lock, self.engine.begin() as conn:
+            profiles = model_store.profiles_of(conn=conn, name=spec.model, version=spec.version)
+            if not profiles:
+                raise NotFound(f"model {spec.model} version {spec.version} is not in the registry")
+            unknown = [g for g in spec.gates if g not in _gate_keys()]
+            if unknown:
+                raise InvalidInput(f"unknown health gate(s) {unknown}; known: {sorted(_gate_keys())}")
+            fleet = [d for d in device_store.list_devices(conn=conn) if planner.matches(spec.target, d)]
+            eligible = [d for d in fleet if d["profile"] in profiles]
+            sizes = planner.wave_sizes(len(eligible), spec.canary_percent, spec.stages)
+            waves = planner.assign_waves(rollout_id, [d["id"] for d in eligible], sizes)
+            members = [(d["id"], waves[d["id"]], planner.current_version(d, spec.model)) for d in eligible]
+            stored = spec.model_dump(mode="json") | {"wave_sizes": sizes, "profiles": sorted(profiles)}
+            rollout_store.create(
+                conn=conn, now=now, rollout_id=rollout_id, model=spec.model, version=spec.version,
+                spec=stored, members=members,
+            )  # fmt: skip
+            audit.record(conn=conn, now=now, actor=actor, action="rollout.create", target=rollout_id, details=stored)
+        if spec.start:
+            self.command(rollout_id, RolloutEvent.START, actor=actor)
+        return rollout_id
+
+    def command(
+        self, rollout_id: str, event: RolloutEvent, *, actor: str, scope: RollbackScope | None = None
+    ) -> RolloutState:
+        """Apply an operator verb (start, pause, resume, abort, rollback of all, a group or a device)."""
+        published: list[DesiredState] = []
+        with self._lock, self.engine.begin() as conn:
+            row = self._get(conn, rollout_id)
+            state = RolloutState(row["state"])
+            now = self.clock()
+            partial = scope is not None and (scope.group or scope.device_id)
+            if event is RolloutEvent.ROLLBACK and partial:
+                assert scope is not None
+                published = self._rollback_members(conn, row, now, group=scope.group, device_id=scope.device_id)
+            else:
+                state = self._transition(conn, row, event, now, reason=f"{event.value} by {actor}")
+                if event in ROLLBACK_EVENTS:
+                    published = self._rollback_members(conn, row, now)
+                elif state is RolloutState.RUNNING:
+                    published = self._release(conn, row, now)
+            details = scope.model_dump(exclude_none=True) if scope else {}
+            audit.record(
+                conn=conn,
+                now=now,
+                actor=actor,
+                action=f"rollout.{event.value}",
+                target=rollout_id,
+                details=details,
+            )
+        self.publish(published)
+        self.wake.set()
+        return state
+
+    # ---- engine findings ------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Evaluate every live rollout once: device states, timeouts, thresholds, next wave."""
+        with self._lock:
+            with self.engine.connect() as conn:
+                live = rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])
+            for row in live:
+                published: list[DesiredState] = []
+                with self.engine.begin() as conn:
+                    published = self._advance(conn, row, self.clock())
+                self.publish(published)
+
+    def adopt_device(self, device_id: str) -> None:
+        """A newly enrolled device joins every live rollout whose target it matches, in the current wave."""
+        published: list[DesiredState] = []
+        with self._lock, self.engine.begin() as conn:
+            device = device_store.get(conn=conn, device_id=device_id)
+            if device is None:
+                return
+            now = self.clock()
+            mine = rollout_store.rollouts_of_device(conn=conn, device_id=device_id)
+            for row in rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES]):
+                spec = row["spec"]
+                target = RolloutTarget.model_validate(spec["target"])
+                if row["id"] in mine or device["profile"] not in spec["profiles"]:
+                    continue
+                if not planner.matches(target, device):
+                    continue
+                members = [(device_id, row["current_wave"], planner.current_version(device, row["model"]))]
+                rollout_store.add_members(conn=conn, now=now, rollout_id=row["id"], members=members)
+                if row["state"] != RolloutState.PAUSED.value:
+                    published += self._release(conn, row, now)
+                    device = device_store.get(conn=conn, device_id=device_id) or device
+        self.publish(published)
+
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        """Tick until `stop` is set; ingest wakes it early through `self.wake`."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("rollout tick failed; retrying next interval")
+            self.wake.wait(interval_s)
+            self.wake.clear()
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _get(self, conn: Connection, rollout_id: str) -> dict[str, Any]:
+        row = rollout_store.get(conn=conn, rollout_id=rollout_id)
+        if row is None:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        return row
+
+    def _transition(
+        self, conn: Connection, row: dict[str, Any], event: RolloutEvent, now: datetime, reason: str | None
+    ) -> RolloutState:
+        state = next_state(RolloutState(row["state"]), event)
+        rollout_store.set_state(conn=conn, now=now, rollout_id=row["id"], state=state, reason=reason)
+        row["state"] = state.value
+        log.info("rollout %s: %s -> %s (%s)", row["id"], event.value, state.value, reason)
+        return state
+
+    def _advance(self, conn: Connection, row: dict[str, Any], now: datetime) -> list[DesiredState]:
+        members = rollout_store.members(conn=conn, rollout_id=row["id"])
+        changes = evaluate_members(conn, row, members, now)
+        rollout_store.update_members(conn=conn, rollout_id=row["id"], changes=changes)
+        by_id = {m["device_id"]: m for m in members}
+        for ch in changes:
+            by_id[ch["device_id"]].update(ch)
+        if row["state"] != RolloutState.RUNNING.value:
+            return []
+        published = self._release(conn, row, now)
+        spec, wave = row["spec"], row["current_wave"]
+        in_wave = [m for m in members if m["wave"] == wave and m["state"] != DeviceState.ROLLED_BACK.value]
+        failed = sum(m["state"] == DeviceState.FAILED.value for m in in_wave)
+        healthy = sum(m["state"] == DeviceState.HEALTHY.value for m in in_wave)
+        n = len(in_wave)
+        done = all(m["state"] in TERMINAL_DEVICE_STATES for m in in_wave)
+        if n and (failed / n > spec["error_threshold"] or (done and healthy / n < spec["success_threshold"])):
+            reason = f"wave {wave}: {failed}/{n} failed, {healthy}/{n} healthy"
+            if spec["auto_rollback"]:
+                self._transition(conn, row, RolloutEvent.AUTO_ROLLBACK, now, reason)
+                return published + self._rollback_members(conn, row, now)
+            self._transition(conn, row, RolloutEvent.ERROR_THRESHOLD, now, reason)
+            return published
+        if n == 0 or healthy / n >= spec["success_threshold"]:
+            if wave + 1 >= len(spec["wave_sizes"]):
+                self._transition(conn, row, RolloutEvent.ALL_WAVES_PASSED, now, f"{healthy}/{n} healthy")
+                return published
+            rollout_store.set_wave(conn=conn, now=now, rollout_id=row["id"], wave=wave + 1)
+            row["current_wave"] = wave + 1
+            return published + self._release(conn, row, now)
+        return published
+
+    def _release(self, conn: Connection, row: dict[str, Any], now: datetime) -> list[DesiredState]:
+        """Publish the new version to every member of a released wave that has not had it yet."""
+        members = rollout_store.members(conn=conn, rollout_id=row["id"])
+        todo = [m for m in members if m["wave"] <= row["current_wave"] and m["released_at"] is None]
+        return self._set_versions(conn, row, now, todo, rollback=False)
+
+    def _rollback_members(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        now: datetime,
+        group: str | None = None,
+        device_id: str | None = None,
+    ) -> list[DesiredState]:
+        members = [
+            m
+            for m in rollout_store.members(conn=conn, rollout_id=row["id"])
+            if m["released_at"] is not None and m["state"] != DeviceState.ROLLED_BACK.value
+        ]
+        if device_id is not None:
+            members = [m for m in members if m["device_id"] == device_id]
+            if not members:
+                raise NotFound(f"device {device_id!r} has no released update in rollout {row['id']!r}")
+        if group is not None:
+            in_group = {d["id"] for d in device_store.list_devices(conn=conn, group=group)}
+            members = [m for m in members if m["device_id"] in in_group]
+        return self._set_versions(conn, row, now, members, rollback=True)
+
+    def _set_versions(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        now: datetime,
+        members: list[dict[str, Any]],
+        *,
+        rollback: bool,
+    ) -> list[DesiredState]:
+        if not members:
+            return []
+        fleet = {d["id"]: d for d in device_store.list_devices(conn=conn, ids=[m["device_id"] for m in members])}
+        states: list[DesiredState] = []
+        changes: list[dict[str, Any]] = []
+        for m in members:
+            device = fleet.get(m["device_id"])
+            if device is None:
+                continue
+            version = m["previous_version"] if rollback else row["version"]
+            states.append(
+                planner.next_desired(
+                    device,
+                    model=row["model"],
+                    version=version,
+                    rollout_id=row["id"],
+                    rollback=rollback,
+                    now=now,
+                )
+            )
+            if rollback:
+                changes.append({"device_id": m["device_id"], "state": DeviceState.ROLLED_BACK.value, "updated_at": now})
+            else:
+                changes.append({"device_id": m["device_id"], "released_at": now, "updated_at": now})
+        device_store.set_desired_many(
+            conn=conn, states=[(s.device_id, s.model_dump(mode="json"), s.generation) for s in states]
+        )
+        rollout_store.update_members(conn=conn, rollout_id=row["id"], changes=changes)
+        return states
+
+
+def _gate_keys() -> set[str]:
+    from hub.rollouts.gates import GATES
+
+    return set(GATES)
+
+
+def deadline(released_at: datetime, timeout_s: float) -> datetime:
+    """When a silent device counts as failed."""
+    return released_at + timedelta(seconds=timeout_s)

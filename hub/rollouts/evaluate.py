@@ -1,0 +1,103 @@
+"""Derive each released device's rollout state from its reported state, its events, gates and the clock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from hub.db.schema import devices, events
+from hub.rollouts.gates import GateInput, Verdict, build_gates
+from hub.rollouts.machine import TERMINAL_DEVICE_STATES, DeviceState
+
+FAILURE_EVENTS = ["failed", "self_test_failed", "refused", "rolled_back"]
+# The agent's lifecycle state -> the hub's view of an update in flight.
+IN_FLIGHT = {
+    "downloading": DeviceState.DOWNLOADING,
+    "verifying": DeviceState.VERIFYING,
+    "staged": DeviceState.ACTIVATING,
+    "activating": DeviceState.ACTIVATING,
+    "self_test": DeviceState.ACTIVATING,
+}
+
+
+def evaluate_members(
+    conn: Connection, row: dict[str, Any], members: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """Changes (device_id, state, reason, serving_seen_at, updated_at) for members whose state moved."""
+    live = [m for m in members if m["released_at"] is not None and m["state"] not in TERMINAL_DEVICE_STATES]
+    if not live:
+        return []
+    ids = [m["device_id"] for m in live]
+    reported = {
+        r.id: r.reported for r in conn.execute(select(devices.c.id, devices.c.reported).where(devices.c.id.in_(ids)))
+    }
+    failures: dict[str, dict[str, str]] = {}
+    q = select(events.c.device_id, events.c.kind, events.c.payload).where(
+        events.c.model == row["model"], events.c.version == row["version"], events.c.kind.in_(FAILURE_EVENTS)
+    )
+    for r in conn.execute(q):
+        failures.setdefault(r.device_id, {})[r.kind] = str((r.payload or {}).get("reason") or r.kind)
+    spec = row["spec"]
+    gates = build_gates(spec["gates"])
+    probation = timedelta(seconds=spec["probation_s"])
+    timeout = timedelta(seconds=spec["timeout_s"])
+    changes = []
+    for m in live:
+        model = _reported_model(reported.get(m["device_id"]), row["model"])
+        state, reason, seen = _device_state(m, model, failures.get(m["device_id"], {}), row, gates, now, probation)
+        if state not in TERMINAL_DEVICE_STATES and now - m["released_at"] > timeout:
+            state, reason = DeviceState.FAILED, f"no healthy report within {spec['timeout_s']:g}s"
+        if state.value != m["state"] or seen != m["serving_seen_at"] or reason != m["reason"]:
+            changes.append(
+                {"device_id": m["device_id"], "state": state.value, "reason": reason, "serving_seen_at": seen,
+                 "updated_at": now}
+            )  # fmt: skip
+    return changes
+
+
+def _reported_model(reported: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    for m in (reported or {}).get("models", []):
+        if m.get("name") == name:
+            return dict(m)
+    return None
+
+
+def _device_state(
+    member: dict[str, Any],
+    model: dict[str, Any] | None,
+    failures: dict[str, str],
+    row: dict[str, Any],
+    gates: list[Any],
+    now: datetime,
+    probation: timedelta,
+) -> tuple[DeviceState, str | None, datetime | None]:
+    version = row["version"]
+    if failures and "self_test_failed" not in failures:
+        kind, reason = next(iter(failures.items()))
+        return DeviceState.FAILED, f"{kind}: {reason}" if reason != kind else kind, member["serving_seen_at"]
+    if model is None:
+        return DeviceState.PENDING, None, None
+    agent_state = model.get("state") or "idle"
+    if model.get("target_version") == version and agent_state in ("failed", "rolling_back", "rolled_back"):
+        return DeviceState.FAILED, model.get("reason") or agent_state, member["serving_seen_at"]
+    if model.get("active_version") == version and agent_state not in ("failed", "rolled_back"):
+        data = GateInput(member["device_id"], row["model"], version, model, failures)
+        verdicts = [g.evaluate(data) for g in gates]
+        failed = [r for v, r in verdicts if v is Verdict.FAIL]
+        if failed:
+            return DeviceState.FAILED, failed[0], member["serving_seen_at"]
+        seen = member["serving_seen_at"] or now
+        if all(v is Verdict.PASS for v, _ in verdicts) and now - seen >= probation:
+            return DeviceState.HEALTHY, None, seen
+        return DeviceState.PROBATION, None, seen
+    if "self_test_failed" in failures:
+        return (
+            DeviceState.FAILED,
+            f"self-test failed: {failures['self_test_failed']}",
+            member["serving_seen_at"],
+        )
+    if model.get("target_version") == version and agent_state in IN_FLIGHT:
+        return IN_FLIGHT[agent_state], None, None
+    return DeviceState.PENDING, None, None

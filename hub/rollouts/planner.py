@@ -1,0 +1,92 @@
+"""Pure functions: which devices a rollout targets, which wave each lands in, what a device should run."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime
+from typing import Any
+
+from hub.schemas import RolloutTarget
+from protocol.http import manifest_target
+from protocol.messages import DesiredModel, DesiredState
+
+
+def matches(target: RolloutTarget, device: dict[str, Any]) -> bool:
+    """True if the device meets every criterion the target gives."""
+    if target.devices is not None and device["id"] not in target.devices:
+        return False
+    if target.group is not None and device["group_name"] != target.group:
+        return False
+    if target.profile is not None and device["profile"] != target.profile:
+        return False
+    tags = device["tags"] or {}
+    return all(tags.get(k) == v for k, v in target.tags.items())
+
+
+def wave_sizes(n: int, canary_percent: float, stages: list[float]) -> list[int]:
+    """How many devices each wave gets: a canary (at least one device if any), then cumulative stages."""
+    cumulative: list[int] = []
+    if canary_percent > 0 and n > 0:
+        cumulative.append(max(1, math.ceil(n * canary_percent / 100)))
+    for pct in stages:
+        cumulative.append(max(cumulative[-1] if cumulative else 0, math.ceil(n * pct / 100)))
+    sizes, prev = [], 0
+    for c in cumulative:
+        sizes.append(min(c, n) - prev)
+        prev = min(c, n)
+    return sizes
+
+
+def assign_waves(rollout_id: str, device_ids: list[str], sizes: list[int]) -> dict[str, int]:
+    """Device id -> wave, in a stable pseudo-random order so canaries are not always the same devices."""
+    order = sorted(device_ids, key=lambda d: hashlib.sha256(f"{rollout_id}/{d}".encode()).hexdigest())
+    waves: dict[str, int] = {}
+    i = 0
+    for wave, size in enumerate(sizes):
+        for d in order[i : i + size]:
+            waves[d] = wave
+        i += size
+    return waves
+
+
+def current_version(device: dict[str, Any], model: str) -> int | None:
+    """The version the device last reported active, else the version it was last told to run."""
+    for m in (device.get("reported") or {}).get("models", []):
+        if m.get("name") == model and m.get("active_version"):
+            return int(m["active_version"])
+    for m in (device.get("desired") or {}).get("models", []):
+        if m.get("name") == model:
+            return int(m["version"])
+    return None
+
+
+def next_desired(
+    device: dict[str, Any],
+    *,
+    model: str,
+    version: int | None,
+    rollout_id: str | None,
+    rollback: bool,
+    now: datetime,
+) -> DesiredState:
+    """The device's desired state with `model` set to `version` (None removes it); generation + 1."""
+    current = device.get("desired") or {}
+    models = [DesiredModel.model_validate(m) for m in current.get("models", []) if m.get("name") != model]
+    if version is not None:
+        models.append(
+            DesiredModel(
+                name=model,
+                version=version,
+                manifest_target=manifest_target(model, version, device["profile"]),
+                rollback=rollback,
+                rollout_id=rollout_id,
+            )
+        )
+    models.sort(key=lambda m: m.name)
+    return DesiredState(
+        device_id=device["id"],
+        generation=int(device.get("desired_generation") or 0) + 1,
+        models=models,
+        issued_at=now,
+    )

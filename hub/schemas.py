@@ -1,0 +1,154 @@
+"""API schemas (`Create` in, `Public` out) for the operator routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from protocol.base import Identifier, ModelName, Version
+
+Percent = Annotated[float, Field(gt=0, le=100)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class Strict(BaseModel):
+    """Request bodies refuse unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnrollmentTokenCreate(Strict):
+    uses: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    ttl_s: Annotated[int, Field(ge=1, le=365 * 86400)] = 86400
+    group: Identifier | None = None
+    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict
+    )
+
+
+class EnrollmentTokenPublic(BaseModel):
+    id: str
+    token: str | None = None  # only in the response that created it
+    uses_left: int
+    expires_at: datetime
+    group: str | None
+
+
+class DevicePublic(BaseModel):
+    id: str
+    profile: str
+    group: str | None
+    tags: dict[str, str]
+    online: bool
+    last_seen: datetime | None
+    agent_version: str
+    current_versions: dict[str, int | None]
+    desired_versions: dict[str, int]
+    desired_generation: int
+    applied_generation: int
+    enrolled_at: datetime
+
+
+class DeviceUpdate(Strict):
+    group: Identifier | None = None
+    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] | None = None
+
+
+class ModelVersionPublic(BaseModel):
+    name: str
+    version: int
+    profile: str
+    manifest_target: str
+    artifact_target: str
+    artifact_sha256: str
+    artifact_size: int
+    created_at: datetime
+
+
+class PushResult(BaseModel):
+    stored: list[ModelVersionPublic]
+    unchanged: list[ModelVersionPublic]
+
+
+class RolloutTarget(Strict):
+    """Devices a rollout is for; every given criterion must match (empty = the whole fleet)."""
+
+    group: Identifier | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    profile: Identifier | None = None
+    devices: list[Identifier] | None = None
+
+
+class RolloutCreate(Strict):
+    id: Identifier | None = None
+    model: ModelName
+    version: Version
+    target: RolloutTarget = Field(default_factory=RolloutTarget)
+    canary_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+    stages: list[Percent] = Field(default_factory=lambda: [100.0], min_length=1, max_length=20)
+    success_threshold: Share = 1.0
+    error_threshold: Share = 0.0
+    timeout_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    probation_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 60.0
+    auto_rollback: bool = False
+    gates: list[str] = Field(default_factory=lambda: ["self_test"])
+    start: bool = True
+
+    @model_validator(mode="after")
+    def _stages_grow(self) -> Self:
+        if any(b <= a for a, b in zip(self.stages, self.stages[1:], strict=False)):
+            raise ValueError("stages must be strictly increasing cumulative percentages")
+        if self.stages[-1] != 100:
+            raise ValueError("the last stage must be 100 (percent of the target)")
+        return self
+
+
+class RollbackScope(Strict):
+    """Roll back the whole rollout (empty), one group, or one device."""
+
+    group: Identifier | None = None
+    device_id: Identifier | None = None
+
+
+class WaveProgress(BaseModel):
+    wave: int
+    total: int
+    released: bool
+    counts: dict[str, int]
+
+
+class RolloutDevicePublic(BaseModel):
+    device_id: str
+    wave: int
+    state: str
+    previous_version: int | None
+    reason: str | None
+
+
+class RolloutPublic(BaseModel):
+    id: str
+    model: str
+    version: int
+    state: str
+    current_wave: int
+    reason: str | None
+    spec: dict[str, Any]
+    waves: list[WaveProgress]
+    devices: list[RolloutDevicePublic] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AuditEntryPublic(BaseModel):
+    id: int
+    ts: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+class Message(BaseModel):
+    detail: str

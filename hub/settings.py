@@ -1,0 +1,57 @@
+"""Hub settings: one pydantic-settings class (env prefix EDGEFLEET_HUB_), built in main and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.topics import ROOT
+
+
+class HubSettings(BaseSettings):
+    """Everything the hub process needs; defaults give a working single-machine hub."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_HUB_", extra="forbid")
+
+    data_dir: Path = Path("./hub-data")
+    database_url: str | None = None  # default: SQLite file (WAL) in data_dir
+    public_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    admin_token: str | None = None  # default: read from data_dir/admin_token (written by `hub init`)
+    # MQTT: the broker devices connect to, and how the hub connects to it.
+    mqtt_enabled: bool = True
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_public_host: str | None = None  # host handed to devices; default mqtt_host
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    topic_root: str = ROOT
+    # Mosquitto auth files the hub writes; a pid file to SIGHUP after a validated change.
+    mosquitto_password_file: Path | None = None
+    mosquitto_acl_file: Path | None = None
+    mosquitto_pid_file: Path | None = None
+    mosquitto_binary: str = "/usr/sbin/mosquitto"
+    # Background jobs.
+    rollout_tick_s: float = Field(default=1.0, gt=0)
+    tuf_refresh_s: float = Field(default=300.0, gt=0)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the SQLite file in the data dir."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'hub.db').resolve()}"
+
+    @property
+    def tuf_dir(self) -> Path:
+        return self.data_dir / "tuf"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin_token"
+
+    @property
+    def mqtt_password_file(self) -> Path:
+        """The hub's own broker password (username `edgefleet-hub`)."""
+        return self.data_dir / "mqtt_hub_password"

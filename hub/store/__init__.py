@@ -1,0 +1,1 @@
+"""Keyword-only store functions over SQLAlchemy Core connections, one module per resource."""
