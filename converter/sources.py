@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,11 +175,15 @@ def _load_savedmodel(path: Path) -> SourceModel:
         return {n: np.asarray(out[n], dtype=np.float32) for n in output_names}
 
     def to_onnx() -> bytes:
-        import tf2onnx
-
-        spec = tuple(tf.TensorSpec([None, *s[1:]], tf.float32, name=n) for n, s in input_shapes.items())
-        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=ONNX_OPSET)
-        return bytes(proto.SerializeToString())
+        # tf2onnx's saved-model path (FACTS.md: the documented route that works on a loaded signature).
+        with tempfile.TemporaryDirectory(prefix="edgefleet-tf2onnx-") as tmp:
+            out = Path(tmp, "model.onnx")
+            cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(path),
+                   "--opset", str(ONNX_OPSET), "--output", str(out)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0 or not out.exists():
+                raise ConversionFailed(f"tf2onnx: {(done.stderr or '').strip().splitlines()[-1:]}")
+            return out.read_bytes()
 
     return SourceModel("savedmodel", path, input_shapes, output_names, predict, tf_model=loaded, onnx_factory=to_onnx)
 

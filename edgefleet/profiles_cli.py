@@ -36,14 +36,16 @@ def list_profiles(profiles_dir: Path | None) -> None:
     except ProfileError as e:
         raise click.ClickException(str(e)) from e
     table = Table(title="Firmware profiles")
-    for col in ("name", "arch", "accel", "kinds (preferred first)", "max size", "latency", "max loss"):
+    table.add_column("name", no_wrap=True, style="bold")
+    for col in ("arch", "accel", "formats", "quantizations", "max size", "latency", "max loss"):
         table.add_column(col)
     for p in found.values():
         table.add_row(
             p.name,
             p.arch,
             p.accelerator,
-            ", ".join(p.kinds),
+            ", ".join(f.value for f in p.formats),
+            ", ".join(q.value for q in p.quantizations),
             _mb(p.budgets.max_artifact_bytes),
             f"{p.budgets.latency_ms:g} ms",
             f"{p.budgets.max_accuracy_loss_pt:g} pt",

@@ -1,0 +1,113 @@
+"""Conversion quality benchmark: a small CNN on load_digits, every artifact kind against fp32.
+
+Prints one JSON object. Per kind: size, top-1 accuracy and latency (1 thread, median of 500 runs,
+LiteRT for TFLite, onnxruntime for ONNX) relative to the fp32 artifact of the same format, measured
+in this run. Top level: `int8_size_ratio` (TFLite int8 / fp32), `int8_top1_loss_pt` (fp32 accuracy
+minus int8 accuracy, points) and `chosen_latency_ratio` (worst over the two profiles: chosen / fp32).
+Targets: <= 0.30, <= 1.0, <= 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from converter.pipeline import ConvertRequest, convert
+
+RUNS = 500
+PROFILES = {
+    "bench_tflite": ('runtimes = ["litert"]\nformats = ["tflite"]\n'
+                     'quantizations = ["fp32", "fp16", "dynamic_int8", "int8"]\n'),
+    "bench_onnx": ('runtimes = ["onnxruntime"]\nformats = ["onnx"]\n'
+                   'quantizations = ["fp32", "fp16", "dynamic_int8", "int8"]\n'),
+}
+
+
+def train(folder: Path) -> tuple[Path, Path, Path]:
+    import keras
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+    xt, xv, yt, yv = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1), name="pixels"),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.Conv2D(64, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(xt, yt, epochs=15, batch_size=32, verbose=0)
+    model.save(folder / "cnn.keras")
+    np.save(folder / "calib.npy", xt[:300])
+    np.savez(folder / "val.npz", x=xv, y=yv.astype(np.int64))
+    return folder / "cnn.keras", folder / "calib.npy", folder / "val.npz"
+
+
+def main() -> None:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
+        folder = Path(tmp)
+        model, calib, val = train(folder)
+        pdir = folder / "profiles"
+        pdir.mkdir()
+        for name, body in PROFILES.items():
+            (pdir / f"{name}.toml").write_text(
+                f'name = "{name}"\ndescription = "benchmark host, one thread"\narch = "x86_64"\n{body}'
+                "threads = 1\nbudgets = { max_artifact_bytes = 1073741824, max_ram_bytes = 2147483648, "
+                "latency_ms = 1000.0, max_accuracy_loss_pt = 100.0 }\n"
+            )
+        result = convert(ConvertRequest(model=model, profiles=list(PROFILES), calibration=calib, validation=val,
+                                        out=folder / "out", latency_runs=RUNS, profiles_dir=pdir, cloud=False))
+    kinds: dict[str, dict[str, float]] = {}
+    chosen_ratios = {}
+    for r in result.results:
+        by = {c.kind: c for c in r.candidates}
+        fmt = r.profile.formats[0].value
+        fp32 = by[f"{fmt}_fp32"]
+        for kind, c in by.items():
+            kinds[kind] = {
+                "size_bytes": c.size_bytes,
+                "size_ratio": round(c.size_bytes / fp32.size_bytes, 4),
+                "top1_accuracy": round(c.accuracy or 0.0, 4),
+                "top1_vs_fp32_pt": round(((c.accuracy or 0.0) - (fp32.accuracy or 0.0)) * 100, 3),
+                "latency_ms_p50": round(c.latency_ms_p50, 5),
+                "latency_ratio": round(c.latency_ms_p50 / fp32.latency_ms_p50, 4),
+            }
+        assert r.manifest is not None
+        chosen_ratios[r.profile.name] = {"chosen": r.manifest.kind,
+                                         "latency_ratio": kinds[r.manifest.kind]["latency_ratio"]}
+    out = {
+        "benchmark": "convert_quality",
+        "threads": 1,
+        "latency_runs": RUNS,
+        "reference_accuracy": result.reference_accuracy,
+        "kinds": kinds,
+        "chosen": chosen_ratios,
+        "int8_size_ratio": kinds["tflite_int8"]["size_ratio"],
+        "int8_top1_loss_pt": round(-kinds["tflite_int8"]["top1_vs_fp32_pt"], 3) + 0.0,
+        "onnx_int8_size_ratio": kinds["onnx_int8"]["size_ratio"],
+        "onnx_int8_top1_loss_pt": round(-kinds["onnx_int8"]["top1_vs_fp32_pt"], 3) + 0.0,
+        "chosen_latency_ratio": max(v["latency_ratio"] for v in chosen_ratios.values()),
+        "targets": {"int8_size_ratio": 0.30, "int8_top1_loss_pt": 1.0, "chosen_latency_ratio": 1.0},
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    out["meets_targets"] = all(out[k] <= v for k, v in out["targets"].items())  # type: ignore[operator]
+    print(json.dumps(out, indent=None))
+
+
+if __name__ == "__main__":
+    main()
