@@ -1,0 +1,58 @@
+"""`edgefleet hub init|serve|token`: set up a data dir and run the hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from hub.errors import HubError
+from hub.settings import HubSettings
+
+
+def _settings(data_dir: Path | None) -> HubSettings:
+    return HubSettings(data_dir=data_dir) if data_dir is not None else HubSettings()
+
+
+@click.group()
+def hub() -> None:
+    """Run and administer the EdgeFleet hub (settings from EDGEFLEET_HUB_* variables)."""
+
+
+@hub.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="default: EDGEFLEET_HUB_DATA_DIR")
+def init(data_dir: Path | None) -> None:
+    """Create the data dir: TUF keys and metadata, admin token, the hub's broker password."""
+    from hub.services import init_data_dir
+
+    settings = _settings(data_dir)
+    try:
+        token = init_data_dir(settings)
+    except (HubError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"data dir: {settings.data_dir.resolve()}")
+    click.echo(f"TUF root: {settings.tuf_dir / 'metadata' / '1.root.json'} (move keys/root.pem offline: docs/hub.md)")
+    if token:
+        click.echo(f"admin token (also in {settings.admin_token_file}): {token}")
+    else:
+        click.echo(f"already initialised; admin token is in {settings.admin_token_file}")
+
+
+@hub.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--host", default=None, help="default: EDGEFLEET_HUB_HOST")
+@click.option("--port", type=int, default=None, help="default: EDGEFLEET_HUB_PORT")
+def serve(data_dir: Path | None, host: str | None, port: int | None) -> None:
+    """Serve the API, the TUF repository, the MQTT bridge and the rollout engine."""
+    import uvicorn
+
+    from hub.api.main import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(data_dir)
+    try:
+        app = create_app(settings)
+    except (HubError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning")
