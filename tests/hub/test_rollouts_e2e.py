@@ -40,3 +40,93 @@ def test_waves_advance_to_completion_and_late_device_converges(fleet: Fleet) -> 
         assert late.changed.wait_for(lambda: late.active == {"digits": 1}, timeout=15)
     listed = {d["id"]: d for d in fleet.api("GET", "/api/v1/devices").json()}
     assert listed["pi-0"]["desired_versions"] == {"digits": 1} and listed["pi-0"]["online"] is True
+
+
+def _versions(fleet: Fleet) -> dict[str, dict[str, int]]:
+    return {i: dict(d.active) for i, d in fleet.devices.items()}
+
+
+def test_failing_canary_pauses_then_rollback_of_group_and_device(fleet: Fleet) -> None:
+    fleet.push("digits", 1, ["raspberry_pi_4"])
+    fleet.push("digits", 2, ["raspberry_pi_4"])
+    for i in range(4):
+        fleet.enroll(f"d{i}", group="east" if i < 2 else "west", failing={2} if i == 0 else None)
+    base = {"model": "digits", "canary_percent": 0, "stages": [100], "probation_s": 0}
+    assert fleet.api("POST", "/api/v1/rollouts", json={**base, "id": "v1", "version": 1}).status_code == 201
+    fleet.wait_rollout("v1", "completed")
+    r = fleet.api("POST", "/api/v1/rollouts", json={**base, "id": "v2", "version": 2, "error_threshold": 0.2})
+    assert r.status_code == 201
+    paused = fleet.wait_rollout("v2", "paused")
+    assert "1/4 failed" in paused["reason"]
+    bad = next(d for d in paused["devices"] if d["device_id"] == "d0")
+    assert bad["state"] == "failed" and "self-test" in bad["reason"]
+    r = fleet.api("POST", "/api/v1/rollouts/v2/rollback", json={"group": "west"})
+    assert r.status_code == 200, r.text
+    west = {d["device_id"]: d["state"] for d in r.json()["devices"] if d["device_id"] in ("d2", "d3")}
+    assert west == {"d2": "rolled_back", "d3": "rolled_back"}
+    r = fleet.api("POST", "/api/v1/rollouts/v2/rollback", json={"device_id": "d1"})
+    assert r.status_code == 200 and r.json()["state"] == "paused"
+    d3 = fleet.devices["d3"]
+    with d3.changed:
+        assert d3.changed.wait_for(lambda: d3.active == {"digits": 1}, timeout=15)
+    assert d3.desired_seen[-1].models[0].rollback is True
+    assert fleet.api("POST", "/api/v1/rollouts/v2/resume").json()["state"] == "running"
+    assert fleet.api("POST", "/api/v1/rollouts/v2/abort").json()["state"] == "aborted"
+    again = fleet.api("POST", "/api/v1/rollouts/v2/resume")
+    assert again.status_code == 409 and "aborted" in again.json()["detail"]
+    actions = [e["action"] for e in fleet.api("GET", "/api/v1/audit").json()]
+    assert {"rollout.rollback", "rollout.resume", "rollout.abort"} <= set(actions)
+
+
+def test_auto_rollback_returns_the_wave_to_the_previous_version(fleet: Fleet) -> None:
+    fleet.push("digits", 1, ["raspberry_pi_4"])
+    fleet.push("digits", 2, ["raspberry_pi_4"])
+    for i in range(3):
+        fleet.enroll(f"a{i}", failing={2} if i == 1 else None)
+    base = {"model": "digits", "canary_percent": 0, "stages": [100], "probation_s": 0}
+    fleet.api("POST", "/api/v1/rollouts", json={**base, "id": "one", "version": 1})
+    fleet.wait_rollout("one", "completed")
+    fleet.api("POST", "/api/v1/rollouts", json={**base, "id": "two", "version": 2, "auto_rollback": True})
+    done = fleet.wait_rollout("two", "rolled_back")
+    assert {d["state"] for d in done["devices"]} == {"rolled_back"}
+    for d in fleet.devices.values():
+        with d.changed:
+            assert d.changed.wait_for(lambda d=d: d.active == {"digits": 1}, timeout=15), d.id
+
+
+def test_hub_killed_mid_rollout_resumes(fleet: Fleet) -> None:
+    fleet.push("digits", 1, ["raspberry_pi_4"])
+    for i in range(4):
+        fleet.enroll(f"k{i}")
+    r = fleet.api("POST", "/api/v1/rollouts", json={
+        "id": "rk", "model": "digits", "version": 1, "canary_percent": 25, "stages": [100], "probation_s": 3})  # fmt: skip
+    assert r.status_code == 201
+    canary = next(d["device_id"] for d in r.json()["devices"] if d["wave"] == 0)
+    dev = fleet.devices[canary]
+    with dev.changed:
+        assert dev.changed.wait_for(lambda: dev.active == {"digits": 1}, timeout=15)
+    fleet.kill_hub()  # canary is in probation; waves 1 not released
+    fleet.start_hub()
+    done = fleet.wait_rollout("rk", "completed", timeout=40)
+    assert all(d["state"] == "healthy" for d in done["devices"])
+    assert all(d.active == {"digits": 1} for d in fleet.devices.values())
+
+
+def test_broker_killed_mid_rollout_devices_converge(fleet: Fleet) -> None:
+    fleet.push("digits", 1, ["raspberry_pi_4"])
+    for i in range(3):
+        fleet.enroll(f"b{i}")
+    offline = fleet.enroll("b-offline", connect=False)
+    assert fleet.broker is not None
+    r = fleet.api("POST", "/api/v1/rollouts", json={
+        "id": "rb", "model": "digits", "version": 1, "canary_percent": 0, "stages": [100], "probation_s": 0,
+        "success_threshold": 0.7, "timeout_s": 120})  # fmt: skip
+    assert r.status_code == 201
+    fleet.broker.stop(kill=True)
+    fleet.broker.start()
+    offline.connect()
+    done = fleet.wait_rollout("rb", "completed", timeout=40)
+    assert sum(d["state"] == "healthy" for d in done["devices"]) >= 3
+    for d in fleet.devices.values():
+        with d.changed:
+            assert d.changed.wait_for(lambda d=d: d.active == {"digits": 1}, timeout=20), d.id
