@@ -82,3 +82,61 @@ def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: i
     write_outputs(out, outputs)
     rows = len(next(iter(outputs.values())))
     click.echo(f"wrote {rows} rows of {', '.join(outputs)} to {out}")
+
+
+@agent.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="agent.toml")
+@readable_errors
+def run(config: Path | None) -> None:
+    """Run the daemon: enroll on first start, reconcile desired state, serve the local API."""
+    import logging
+    import signal
+    import threading
+
+    import uvicorn
+
+    from agent.api import build_app
+    from agent.daemon import Agent
+    from agent.settings import load_settings
+
+    settings = load_settings(config)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = Agent(settings)
+    daemon.start()
+    try:
+        if settings.api_enabled:
+            app = build_app(
+                daemon.serving, daemon.metrics, daemon.models_view, daemon.health_view, daemon.request_rollback
+            )
+            server_config = uvicorn.Config(
+                app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
+            )
+            uvicorn.Server(server_config).run()
+        else:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        daemon.stop()
+
+
+@agent.command()
+@click.argument("model")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="agent.toml")
+@readable_errors
+def rollback(model: str, config: Path | None) -> None:
+    """Ask the running daemon to roll MODEL back to its previous version."""
+    import httpx
+
+    from agent.settings import load_settings
+
+    settings = load_settings(config)
+    url = f"http://{settings.api_host}:{settings.api_port}/v1/models/{model}/rollback"
+    try:
+        response = httpx.post(url, timeout=10)
+    except httpx.HTTPError as e:
+        raise click.ClickException(f"the agent's local API at {url} does not answer: {e}") from e
+    if response.status_code != 202:
+        raise click.ClickException(response.json().get("error", response.text))
+    click.echo(f"rollback of {model} queued")

@@ -75,9 +75,7 @@ class LoadedModel:
         """One input as the runtime wants it: shape checked, flattened rows reshaped, (de)quantised."""
         b = next((x for x in self.inputs if x.name == name), None)
         if b is None:
-            raise InputError(
-                f"unknown input {name!r}; the model takes {', '.join(x.name for x in self.inputs)}"
-            )
+            raise InputError(f"unknown input {name!r}; the model takes {', '.join(x.name for x in self.inputs)}")
         try:
             value = np.asarray(raw)
         except (ValueError, TypeError) as e:
@@ -91,9 +89,7 @@ class LoadedModel:
             value = value.reshape((-1, *(d for d in b.shape[1:] if d is not None)))
         for axis, (got, want) in enumerate(zip(value.shape[1:], b.shape[1:], strict=True), start=1):
             if want is not None and got != want:
-                raise InputError(
-                    f"input {name!r}: dim {axis} is {got}, expected {want} (shape {_fmt(b.shape)})"
-                )
+                raise InputError(f"input {name!r}: dim {axis} is {got}, expected {want} (shape {_fmt(b.shape)})")
         if value.shape[0] == 0:
             raise InputError(f"input {name!r}: empty batch")
         if value.dtype == b.dtype:

@@ -25,9 +25,7 @@ def runtime_for_format(fmt: str) -> str:
     try:
         return FORMAT_RUNTIME[fmt]
     except KeyError:
-        raise RuntimeUnavailable(
-            f"no runtime for format {fmt!r}; known: {', '.join(FORMAT_RUNTIME)}"
-        ) from None
+        raise RuntimeUnavailable(f"no runtime for format {fmt!r}; known: {', '.join(FORMAT_RUNTIME)}") from None
 
 
 def load_runtime(path: Path, fmt: str, threads: int = 1) -> ModelRuntime:

@@ -33,9 +33,7 @@ def _interpreter_class() -> Any:
 
         return Interpreter
     except ImportError as e:
-        raise RuntimeUnavailable(
-            "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)"
-        ) from e
+        raise RuntimeUnavailable("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)") from e
 
 
 def _info(detail: dict[str, Any]) -> TensorInfo:

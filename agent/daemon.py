@@ -1,0 +1,321 @@
+"""The daemon: reconcile desired state into lifecycle runs, report state and events, serve the API."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent import AGENT_VERSION
+from agent.enroll import ensure_identity
+from agent.errors import AgentError
+from agent.fsutil import atomic_write
+from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
+from agent.metrics import AgentMetrics
+from agent.model import LoadedModel
+from agent.mqtt import MqttSession
+from agent.serving import ServingRegistry
+from agent.settings import AgentSettings
+from agent.steps import DeviceSteps
+from agent.store import ModelStore
+from firmware_profiles import get_profile
+from protocol.messages import (
+    MAX_PAYLOAD_BYTES,
+    Command,
+    CommandKind,
+    DesiredState,
+    Event,
+    EventKind,
+    ReportedModel,
+    ReportedState,
+)
+from protocol.messages import LifecycleState as State
+from protocol.topics import Channel
+
+log = logging.getLogger(__name__)
+
+# Event reported when a record enters a state (None: nothing to report for that step).
+ENTER_EVENTS: dict[State, EventKind | None] = {
+    State.DOWNLOADING: None,  # download_started / download_resumed come from the step itself
+    State.VERIFYING: EventKind.DOWNLOADED,
+    State.STAGED: EventKind.VERIFIED,
+    State.ACTIVATING: EventKind.STAGED,
+    State.SELF_TEST: EventKind.ACTIVATED,
+    State.PROBATION: EventKind.SELF_TEST_PASSED,
+    State.COMMITTED: EventKind.COMMITTED,
+    State.FAILED: EventKind.FAILED,
+    State.ROLLING_BACK: EventKind.FAILED,
+    State.ROLLED_BACK: EventKind.ROLLED_BACK,
+}
+
+
+class Agent:
+    """One device agent: owns the store, the lifecycle, the MQTT session and the serving registry."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.profile = get_profile(settings.profile, settings.profiles_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = ensure_identity(settings)
+        self.device_id = self.identity.device_id
+        self.metrics = AgentMetrics()
+        self.store = ModelStore(settings.data_dir / "models")
+        self.serving = ServingRegistry()
+        self._stop = threading.Event()
+        self.steps = DeviceSteps(
+            settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait
+        )
+        self.lifecycle = Lifecycle(settings.data_dir / "lifecycle", self.steps, self._on_transition)
+        self._seq_path = settings.data_dir / "events.seq"
+        self._seq = int(self._seq_path.read_text()) if self._seq_path.exists() else 0
+        self._seq_lock = threading.Lock()
+        self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.desired: DesiredState | None = None
+        self.applied_generation = 0
+        self.rejected = 0
+        mqtt = self.identity.mqtt
+        self.mqtt = MqttSession(
+            device_id=self.device_id,
+            host=settings.mqtt_host or mqtt.host,
+            port=settings.mqtt_port or mqtt.port,
+            username=mqtt.username or None,
+            password=mqtt.password or None,
+            root=settings.topic_root,
+            on_message=self._on_message,
+            on_connected=lambda: self._work.put(("report", None)),
+            keepalive_s=settings.keepalive_s,
+            backoff=(settings.reconnect_min_s, settings.reconnect_max_s),
+        )
+        self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
+
+    # ---- start / stop -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve what is active, finish interrupted updates, then connect."""
+        for name in self.store.names():
+            self._serve_active(name)
+        for name in self.lifecycle.names():
+            if self.lifecycle.load(name).state not in TERMINAL:
+                self._work.put(("resume", name))
+        self._worker.start()
+        self.mqtt.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._work.put(("stop", None))
+        self._worker.join(timeout=10)
+        self.mqtt.stop()
+        self.steps.close()
+
+    def _serve_active(self, name: str) -> None:
+        version = self.store.slot_version(name, "active")
+        if version is None:
+            return
+        try:
+            manifest = self.store.manifest(name, version)
+            model = LoadedModel.from_file(self.store.artifact(name, version), self.profile.threads, manifest)
+        except AgentError as e:
+            log.error("cannot serve %s v%s: %s", name, version, e)
+            return
+        self.serving.install(name, version, model)
+        self.metrics.active_version.labels(name).set(version)
+
+    # ---- incoming messages (MQTT thread: validate, count, enqueue; never raise) -------------------
+    def _on_message(self, channel: Channel, payload: bytes) -> None:
+        if channel is Channel.ACK:
+            return
+        try:
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
+            if channel is Channel.DESIRED:
+                if not payload:
+                    return  # retained message cleared
+                desired = DesiredState.from_json(payload)
+                if desired.device_id != self.device_id:
+                    raise ValueError(f"desired state for device {desired.device_id!r}")
+                self._work.put(("desired", desired))
+            else:
+                self._work.put(("command", Command.from_json(payload)))
+        except (ValidationError, ValueError) as e:
+            self.reject(channel, e)
+
+    def reject(self, channel: Channel, error: Exception) -> None:
+        """Log, count and report a malformed message."""
+        self.rejected += 1
+        self.metrics.rejected.labels(channel.value).inc()
+        reason = str(error).splitlines()[0][:300]
+        log.warning("rejected %s message: %s", channel.value, reason)
+        self.emit(EventKind.MESSAGE_REJECTED, reason=reason, details={"channel": channel.value})
+
+    # ---- the worker: one update at a time ------------------------------------------------------
+    def _run_worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, item = self._work.get(timeout=self.settings.retry_failed_after_s)
+            except queue.Empty:
+                kind, item = "retry", None
+            try:
+                if kind == "stop":
+                    return
+                if kind == "resume":
+                    self.lifecycle.run(self.lifecycle.load(item))
+                elif kind == "desired":
+                    self.desired = item
+                    self.reconcile()
+                elif kind == "retry" and self.desired is not None:
+                    self.reconcile(retry_failed=True)
+                elif kind == "rollback":
+                    self.manual_rollback(item, "manual rollback (local API)")
+                elif kind == "command":
+                    self.handle_command(item)
+                self.report()
+            except Exception:  # one bad update must not stop the worker; it is logged with its traceback
+                log.exception("reconcile step failed")
+
+    def reconcile(self, retry_failed: bool = False) -> None:
+        """Start an update for every desired model that is not what runs now."""
+        desired = self.desired
+        assert desired is not None
+        for want in desired.models:
+            record = self.lifecycle.load(want.name)
+            if self.store.slot_version(want.name, "active") == want.version and record.state in TERMINAL:
+                continue
+            same = record.generation == desired.generation and record.target_version == want.version
+            if same and record.rejected_version == want.version:
+                download_error = (record.reason or "").startswith(("DownloadError", "MetadataRefused: cannot reach"))
+                if not (retry_failed and download_error):
+                    continue
+            record.target_version = want.version
+            record.manifest_target = want.manifest_target
+            record.explicit_rollback = want.rollback
+            record.rollout_id = want.rollout_id
+            record.generation = desired.generation
+            record.from_version = self.store.slot_version(want.name, "active")
+            record.reason = None
+            record.rejected_version = None
+            self.lifecycle.fire(record, Ev.UPDATE)
+        self.applied_generation = desired.generation
+
+    def request_rollback(self, name: str) -> None:
+        """Queue a manual rollback (from the local API)."""
+        self._work.put(("rollback", name))
+
+    def handle_command(self, command: Command) -> None:
+        """Rollback on request; report state on request."""
+        if command.kind is CommandKind.ROLLBACK:
+            if command.model is None:
+                self.emit(EventKind.FAILED, reason="rollback command names no model")
+                return
+            self.manual_rollback(command.model, f"manual rollback (command {command.command_id})")
+
+    def manual_rollback(self, name: str, reason: str) -> UpdateRecord:
+        """Return to the previous version of `name` through the lifecycle's rollback state."""
+        record = self.lifecycle.load(name)
+        previous = self.store.slot_version(name, "previous")
+        if previous is None or record.state not in TERMINAL:
+            self.emit(EventKind.FAILED, model=name, reason=f"cannot roll back {name}: no previous version")
+            return record
+        record.rejected_version = self.store.slot_version(name, "active")
+        record.generation = self.desired.generation if self.desired else record.generation
+        record.target_version = previous
+        record.from_version = previous
+        record.reason = reason
+        return self.lifecycle.fire(record, Ev.ROLLBACK_REQUESTED)
+
+    # ---- reporting -----------------------------------------------------------------------------
+    def _on_transition(self, record: UpdateRecord, before: State, event: Ev, after: State) -> None:
+        if after in (State.FAILED, State.ROLLED_BACK) and record.rejected_version is None:
+            record.rejected_version = record.target_version
+            self.lifecycle.save(record)
+        kind = ENTER_EVENTS.get(after)
+        if after is State.FAILED and event is Ev.REFUSED:
+            kind = EventKind.REFUSED
+        if after is State.ROLLING_BACK:
+            kind = EventKind.SELF_TEST_FAILED if before is State.SELF_TEST else EventKind.FAILED
+            if event is Ev.ROLLBACK_REQUESTED:
+                kind = None
+        if after is State.COMMITTED or after is State.ROLLED_BACK:
+            served = self.serving.get(record.name)
+            if served is not None:
+                self.metrics.active_version.labels(record.name).set(served.version)
+        if kind is not None:
+            version = record.from_version if after is State.ROLLED_BACK else record.target_version
+            self.emit(
+                kind,
+                model=record.name,
+                version=version,
+                state=after,
+                reason=record.reason,
+                rollout_id=record.rollout_id,
+            )
+        self.report()
+
+    def _notify(self, kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
+        event = {"download_started": EventKind.DOWNLOAD_STARTED, "download_resumed": EventKind.DOWNLOAD_RESUMED}
+        self.emit(
+            event.get(kind, EventKind.HEALTH),
+            model=record.name,
+            version=record.target_version,
+            state=record.state,
+            rollout_id=record.rollout_id,
+            details={"step": kind, **details},
+        )
+
+    def emit(self, kind: EventKind, **fields: Any) -> Event:
+        """Publish one event with the next persisted sequence number."""
+        with self._seq_lock:
+            self._seq += 1
+            atomic_write(self._seq_path, str(self._seq).encode())
+            event = Event(device_id=self.device_id, seq=self._seq, kind=kind, ts=datetime.now(UTC), **fields)
+        self.metrics.events.labels(kind.value).inc()
+        log.info("event %s %s", kind.value, event.reason or "")
+        self.mqtt.publish(Channel.EVENTS, event.to_bytes())
+        return event
+
+    def reported_state(self) -> ReportedState:
+        """What runs now and where each update stands."""
+        models = []
+        for name in sorted(set(self.store.names()) | set(self.lifecycle.names())):
+            record = self.lifecycle.load(name)
+            served = self.serving.get(name)
+            models.append(
+                ReportedModel(
+                    name=name,
+                    active_version=self.store.slot_version(name, "active"),
+                    previous_version=self.store.slot_version(name, "previous"),
+                    target_version=record.target_version,
+                    state=record.state,
+                    reason=record.reason,
+                    serving_since=served.since if served else None,
+                    self_test_passed={State.COMMITTED: True, State.PROBATION: True, State.ROLLED_BACK: False}.get(
+                        record.state
+                    ),
+                )
+            )
+        return ReportedState(
+            device_id=self.device_id,
+            profile=self.profile.name,
+            applied_generation=self.applied_generation,
+            models=models,
+            agent_version=AGENT_VERSION,
+            reported_at=datetime.now(UTC),
+        )
+
+    def report(self) -> None:
+        self.mqtt.publish(Channel.REPORTED, self.reported_state().to_bytes(), retain=True)
+        self.metrics.mqtt_connected.set(1 if self.mqtt.connected.is_set() else 0)
+
+    def models_view(self) -> list[dict[str, Any]]:
+        return [m.model_dump(mode="json") for m in self.reported_state().models]
+
+    def health_view(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "device_id": self.device_id,
+            "mqtt_connected": self.mqtt.connected.is_set(),
+            "serving": {s.name: s.version for s in self.serving.all()},
+            "rejected_messages": self.rejected,
+        }

@@ -1,0 +1,161 @@
+"""The device's MQTT session: persistent session, last will, jittered reconnect, v5 -> 3.1.1 fallback."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from protocol.messages import DeviceStatus
+from protocol.topics import Channel, device_topic
+
+log = logging.getLogger(__name__)
+SESSION_EXPIRY_S = 7 * 24 * 3600
+UNSUPPORTED_PROTOCOL = ("Unsupported protocol version",)
+Handler = Callable[[Channel, bytes], None]
+
+
+class MqttSession:
+    """Owns one paho client and its network thread; hands desired/cmd/ack payloads to `on_message`."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        host: str,
+        port: int,
+        username: str | None,
+        password: str | None,
+        root: str,
+        on_message: Handler,
+        on_connected: Callable[[], None] | None = None,
+        keepalive_s: int = 30,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.host, self.port = host, port
+        self.username, self.password = username, password
+        self.root = root
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.keepalive_s = keepalive_s
+        self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.protocol = MQTTProtocolVersion.MQTTv5
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._fallback = False
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self.connects = 0
+
+    def topic(self, channel: Channel) -> str:
+        return device_topic(self.device_id, channel, self.root)
+
+    def _make_client(self) -> paho.Client:
+        v5 = self.protocol is MQTTProtocolVersion.MQTTv5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.device_id,
+            protocol=self.protocol,
+            clean_session=None if v5 else False,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages_set(20)
+        client.max_queued_messages_set(10_000)
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        offline = DeviceStatus(status="offline").to_bytes()
+        client.will_set(self.topic(Channel.STATUS), offline, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish `offline`, disconnect cleanly and join the network thread."""
+        if self.connected.is_set():
+            status = DeviceStatus(status="offline", ts=datetime.now(UTC)).to_bytes()
+            info = self._client.publish(self.topic(Channel.STATUS), status, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish offline status before stopping")
+        self._stop.set()
+        self._thread.join(timeout)
+        self._client.disconnect()
+
+    def publish(self, channel: Channel, payload: bytes, *, retain: bool = False) -> None:
+        """QoS 1 publish; paho queues it while disconnected and sends it after reconnecting."""
+        self._client.publish(self.topic(channel), payload, qos=1, retain=retain)
+
+    def _connect(self) -> None:
+        if self.protocol is MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            self._client.connect(self.host, self.port, self.keepalive_s, clean_start=False, properties=props)
+        else:
+            self._client.connect(self.host, self.port, self.keepalive_s)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            before = self.connects
+            try:
+                self._connect()
+                while not self._stop.is_set() and not self._fallback:
+                    if self._client.loop(timeout=0.2) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+            except (OSError, ValueError) as e:
+                log.info("mqtt connect to %s:%s failed: %s", self.host, self.port, e)
+            self.connected.clear()
+            if self._stop.is_set():
+                return
+            if self._fallback:
+                log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
+                self._fallback = False
+                self.protocol = MQTTProtocolVersion.MQTTv311
+                self._client = self._make_client()
+                continue
+            failures = 1 if self.connects > before else failures + 1
+            self._stop.wait(self.reconnect_delay(failures))
+
+    def reconnect_delay(self, failures: int) -> float:
+        """Full-jitter exponential backoff between reconnect attempts."""
+        low, high = self.backoff
+        return self.rng.uniform(low / 2, min(high, low * 2 ** (failures - 1)))
+
+    def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            if str(reason) in UNSUPPORTED_PROTOCOL and self.protocol is MQTTProtocolVersion.MQTTv5:
+                self._fallback = True
+            log.warning("mqtt connection refused: %s", reason)
+            return
+        self.connects += 1
+        client.subscribe([(self.topic(Channel.DESIRED), 1), (self.topic(Channel.CMD), 1), (self.topic(Channel.ACK), 1)])
+        online = DeviceStatus(status="online", ts=datetime.now(UTC)).to_bytes()
+        client.publish(self.topic(Channel.STATUS), online, qos=1, retain=True)
+        self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, reason: object, _p: object) -> None:
+        self.connected.clear()
+        log.info("mqtt disconnected: %s", reason)
+
+    def _on_message(self, _c: object, _u: object, message: paho.MQTTMessage) -> None:
+        for channel in (Channel.DESIRED, Channel.CMD, Channel.ACK):
+            if message.topic == self.topic(channel):
+                self.on_message(channel, bytes(message.payload))
+                return

@@ -1,0 +1,245 @@
+"""The action of each lifecycle state on a real device: TUF, download, store, self-test, serving."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import ValidationError
+
+from agent.download import Downloader, RetryPolicy
+from agent.errors import (
+    AgentError,
+    DigestMismatch,
+    OlderVersion,
+    ProfileMismatch,
+    RefusedUpdate,
+    SelfTestFailed,
+)
+from agent.lifecycle import Ev, UpdateRecord
+from agent.model import LoadedModel
+from agent.selftest import run_self_test
+from agent.serving import ServingRegistry
+from agent.settings import AgentSettings
+from agent.store import ModelStore
+from agent.tufclient import TufClient
+from firmware_profiles import FirmwareProfile
+from protocol.http import EnrollResponse, artifact_target
+from protocol.manifest import Manifest
+
+# (kind, record, details): lets the daemon report progress that is not a state change.
+Notify = Callable[[str, UpdateRecord, dict[str, Any]], None]
+
+
+class DeviceSteps:
+    """Implements `UpdateSteps` against the hub's TUF repository and the on-disk A/B store."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        profile: FirmwareProfile,
+        identity: EnrollResponse,
+        store: ModelStore,
+        serving: ServingRegistry,
+        notify: Notify | None = None,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.identity = identity
+        self.store = store
+        self.serving = serving
+        self.notify = notify or _ignore
+        self.wait = wait or _sleep  # returns True when asked to stop
+        timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
+        self.http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {identity.device_token}"})
+        retry = RetryPolicy(attempts=settings.retry_attempts, base_s=settings.retry_base_s)
+        self.downloader = Downloader(self.http, bandwidth_bps=settings.bandwidth_bps, retry=retry)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def workdir(self, record: UpdateRecord) -> Path:
+        return self.settings.data_dir / "downloads" / record.name / str(record.target_version)
+
+    def tuf(self) -> TufClient:
+        root = self.identity.tuf_root.encode()
+        return TufClient(self.settings.data_dir / "tuf", self.identity.hub_url, self.http, root)
+
+    def _manifest(self, record: UpdateRecord) -> Manifest:
+        path = self.workdir(record) / "manifest.json"
+        try:
+            return Manifest.from_json(path.read_bytes())
+        except ValidationError as e:
+            raise RefusedUpdate(f"invalid manifest: {e.errors()[0]['msg']}") from e
+
+    def _check(self, record: UpdateRecord, manifest: Manifest) -> None:
+        if manifest.profile != self.profile.name:
+            raise ProfileMismatch(
+                f"artifact built for profile {manifest.profile!r}, this device is {self.profile.name!r}"
+            )
+        if manifest.format not in self.profile.formats:
+            raise ProfileMismatch(f"format {manifest.format.value} is not run by profile {self.profile.name}")
+        if (manifest.name, manifest.version) != (record.name, record.target_version):
+            raise RefusedUpdate(
+                f"manifest is {manifest.name} v{manifest.version}, desired {record.name} v{record.target_version}"
+            )
+        active = self.store.slot_version(record.name, "active")
+        if active is not None and manifest.version < active and not record.explicit_rollback:
+            raise OlderVersion(f"v{manifest.version} is older than installed v{active} and not an explicit rollback")
+
+    def _guard(self, record: UpdateRecord, action: Callable[[], Ev], refusal: Ev, error: Ev = Ev.ERROR) -> Ev:
+        try:
+            return action()
+        except RefusedUpdate as e:
+            record.reason = f"{type(e).__name__}: {e}"
+            return refusal
+        except (AgentError, OSError) as e:
+            record.reason = f"{type(e).__name__}: {e}"
+            return error
+
+    def download(self, record: UpdateRecord) -> Ev:
+        """Refresh signed metadata, fetch and check the manifest, then download the artifact (resuming)."""
+
+        def act() -> Ev:
+            assert record.manifest_target is not None
+            work = self.workdir(record)
+            tuf = self.tuf()
+            tuf.fetch_small_target(record.manifest_target, work / "manifest.json")
+            manifest = self._manifest(record)
+            self._check(record, manifest)
+            info = tuf.target_info(
+                artifact_target(manifest.name, manifest.version, manifest.profile, manifest.artifact.file)
+            )
+            if (info.length, info.hashes.get("sha256")) != (manifest.artifact.size, manifest.artifact.sha256):
+                raise DigestMismatch("the manifest's artifact size/sha256 differ from the signed metadata")
+            part = work / f"{manifest.artifact.file}.part"
+            have = part.stat().st_size if part.exists() else 0
+            self.notify(
+                "download_resumed" if have else "download_started", record, {"offset": have, "length": info.length}
+            )
+            self.downloader.fetch(tuf.target_url(info), part, info.length)
+            return Ev.DOWNLOADED
+
+        return self._guard(record, act, Ev.REFUSED)
+
+    def verify(self, record: UpdateRecord) -> Ev:
+        """Check manifest and artifact against the signed length + sha256 (a fresh metadata refresh)."""
+
+        def act() -> Ev:
+            assert record.manifest_target is not None
+            work = self.workdir(record)
+            manifest = self._manifest(record)
+            tuf = self.tuf()
+            tuf.verify_file(tuf.target_info(record.manifest_target), work / "manifest.json")
+            info = tuf.target_info(
+                artifact_target(manifest.name, manifest.version, manifest.profile, manifest.artifact.file)
+            )
+            part, final = work / f"{manifest.artifact.file}.part", work / manifest.artifact.file
+            candidate = part if part.exists() else final
+            try:
+                tuf.verify_file(info, candidate)
+            except DigestMismatch:
+                candidate.unlink(missing_ok=True)  # never resume from bytes that failed verification
+                raise
+            if candidate == part:
+                part.replace(final)
+            return Ev.VERIFIED
+
+        return self._guard(record, act, Ev.REFUSED)
+
+    def stage(self, record: UpdateRecord) -> Ev:
+        """Copy the verified files into a complete version directory (the staging slot)."""
+
+        def act() -> Ev:
+            assert record.target_version is not None
+            if not (self.store.version_dir(record.name, record.target_version) / "manifest.json").exists():
+                work = self.workdir(record)
+                manifest = self._manifest(record)
+                self.store.stage(manifest, (work / "manifest.json").read_bytes(), work / manifest.artifact.file)
+            shutil.rmtree(self.workdir(record), ignore_errors=True)
+            return Ev.STORED
+
+        return self._guard(record, act, Ev.ERROR)
+
+    def activate(self, record: UpdateRecord) -> Ev:
+        """Swap the `active` symlink to the new version (the old one becomes `previous`)."""
+
+        def act() -> Ev:
+            assert record.target_version is not None
+            self.store.activate(record.name, record.target_version)
+            return Ev.ACTIVATED
+
+        return self._guard(record, act, Ev.ERROR)
+
+    def self_test(self, record: UpdateRecord) -> Ev:
+        """Load, golden cases, NaN/inf, latency budget; on success the new version starts serving."""
+        assert record.target_version is not None
+        try:
+            manifest = self.store.manifest(record.name, record.target_version)
+            artifact = self.store.artifact(record.name, record.target_version)
+            model, result = run_self_test(manifest, artifact, self.profile, self.settings.latency_basis)
+        except (SelfTestFailed, AgentError) as e:
+            record.reason = f"self-test failed: {e}"
+            return Ev.FAILED
+        self.serving.install(record.name, record.target_version, model)
+        self.notify("self_test_result", record, result.__dict__)
+        return Ev.PASSED
+
+    def probation(self, record: UpdateRecord) -> Ev:
+        """Serve for `probation_s`; fail if serving errors appear or a golden case stops being finite."""
+        assert record.target_version is not None
+        served = self.serving.get(record.name)
+        if served is None or served.version != record.target_version:  # restarted during probation
+            event = self.self_test(record)
+            served = self.serving.get(record.name)
+            if event is not Ev.PASSED or served is None:
+                return event
+        errors_before = served.errors
+        if self.wait(self.settings.probation_s):
+            record.reason = "agent stopping during probation"
+            return Ev.ERROR
+        manifest = self.store.manifest(record.name, record.target_version)
+        try:
+            outputs = served.model.predict(manifest.golden.cases[0].inputs)
+        except AgentError as e:
+            record.reason = f"probation: inference failed: {e}"
+            return Ev.FAILED
+        if served.errors > errors_before or not all(np.isfinite(v).all() for v in outputs.values()):
+            record.reason = f"probation: {served.errors - errors_before} inference errors or non-finite output"
+            return Ev.FAILED
+        self.store.collect_garbage(record.name)
+        return Ev.PASSED
+
+    def roll_back(self, record: UpdateRecord) -> Ev:
+        """The only place a rollback happens: re-point `active`, serve that model again, drop the rest."""
+
+        def act() -> Ev:
+            self.store.roll_back(record.name, record.from_version)
+            if record.from_version is None:
+                self.serving.remove(record.name)
+            else:
+                served = self.serving.get(record.name)
+                if served is None or served.version != record.from_version:
+                    path = self.store.artifact(record.name, record.from_version)
+                    manifest = self.store.manifest(record.name, record.from_version)
+                    model = LoadedModel.from_file(path, threads=self.profile.threads, manifest=manifest)
+                    self.serving.install(record.name, record.from_version, model)
+            self.store.collect_garbage(record.name)
+            return Ev.DONE
+
+        return self._guard(record, act, Ev.ERROR)
+
+
+def _ignore(kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
+    """Default notifier: progress is not reported."""
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
