@@ -99,7 +99,8 @@ def test_hub_killed_mid_rollout_resumes(fleet: Fleet) -> None:
     for i in range(4):
         fleet.enroll(f"k{i}")
     r = fleet.api("POST", "/api/v1/rollouts", json={
-        "id": "rk", "model": "digits", "version": 1, "canary_percent": 25, "stages": [100], "probation_s": 3})  # fmt: skip
+        "id": "rk", "model": "digits", "version": 1, "canary_percent": 25, "stages": [100],
+        "probation_s": 3})  # fmt: skip
     assert r.status_code == 201
     canary = next(d["device_id"] for d in r.json()["devices"] if d["wave"] == 0)
     dev = fleet.devices[canary]
