@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from converter.pipeline import ConvertRequest, convert
+from edgefleet.samples import digits
 
 RUNS = 500
 PROFILES = {
@@ -33,13 +32,10 @@ PROFILES = {
 
 
 def train(folder: Path) -> tuple[Path, Path, Path]:
+    """A CNN big enough that weights, not flatbuffer overhead, dominate the artifact size."""
     import keras
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    xt, xv, yt, yv = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    data = digits()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((8, 8, 1), name="pixels"),
@@ -50,11 +46,10 @@ def train(folder: Path) -> tuple[Path, Path, Path]:
         keras.layers.Dense(10, activation="softmax"),
     ])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(xt, yt, epochs=15, batch_size=32, verbose=0)
+    model.fit(data.x_train, data.y_train, epochs=15, batch_size=32, verbose=0)
     model.save(folder / "cnn.keras")
-    np.save(folder / "calib.npy", xt[:300])
-    np.savez(folder / "val.npz", x=xv, y=yv.astype(np.int64))
-    return folder / "cnn.keras", folder / "calib.npy", folder / "val.npz"
+    calib, val = data.write(folder, calibration_samples=300)
+    return folder / "cnn.keras", calib, val
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ ONNX_OPSET = 17
 def quiet_tensorflow() -> Any:
     """Import TensorFlow with its start-up chatter turned down."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    with silenced():  # absl prints oneDNN notices to fd 2 at import, whatever the log level
+        import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     return tf

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from converter.pipeline import ConvertRequest, ConvertResult, convert
@@ -29,19 +28,12 @@ class Converted:
         return self.result.out
 
 
-def write_data(folder: Path, data: Digits) -> tuple[Path, Path]:
-    calib, val = folder / "calib.npy", folder / "val.npz"
-    np.save(calib, data.x_train[:200])
-    np.savez(val, x=data.x_val, y=data.y_val)
-    return calib, val
-
-
 @pytest.fixture(scope="session")
 def keras_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
     folder = tmp_path_factory.mktemp("keras")
     data = digits()
     model = train_keras_cnn(folder / "digits.keras", data)
-    calib, val = write_data(folder, data)
+    calib, val = data.write(folder)
     req = ConvertRequest(model=model, profiles=ALL_PROFILES, calibration=calib, validation=val,
                          out=folder / "out", latency_runs=50)
     return Converted(model, calib, val, data, convert(req))
@@ -52,7 +44,7 @@ def torch_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
     folder = tmp_path_factory.mktemp("torch")
     data = digits(channels_first=True)
     model = train_torch_cnn(folder / "digits.pt", data)
-    calib, val = write_data(folder, data)
+    calib, val = data.write(folder)
     req = ConvertRequest(
         model=model, profiles=[*ONNX_PROFILES, "raspberry_pi_4"], calibration=calib, validation=val,
         out=folder / "out", latency_runs=50, input_shape=[1, 8, 8], name="digits-torch",
