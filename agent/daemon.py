@@ -77,6 +77,7 @@ class Agent:
         self.desired: DesiredState | None = None
         self.applied_generation = 0
         self.rejected = 0
+        self._details: dict[str, dict[str, Any]] = {}
         mqtt = self.identity.mqtt
         self.mqtt = MqttSession(
             device_id=self.device_id,
@@ -250,18 +251,22 @@ class Agent:
                 state=after,
                 reason=record.reason,
                 rollout_id=record.rollout_id,
+                details=self._details.pop(record.name, {}),
             )
         self.report()
 
     def _notify(self, kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
-        event = {"download_started": EventKind.DOWNLOAD_STARTED, "download_resumed": EventKind.DOWNLOAD_RESUMED}
+        events = {"download_started": EventKind.DOWNLOAD_STARTED, "download_resumed": EventKind.DOWNLOAD_RESUMED}
+        if kind not in events:  # e.g. the self-test measurements: sent with the next state's event
+            self._details[record.name] = details
+            return
         self.emit(
-            event.get(kind, EventKind.HEALTH),
+            events[kind],
             model=record.name,
             version=record.target_version,
             state=record.state,
             rollout_id=record.rollout_id,
-            details={"step": kind, **details},
+            details=details,
         )
 
     def emit(self, kind: EventKind, **fields: Any) -> Event:

@@ -1,0 +1,106 @@
+"""Test harness: an MQTT observer on the real broker, agent settings, desired-state helpers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.settings import AgentSettings
+from protocol.messages import Command, CommandKind, DesiredModel, DesiredState
+from protocol.topics import Channel, device_topic
+from tests.agent.hubstub import ENROLL_TOKEN, HubStub
+from tests.support.broker import Broker
+
+
+class Observer:
+    """A plain paho client that records everything under the test's topic root and publishes for the hub."""
+
+    def __init__(self, broker: Broker, root: str) -> None:
+        self.root = root
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:6]}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(f"{root}/devices/+/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def payloads(self, channel: Channel) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for t, p in self.messages if t.endswith("/" + channel.value) and p]
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.payloads(Channel.EVENTS) if kind is None or e["kind"] == kind]
+
+    def payloads_status(self) -> list[dict[str, Any]]:
+        return self.payloads(Channel.STATUS)
+
+    def last_reported(self) -> dict[str, Any] | None:
+        reported = self.payloads(Channel.REPORTED)
+        return reported[-1] if reported else None
+
+    def publish(self, device_id: str, channel: Channel, payload: bytes, retain: bool = False) -> None:
+        info = self.client.publish(device_topic(device_id, channel, self.root), payload, qos=1, retain=retain)
+        info.wait_for_publish(timeout=5)
+
+    def desire(self, device_id: str, generation: int, models: list[tuple[str, int, str, bool]]) -> None:
+        state = DesiredState(
+            device_id=device_id,
+            generation=generation,
+            models=[DesiredModel(name=n, version=v, manifest_target=t, rollback=r) for n, v, t, r in models],
+            issued_at=datetime.now(UTC),
+        )
+        self.publish(device_id, Channel.DESIRED, state.to_bytes(), retain=True)
+
+    def command(self, device_id: str, kind: CommandKind, model: str | None = None) -> None:
+        cmd = Command(command_id=uuid.uuid4().hex[:8], kind=kind, model=model, issued_at=datetime.now(UTC))
+        self.publish(device_id, Channel.CMD, cmd.to_bytes())
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def agent_settings(data_dir: Path, hub: HubStub, root: str, **overrides: Any) -> AgentSettings:
+    """Settings for a test agent: enrollment against the stub hub, no probation wait, fast retries."""
+    values: dict[str, Any] = {
+        "profile": "x86_gateway",
+        "data_dir": data_dir,
+        "hub_url": hub.url,
+        "enrollment_token": ENROLL_TOKEN,
+        "device_id": "dev-1",
+        "topic_root": root,
+        "probation_s": 0.0,
+        "retry_base_s": 0.05,
+        "retry_attempts": 4,
+        "reconnect_min_s": 0.2,
+        "reconnect_max_s": 1.0,
+        "api_enabled": False,
+        "latency_basis": "device",
+    }
+    values.update(overrides)
+    return AgentSettings(**values)

@@ -1,0 +1,93 @@
+"""The daemon end to end: real broker, real TUF repository over HTTP, real runtimes, real files."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.daemon import Agent
+from protocol.messages import CommandKind
+from tests.agent.builders import make_manifest, onnx_linear
+from tests.agent.harness import Observer, agent_settings, wait_for
+from tests.agent.hubstub import HubStub
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, hub: HubStub, unique_root: str) -> Iterator[object]:
+    agents: list[Agent] = []
+
+    def make(**overrides: object) -> Agent:
+        a = Agent(agent_settings(tmp_path / "device", hub, unique_root, **overrides))
+        a.start()
+        agents.append(a)
+        return a
+
+    yield make
+    for a in agents:
+        a.stop()
+
+
+def publish_version(hub: HubStub, tmp_path: Path, version: int, **kw: object) -> str:
+    art = onnx_linear(tmp_path / f"lin_v{version}.onnx", seed=version, poison=kw.pop("poison", None))  # type: ignore[arg-type]
+    manifest = make_manifest(art, name="demo", version=version, **kw)  # type: ignore[arg-type]
+    return hub.publish(manifest, art)
+
+
+def committed(observer: Observer, version: int) -> bool:
+    return any(e["version"] == version for e in observer.events("committed"))
+
+
+def test_enroll_install_update_and_report(tmp_path: Path, hub: HubStub, observer: Observer, make_agent) -> None:
+    agent = make_agent()
+    identity = tmp_path / "device" / "identity.json"
+    assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+    wait_for(lambda: agent.mqtt.connected.is_set(), what="mqtt connect")
+    t1 = publish_version(hub, tmp_path, 1)
+    observer.desire("dev-1", 1, [("demo", 1, t1, False)])
+    wait_for(lambda: committed(observer, 1), what="v1 committed")
+    served = agent.serving.get("demo")
+    assert served is not None and served.version == 1
+    assert served.model.predict({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 3)
+    t2 = publish_version(hub, tmp_path, 2)
+    observer.desire("dev-1", 2, [("demo", 2, t2, False)])
+    wait_for(lambda: committed(observer, 2), what="v2 committed")
+    assert (agent.store.slot_version("demo", "active"), agent.store.slot_version("demo", "previous")) == (2, 1)
+    kinds = [e["kind"] for e in observer.events() if e.get("version") == 2]
+    assert kinds == [
+        "download_started",
+        "downloaded",
+        "verified",
+        "staged",
+        "activated",
+        "self_test_passed",
+        "committed",
+    ]
+    seqs = [e["seq"] for e in observer.events()]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    reported = wait_for(lambda: (r := observer.last_reported()) and r["applied_generation"] == 2 and r, what="report")
+    model = reported["models"][0]
+    assert (model["active_version"], model["previous_version"], model["state"]) == (2, 1, "committed")
+    assert any(p["status"] == "online" for p in observer.payloads_status())
+    assert any("bytes=" not in r and "/tuf/targets/" in r for r in hub.requests)
+
+
+def test_manual_rollback_command(tmp_path: Path, hub: HubStub, observer: Observer, make_agent) -> None:
+    agent = make_agent()
+    t1, t2 = publish_version(hub, tmp_path, 1), publish_version(hub, tmp_path, 2)
+    observer.desire("dev-1", 1, [("demo", 1, t1, False)])
+    wait_for(lambda: committed(observer, 1), what="v1")
+    observer.desire("dev-1", 2, [("demo", 2, t2, False)])
+    wait_for(lambda: committed(observer, 2), what="v2")
+    observer.command("dev-1", CommandKind.ROLLBACK, "demo")
+    wait_for(lambda: observer.events("rolled_back"), what="rolled back")
+    assert agent.store.slot_version("demo", "active") == 1
+    assert agent.serving.get("demo").version == 1  # type: ignore[union-attr]
+    rolled = observer.events("rolled_back")[-1]
+    assert rolled["version"] == 1 and "manual rollback" in rolled["reason"]
+    wait_for(lambda: agent.lifecycle.load("demo").state == "rolled_back", what="state persisted")
