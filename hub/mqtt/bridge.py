@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -29,6 +30,7 @@ from protocol.topics import Channel, device_topic, parse_device_topic, wildcard
 log = logging.getLogger(__name__)
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 BATCH = 2000
+RETRIES = 5
 
 
 class MqttBridge:
@@ -130,21 +132,29 @@ class MqttBridge:
                     break
                 items.append(nxt)
             self.metrics.ingest_queue.set(self._queue.qsize())
-            try:
-                self._handle(items, self.clock())
-            except Exception:
-                log.exception("ingest batch of %d failed; messages dropped", len(items))
-                self.metrics.mqtt_rejected.labels("storage_error").inc(len(items))
+            self._handle_with_retry(items)
             if self._resync.is_set():
                 self._resync.clear()
                 self._republish_pending()
+
+    def _handle_with_retry(self, items: list[tuple[str, bytes]]) -> None:
+        """Store a batch; a storage failure is retried with backoff before the batch is counted as lost."""
+        for attempt in range(RETRIES):
+            try:
+                self._handle(items, self.clock())
+                break
+            except Exception:
+                log.exception("ingest batch of %d failed (attempt %d/%d)", len(items), attempt + 1, RETRIES)
+                time.sleep(0.2 * 2**attempt)
+        else:
+            self.metrics.mqtt_rejected.labels("storage_error").inc(len(items))
+        self.processed += sum(1 for topic, _ in items if topic)
 
     def _handle(self, items: list[tuple[str, bytes]], now: datetime) -> None:
         batch = IngestBatch()
         for topic, payload in items:
             if not topic:
                 continue
-            self.processed += 1
             reason = self._parse(batch, topic, payload)
             if reason:
                 self.metrics.mqtt_rejected.labels(reason).inc()

@@ -18,7 +18,7 @@ def insert_new(*, conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str
     existing = set(
         conn.execute(
             select(events.c.device_id, events.c.seq).where(tuple_(events.c.device_id, events.c.seq).in_(list(unique)))
-        ).tuples()
+        )
     )
     fresh = [r for key, r in unique.items() if key not in existing]
     if not fresh:

@@ -98,6 +98,8 @@ class Fleet:
                 self.proc.wait()
         if self.broker is not None:
             self.broker.stop()
+        log = (self.workdir / "hub.log").read_text()
+        assert "Traceback" not in log, log[-4000:]
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
