@@ -1,0 +1,103 @@
+"""`edgefleet rollouts create|list|show|pause|resume|abort|rollback` over the hub API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from hub.ops_cli import _api, _options, _table
+
+
+@click.group()
+def rollouts() -> None:
+    """Create and steer health-gated rollouts."""
+
+
+def _show(ro: dict[str, Any]) -> None:
+    rows = [[w["wave"], w["total"], "yes" if w["released"] else "no",
+             ", ".join(f"{k}={v}" for k, v in sorted(w["counts"].items()))] for w in ro["waves"]]  # fmt: skip
+    _table(f"rollout {ro['id']}: {ro['model']} v{ro['version']} {ro['state']} ({ro['reason'] or ''})",
+           ["wave", "devices", "released", "states"], rows)  # fmt: skip
+    if ro.get("devices"):
+        _table("devices", ["device", "wave", "state", "previous", "reason"],
+               [[d["device_id"], d["wave"], d["state"], d["previous_version"], d["reason"]]
+                for d in ro["devices"]])  # fmt: skip
+
+
+@rollouts.command("create")
+@click.argument("model")
+@click.argument("version", type=int)
+@click.option("--id", "rollout_id", default=None)
+@click.option("--group", default=None)
+@click.option("--profile", default=None)
+@click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
+@click.option("--device", "device_ids", multiple=True, help="explicit device ids, repeatable")
+@click.option("--canary", "canary_percent", type=float, default=10.0, show_default=True)
+@click.option("--stages", default="100", show_default=True, help="cumulative percents, e.g. 25,50,100")
+@click.option("--success", "success_threshold", type=float, default=1.0, show_default=True)
+@click.option("--error", "error_threshold", type=float, default=0.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
+@click.option("--probation", "probation_s", type=float, default=60.0, show_default=True)
+@click.option("--auto-rollback", is_flag=True)
+@_options
+def create(model: str, version: int, rollout_id: str | None, group: str | None, profile: str | None,
+           tags: tuple[str, ...], device_ids: tuple[str, ...], canary_percent: float, stages: str,
+           success_threshold: float, error_threshold: float, timeout_s: float, probation_s: float,
+           auto_rollback: bool, url: str, token: str | None) -> None:  # fmt: skip
+    """Roll MODEL VERSION out to a group, tags, a profile or explicit devices, in waves."""
+    try:
+        stage_list = [float(s) for s in stages.split(",") if s.strip()]
+        tag_map = dict(t.split("=", 1) for t in tags)
+    except ValueError as e:
+        raise click.ClickException(f"bad --stages or --tag: {e}") from e
+    target: dict[str, Any] = {"group": group, "profile": profile, "tags": tag_map}
+    if device_ids:
+        target["devices"] = list(device_ids)
+    body = {"id": rollout_id, "model": model, "version": version, "target": target,
+            "canary_percent": canary_percent, "stages": stage_list, "success_threshold": success_threshold,
+            "error_threshold": error_threshold, "timeout_s": timeout_s, "probation_s": probation_s,
+            "auto_rollback": auto_rollback}  # fmt: skip
+    _show(_api(url, token).call("POST", "/api/v1/rollouts", json=body))
+
+
+@rollouts.command("list")
+@_options
+def list_rollouts(url: str, token: str | None) -> None:
+    """Every rollout and its state."""
+    rows = [[r["id"], r["model"], r["version"], r["state"], r["current_wave"], r["reason"]]
+            for r in _api(url, token).call("GET", "/api/v1/rollouts")]  # fmt: skip
+    _table("rollouts", ["id", "model", "version", "state", "wave", "reason"], rows)
+
+
+@rollouts.command("show")
+@click.argument("rollout_id")
+@_options
+def show(rollout_id: str, url: str, token: str | None) -> None:
+    """Progress per wave and per device."""
+    _show(_api(url, token).call("GET", f"/api/v1/rollouts/{rollout_id}"))
+
+
+def _verb(name: str) -> click.Command:
+    @click.argument("rollout_id")
+    @_options
+    def command(rollout_id: str, url: str, token: str | None) -> None:
+        _show(_api(url, token).call("POST", f"/api/v1/rollouts/{rollout_id}/{name}"))
+
+    command.__doc__ = f"{name.capitalize()} a rollout."
+    return rollouts.command(name)(command)
+
+
+for _name in ("pause", "resume", "abort"):
+    _verb(_name)
+
+
+@rollouts.command("rollback")
+@click.argument("rollout_id")
+@click.option("--group", default=None, help="only this group")
+@click.option("--device", "device_id", default=None, help="only this device")
+@_options
+def rollback(rollout_id: str, group: str | None, device_id: str | None, url: str, token: str | None) -> None:
+    """Return devices to their previous version: the whole rollout, one group, or one device."""
+    scope = {k: v for k, v in {"group": group, "device_id": device_id}.items() if v}
+    _show(_api(url, token).call("POST", f"/api/v1/rollouts/{rollout_id}/rollback", json=scope or None))

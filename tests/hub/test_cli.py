@@ -1,0 +1,92 @@
+"""The operator CLI against a hub served by uvicorn: init, push, devices, rollouts, readable errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from edgefleet.cli import cli
+from hub.api.main import create_app
+from hub.settings import HubSettings
+from protocol.http import ENROLL_PATH
+from tests.hub.support import write_folder
+from tests.support.broker import free_port
+
+TOKEN = "cli-admin-token-0123456789"
+
+
+@pytest.fixture
+def hub_url(tmp_path: Path) -> Iterator[str]:
+    settings = HubSettings(data_dir=tmp_path / "data", admin_token=TOKEN, mqtt_enabled=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(20)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_operator_verbs(hub_url: str, tmp_path: Path) -> None:
+    auth = ["--hub", hub_url, "--token", TOKEN]
+    folder = write_folder(tmp_path / "out", "digits", 1, ["raspberry_pi_4"])
+    code, out = run("models", "push", str(folder), *auth)
+    assert code == 0 and "stored" in out and "raspberry_pi_4" in out
+    code, out = run("models", "push", str(folder), *auth)
+    assert code == 0 and "unchanged" in out
+    code, token = run("devices", "enroll-token", "--uses", "2", "--group", "lab", *auth)
+    assert code == 0
+    for i in range(2):
+        r = httpx.post(f"{hub_url}{ENROLL_PATH}", json={"enrollment_token": token.strip(),
+                       "profile": "raspberry_pi_4", "device_id": f"cli-{i}"})  # fmt: skip
+        assert r.status_code == 201
+    code, out = run("devices", "list", *auth)
+    assert code == 0 and "cli-0" in out and "offline" in out
+    code, out = run("rollouts", "create", "digits", "1", "--id", "rc", "--group", "lab", "--canary", "50", *auth)
+    assert code == 0 and "rollout rc" in out and "running" in out
+    assert run("rollouts", "pause", "rc", *auth)[1].count("paused") >= 1
+    code, out = run("rollouts", "resume", "rc", *auth)
+    assert code == 0 and "running" in out
+    code, out = run("rollouts", "rollback", "rc", "--device", "cli-0", *auth)
+    assert code == 0 and "rolled_back" in out
+    code, out = run("rollouts", "abort", "rc", *auth)
+    assert code == 0 and "aborted" in out
+    code, out = run("rollouts", "list", *auth)
+    assert code == 0 and "aborted" in out
+
+
+def test_errors_are_one_line_and_nonzero(hub_url: str, tmp_path: Path) -> None:
+    auth = ["--hub", hub_url, "--token", TOKEN]
+    code, out = run("rollouts", "pause", "nope", *auth)
+    assert code == 1 and out.strip() == "Error: hub said 404: no rollout 'nope'"
+    code, out = run("rollouts", "create", "digits", "9", "--stages", "50,20", *auth)
+    assert code == 1 and "increasing" in out and len(out.strip().splitlines()) == 1
+    code, out = run("devices", "list", "--hub", hub_url, "--token", "wrong")
+    assert code == 1 and "401" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = run("models", "push", str(empty), *auth)
+    assert code == 1 and "manifest.json" in out
+
+
+def test_hub_init_writes_keys_and_token(tmp_path: Path) -> None:
+    code, out = run("hub", "init", "--data-dir", str(tmp_path / "d"))
+    assert code == 0 and "admin token" in out
+    assert (tmp_path / "d" / "tuf" / "keys" / "root.pem").stat().st_mode & 0o777 == 0o600
+    code, out = run("hub", "init", "--data-dir", str(tmp_path / "d"))
+    assert code == 0 and "already initialised" in out
