@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from hub.api.routes import audit, devices, enroll, health, models, rollouts, tokens, tuf
 from hub.errors import HubError
+from hub.schemas import Message
 from hub.services import Hub
 from hub.settings import HubSettings
 from hub.tuf_repo import Clock, utcnow
@@ -36,6 +39,7 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
         version="1",
         description="Model registry, TUF repository, devices and health-gated rollouts.",
         lifespan=lifespan,
+        responses={422: {"model": Message, "description": "Invalid request"}},
     )
     app.state.hub = hub
 
@@ -45,6 +49,10 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
             log.error("server-side failure: %s", exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation(exc.errors())}, status_code=422)
 
     @app.middleware("http")
     async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -56,3 +64,12 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
         app.include_router(module.router)
     app.include_router(tuf.router)
     return app
+
+
+def describe_validation(errors: Sequence[Any]) -> str:
+    """FastAPI's error list as one readable line: `body.stages: Value error, ...; query.limit: ...`."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
