@@ -47,7 +47,8 @@ def evaluate_members(
     for m in live:
         model = _reported_model(reported.get(m["device_id"]), row["model"])
         state, reason, seen = _device_state(m, model, failures.get(m["device_id"], {}), row, gates, now, probation)
-        if state not in TERMINAL_DEVICE_STATES and now - m["released_at"] > timeout:
+        serving = state in TERMINAL_DEVICE_STATES or state is DeviceState.PROBATION
+        if not serving and now - m["released_at"] > timeout:
             state, reason = DeviceState.FAILED, f"no healthy report within {spec['timeout_s']:g}s"
         if state.value != m["state"] or seen != m["serving_seen_at"] or reason != m["reason"]:
             changes.append(
