@@ -36,8 +36,9 @@ def db(db_url: str) -> Engine:
     upgrade(engine)  # idempotent
     now = datetime(2026, 11, 25, tzinfo=UTC)
     with engine.begin() as conn:
-        model_store.add(conn=conn, now=now, name="m", version=1, profile="p", manifest="{}", manifest_sha256="0" * 64,
-                        manifest_target="t", artifact_target="a", artifact_sha256="1" * 64, artifact_size=1)  # fmt: skip
+        model_store.add(conn=conn, now=now, name="m", version=1, profile="p", manifest="{}",
+                        manifest_sha256="0" * 64, manifest_target="t", artifact_target="a",
+                        artifact_sha256="1" * 64, artifact_size=1)  # fmt: skip
         for i in range(4):
             device_store.create_device(conn=conn, now=now, device_id=f"d{i}", profile="p", group="g", tags={},
                                        token_sha256=f"{i}" * 64, mqtt_password_hash=mosquitto_hash("x"),
