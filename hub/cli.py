@@ -56,3 +56,23 @@ def serve(data_dir: Path | None, host: str | None, port: int | None) -> None:
     except (HubError, OSError) as e:
         raise click.ClickException(str(e)) from e
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning")
+
+
+@hub.command("sign-root")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--root-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the offline root key (default: keys/root.pem in the data dir)")  # fmt: skip
+@click.option("--days", type=int, default=365, show_default=True, help="validity of the new root")
+def sign_root(data_dir: Path | None, root_key: Path | None, days: int) -> None:
+    """Sign a new root version (before the current one expires); devices pick it up through TUF."""
+    from datetime import timedelta
+
+    from hub.tuf_repo import TufRepository, utcnow
+
+    settings = _settings(data_dir)
+    repo = TufRepository(settings.tuf_dir)
+    try:
+        version = repo.bump_root(expires=utcnow() + timedelta(days=days), root_key=root_key)
+    except (HubError, OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"signed {version}.root.json, valid for {days} days")

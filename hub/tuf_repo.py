@@ -199,13 +199,13 @@ class TufRepository:
                 resigned.append("timestamp")
             return resigned
 
-    def bump_root(self, *, expires: datetime | None = None) -> int:
-        """Sign a new root version with the same keys (needs the root key; see docs/hub.md)."""
+    def bump_root(self, *, expires: datetime | None = None, root_key: Path | None = None) -> int:
+        """Sign a new root version with the same keys; `root_key` is the offline key file if not in keys/."""
         with self._lock:
             root: Root = self.load("root").signed
             root.version += 1
             root.expires = expires or self._expires("root")
-            self._publish("root", root)
+            self._publish("root", root, key_file=root_key)
             return root.version
 
     # ---- test helpers for refusal scenarios ----------------------------------------------------
@@ -247,16 +247,16 @@ class TufRepository:
         ts.snapshot_meta = MetaFile(version=snapshot.version)
         self._publish("timestamp", ts)
 
-    def _signer(self, role: str) -> CryptoSigner:
-        key_file = self.keys_dir / f"{role}.pem"
+    def _signer(self, role: str, key_file: Path | None = None) -> CryptoSigner:
+        key_file = key_file or self.keys_dir / f"{role}.pem"
         if not key_file.exists():
             raise SigningKeyMissing(f"the {role} key is not in {self.keys_dir} (offline?): see docs/hub.md")
         private_key = load_pem_private_key(key_file.read_bytes(), password=None)
         return CryptoSigner(private_key, SSlibKey.from_crypto(private_key.public_key()))
 
-    def _publish(self, role: str, signed: Root | Targets | Snapshot | Timestamp) -> None:
+    def _publish(self, role: str, signed: Root | Targets | Snapshot | Timestamp, key_file: Path | None = None) -> None:
         md: Metadata[Any] = Metadata(signed)
-        md.sign(self._signer(role))
+        md.sign(self._signer(role, key_file))
         data = md.to_bytes(self._serializer)
         if role == "root":
             _atomic_write(self.metadata_dir / f"{signed.version}.root.json", data)

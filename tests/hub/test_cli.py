@@ -90,3 +90,16 @@ def test_hub_init_writes_keys_and_token(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "tuf" / "keys" / "root.pem").stat().st_mode & 0o777 == 0o600
     code, out = run("hub", "init", "--data-dir", str(tmp_path / "d"))
     assert code == 0 and "already initialised" in out
+
+
+def test_root_key_kept_offline_signs_a_new_root(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    assert run("hub", "init", "--data-dir", str(data))[0] == 0
+    offline = tmp_path / "usb" / "root.pem"
+    offline.parent.mkdir()
+    (data / "tuf" / "keys" / "root.pem").rename(offline)
+    code, out = run("hub", "sign-root", "--data-dir", str(data))
+    assert code == 1 and "offline" in out and len(out.strip().splitlines()) == 1
+    code, out = run("hub", "sign-root", "--data-dir", str(data), "--root-key", str(offline), "--days", "30")
+    assert code == 0 and "signed 2.root.json" in out
+    assert (data / "tuf" / "metadata" / "2.root.json").exists()
