@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-setup: $(STAMP)
+# MLServer (KServe v2) for the cloud-fallback tests: it pins fastapi<0.116, so it gets its own venv.
+MLSERVER_VENV := .venv-mlserver
+$(MLSERVER_VENV)/bin/mlserver:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver==1.7.1' 'onnxruntime>=1.20'
+
+setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver
 
 demo: setup
 	$(BIN)/edgefleet demo
@@ -36,4 +43,4 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

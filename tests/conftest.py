@@ -10,6 +10,9 @@ import pytest
 
 from tests.support.broker import Broker, start_broker
 
+# Trained + converted digits models (Keras, PyTorch), shared by converter, fallback and demo tests.
+pytest_plugins = ["tests.support.converted"]
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:

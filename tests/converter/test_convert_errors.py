@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgefleet.cli import cli
-from tests.converter.conftest import Converted
+from tests.support.converted import Converted
 
 pytestmark = [pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import pytest
 from firmware_profiles import get_profile
 from protocol import layout
 from protocol.manifest import Manifest, ModelFormat, Quantization
-from tests.converter.conftest import ALL_PROFILES, Converted
+from tests.support.converted import ALL_PROFILES, Converted
 from tests.converter.runtime_check import run_artifact
 
 pytestmark = [pytest.mark.slow]

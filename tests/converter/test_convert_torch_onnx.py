@@ -13,7 +13,7 @@ import pytest
 from converter.pipeline import ConvertRequest, convert
 from protocol import layout
 from protocol.manifest import Manifest
-from tests.converter.conftest import ONNX_PROFILES, Converted
+from tests.support.converted import ONNX_PROFILES, Converted
 from tests.converter.runtime_check import run_artifact
 
 pytestmark = [pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""Session fixtures: train the test models once, convert them once, share the outputs."""
+"""Session fixtures (a pytest plugin): train the test models once, convert them once, share the outputs."""
 
 from __future__ import annotations
 
