@@ -90,7 +90,8 @@ class Downloader:
                 on_progress(written, length, bool(have and mode == "ab"))
             started, sent = self.clock(), 0
             with part.open(mode) as f:
-                for chunk in response.iter_bytes(CHUNK):
+                chunk_size = min(CHUNK, max(1024, self.bandwidth_bps // 8)) if self.bandwidth_bps else CHUNK
+                for chunk in response.iter_bytes(chunk_size):
                     if written + len(chunk) > length:
                         raise DigestMismatch(f"server sent more than the signed length {length}")
                     f.write(chunk)

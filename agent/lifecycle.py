@@ -25,6 +25,8 @@ from protocol.messages import LifecycleState as State
 
 MAX_STEPS = 24
 MAX_STATE_ENTRIES = 3  # a state entered this often without leaving it counts as failed
+# Downloads resume where they stopped, so interrupting one (power, network) is progress, not a loop.
+UNGUARDED = frozenset({State.DOWNLOADING})
 
 
 class Ev(StrEnum):
@@ -149,8 +151,8 @@ class Lifecycle:
             entries = record.entries.get(record.state.value, 0) + 1
             record.entries[record.state.value] = entries
             self.save(record)  # persisted before the interruptible action
-            _maybe_pause(self.state_dir, record.state)
-            if entries > MAX_STATE_ENTRIES:
+            _maybe_pause(self.state_dir, record)
+            if entries > MAX_STATE_ENTRIES and record.state not in UNGUARDED:
                 record.reason = f"{record.state.value} was interrupted {entries - 1} times; giving up"
                 event = Ev.ERROR
             else:
@@ -174,10 +176,11 @@ class Lifecycle:
             self.on_transition(record, before, event, after)
 
 
-def _maybe_pause(state_dir: Path, state: State) -> None:
-    if os.environ.get(PAUSE_ENV) == state.value:
+def _maybe_pause(state_dir: Path, record: UpdateRecord) -> None:
+    """Test hook `state@version`: stop here (state already persisted) until the test kills us."""
+    if os.environ.get(PAUSE_ENV) == f"{record.state.value}@{record.target_version}":
         import time
 
-        (state_dir / f"paused-in-{state.value}").write_text(json.dumps({"pid": os.getpid()}))
+        (state_dir / f"paused-in-{record.state.value}").write_text(json.dumps({"pid": os.getpid()}))
         while True:
             time.sleep(1)

@@ -1,0 +1,100 @@
+"""kill -9 the agent in every lifecycle state and mid-download: it restarts consistent and converges."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.agent.builders import make_manifest, onnx_linear
+from tests.agent.harness import Observer, wait_for
+from tests.agent.hubstub import HubStub
+from tests.agent.procs import assert_one_complete_active, kill9, start_agent, stop, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# state the agent is killed in -> (does v2 pass its self-test?, the version active after restart)
+CRASH_TABLE: dict[str, tuple[bool, int]] = {
+    "downloading": (True, 2),
+    "verifying": (True, 2),
+    "staged": (True, 2),
+    "activating": (True, 2),
+    "self_test": (True, 2),
+    "probation": (True, 2),
+    "rolling_back": (False, 1),
+}
+
+
+def publish(hub: HubStub, tmp_path: Path, version: int, good: bool = True, n_in: int = 4) -> str:
+    art = onnx_linear(
+        tmp_path / f"lin_v{version}.onnx", n_in=n_in, n_out=n_in, seed=version, poison=None if good else "nan"
+    )
+    ref = None if good else onnx_linear(tmp_path / f"ref_v{version}.onnx", n_in=n_in, n_out=n_in, seed=version)
+    return hub.publish(make_manifest(art, name="demo", version=version, golden_from=ref), art)
+
+
+@pytest.mark.parametrize("state", list(CRASH_TABLE))
+def test_kill9_in_state_then_converge(
+    state: str, tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    v2_good, expected_active = CRASH_TABLE[state]
+    data = tmp_path / "device"
+    config = write_config(tmp_path / "agent.toml", data, hub, unique_root)
+    log = tmp_path / "agent.log"
+    proc = start_agent(config, log, pause=f"{state}@2")
+    try:
+        observer.desire("dev-1", 1, [("demo", 1, publish(hub, tmp_path, 1), False)])
+        wait_for(lambda: observer.events("committed"), timeout=60, what=f"v1 committed ({log.read_text()[-500:]})")
+        observer.desire("dev-1", 2, [("demo", 2, publish(hub, tmp_path, 2, good=v2_good), False)])
+        wait_for(lambda: (data / "lifecycle" / f"paused-in-{state}").exists(), timeout=60, what=f"paused in {state}")
+        kill9(proc)
+        (data / "lifecycle" / f"paused-in-{state}").unlink()
+        assert assert_one_complete_active(data / "models", "demo") in (1, 2)
+        proc = start_agent(config, log)
+        final = "committed" if v2_good else "rolled_back"
+        wait_for(
+            lambda: (
+                any(e.get("version") == expected_active for e in observer.events(final) if e["kind"] == final)
+                and (data / "lifecycle" / "demo.json").read_text().count(f'"state": "{final}"')
+            ),
+            timeout=60,
+            what=f"converged to {final}",
+        )
+        assert assert_one_complete_active(data / "models", "demo") == expected_active
+        stop(proc)
+    finally:
+        stop(proc)
+
+
+def test_kill9_mid_download_at_seeded_offsets_resumes(
+    tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    data = tmp_path / "device"
+    config = write_config(tmp_path / "agent.toml", data, hub, unique_root, bandwidth_bps=400_000)
+    log = tmp_path / "agent.log"
+    target = publish(hub, tmp_path, 1, n_in=256)
+    length = (tmp_path / "lin_v1.onnx").stat().st_size
+    offsets = sorted(random.Random(20261125).sample(range(length // 10, length - length // 10), 3))
+    part = data / "downloads" / "demo" / "1" / "lin_v1.onnx.part"
+    observer.desire("dev-1", 1, [("demo", 1, target, False)])
+    for offset in offsets:
+        goal = max(offset, (part.stat().st_size if part.exists() else 0) + 1)
+        proc = start_agent(config, log)
+        try:
+            wait_for(lambda g=goal: part.exists() and part.stat().st_size >= g, timeout=60, what=f"{goal} bytes")
+            kill9(proc)
+        finally:
+            stop(proc)
+        assert assert_one_complete_active(data / "models", "demo") is None
+    size_before_last = part.stat().st_size
+    proc = start_agent(config, log)
+    try:
+        wait_for(lambda: observer.events("committed"), timeout=60, what="committed after resumes")
+    finally:
+        stop(proc)
+    assert assert_one_complete_active(data / "models", "demo") == 1
+    resumed = observer.events("download_resumed")
+    assert len(resumed) >= len(offsets)
+    assert resumed[-1]["details"]["offset"] >= size_before_last
+    assert any(f"bytes={size_before_last}-" in r for r in hub.requests)
