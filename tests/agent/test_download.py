@@ -1,0 +1,118 @@
+"""Downloader against a real HTTP server: resume through a connection-cutting proxy, cap, retry, lengths."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from agent.download import Downloader, RetryPolicy
+from agent.errors import DigestMismatch, DownloadError
+from tests.agent.proxy import CuttingProxy
+from tests.support.broker import free_port, wait_port
+
+pytestmark = pytest.mark.integration
+SIZE = 300_000
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
+    """A real uvicorn + StaticFiles server (answers Range with 206) serving one random file."""
+    payload = random.Random(7).randbytes(SIZE)
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "blob.bin").write_bytes(payload)
+    port = free_port()
+    app = Starlette(routes=[Mount("/", StaticFiles(directory=tmp_path / "srv"))])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    threading.Thread(target=server.run, daemon=True).start()
+    wait_port("127.0.0.1", port)
+    yield port, payload
+    server.should_exit = True
+
+
+class FakeTime:
+    """An injectable clock whose sleep advances it (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+
+def test_resumes_through_cut_connections(tmp_path: Path, file_server: tuple[int, bytes]) -> None:
+    port, payload = file_server
+    proxy = CuttingProxy(port, cut_after=70_000)
+    ranges: list[str] = []
+
+    def log_request(request: httpx.Request) -> None:
+        ranges.append(request.headers.get("range", ""))
+
+    fake = FakeTime()
+    with httpx.Client(timeout=5, event_hooks={"request": [log_request]}) as client:
+        downloader = Downloader(client, retry=RetryPolicy(attempts=3, rng=random.Random(1)), sleep=fake.sleep)
+        part = downloader.fetch(f"http://127.0.0.1:{proxy.port}/blob.bin", tmp_path / "blob.part", SIZE)
+    proxy.close()
+    assert hashlib.sha256(part.read_bytes()).digest() == hashlib.sha256(payload).digest()
+    assert proxy.cuts >= 4 and len(ranges) >= 5
+    assert ranges[0] == "" and all(r.startswith("bytes=") for r in ranges[1:])
+    starts = [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:]]
+    assert starts == sorted(starts) and starts[0] > 0
+
+
+def test_resume_after_restart_uses_range(tmp_path: Path, file_server: tuple[int, bytes]) -> None:
+    port, payload = file_server
+    part = tmp_path / "blob.part"
+    part.write_bytes(payload[:123_456])
+    seen: list[str] = []
+    with httpx.Client(event_hooks={"request": [lambda r: seen.append(r.headers.get("range", ""))]}) as client:
+        Downloader(client).fetch(f"http://127.0.0.1:{port}/blob.bin", part, SIZE)
+    assert seen == ["bytes=123456-"]
+    assert part.read_bytes() == payload
+
+
+def test_bandwidth_cap_paces_the_download(tmp_path: Path, file_server: tuple[int, bytes]) -> None:
+    port, _ = file_server
+    fake = FakeTime()
+    with httpx.Client() as client:
+        Downloader(client, bandwidth_bps=100_000, sleep=fake.sleep, clock=fake.clock).fetch(
+            f"http://127.0.0.1:{port}/blob.bin", tmp_path / "b.part", SIZE
+        )
+    assert SIZE / 100_000 * 0.9 <= fake.now <= SIZE / 100_000 * 1.1  # simulated seconds, not wall time
+
+
+def test_wrong_lengths_are_digest_mismatch(tmp_path: Path, file_server: tuple[int, bytes]) -> None:
+    port, _ = file_server
+    with httpx.Client() as client, pytest.raises(DigestMismatch, match="more than the signed length"):
+        Downloader(client).fetch(f"http://127.0.0.1:{port}/blob.bin", tmp_path / "a.part", SIZE - 1)
+    with httpx.Client() as client, pytest.raises(DigestMismatch, match=f"the signed length is {SIZE + 5}"):
+        Downloader(client).fetch(f"http://127.0.0.1:{port}/blob.bin", tmp_path / "b.part", SIZE + 5)
+
+
+def test_unreachable_server_retries_with_jittered_backoff_then_gives_up(tmp_path: Path) -> None:
+    fake = FakeTime()
+    policy = RetryPolicy(attempts=5, base_s=0.5, cap_s=4.0, rng=random.Random(3))
+    with (
+        httpx.Client(timeout=httpx.Timeout(1.0, connect=0.5)) as client,
+        pytest.raises(DownloadError, match="5 failed"),
+    ):
+        Downloader(client, retry=policy, sleep=fake.sleep).fetch(
+            f"http://127.0.0.1:{free_port()}/x", tmp_path / "x.part", 10
+        )
+    assert len(fake.sleeps) == 4
+    assert all(0 <= s <= min(4.0, 0.5 * 2**i) for i, s in enumerate(fake.sleeps))
+    assert len(set(fake.sleeps)) == 4  # jittered, not a fixed schedule
