@@ -153,7 +153,7 @@ class Lifecycle:
             self.save(record)  # persisted before the interruptible action
             _maybe_pause(self.state_dir, record)
             if entries > MAX_STATE_ENTRIES and record.state not in UNGUARDED:
-                record.reason = f"{record.state.value} was interrupted {entries - 1} times; giving up"
+                record.reason = f"{record.state.value} started {entries - 1} times without finishing; giving up"
                 event = Ev.ERROR
             else:
                 event = actions[record.state](record)

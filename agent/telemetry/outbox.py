@@ -1,0 +1,164 @@
+"""Store-and-forward outbox: rows wait in SQLite until the hub acknowledges them.
+
+WAL + synchronous=FULL: a row whose `put` returned survives kill -9 and power loss. Batched
+inserts (one transaction per `put_many`). Bounded by bytes and age; the policy is one of
+  - drop_oldest (default): make room by deleting the oldest rows (recent data is worth more
+    for health gates and drift), counting what was dropped;
+  - refuse_newest: keep the backlog intact and refuse new rows, counting them.
+Dropped and refused counts live in the database and are reported with the next message sent.
+Start-up reads two counters, never scans the backlog.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+Policy = Literal["drop_oldest", "refuse_newest"]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    channel: str
+    payload: str
+    created: float
+
+
+class Outbox:
+    """A bounded, ordered, crash-safe queue of payloads per channel."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 50 * 2**20,
+        max_age_s: float = 7 * 86400,
+        policy: Policy = "drop_oldest",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.policy = policy
+        self._clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        if "rows" not in self.db.table_names():
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, "
+                "payload TEXT NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL)"
+            )
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            with self.db.conn:
+                for key in ("bytes", "rows", "dropped", "refused", "reported"):
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", [key])
+
+    def _meta(self, key: str) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()[0])
+
+    def _bump(self, key: str, delta: int) -> None:
+        self.db.execute("UPDATE meta SET value = value + ? WHERE key = ?", [delta, key])
+
+    def put(self, channel: str, payload: str) -> int | None:
+        """Store one payload; its id, or None when refused (refuse_newest policy, full)."""
+        ids = self.put_many([(channel, payload)])
+        return ids[0]
+
+    def put_many(self, items: Iterable[tuple[str, str]]) -> list[int | None]:
+        """Store payloads in one transaction, in order; None for each refused one."""
+        out: list[int | None] = []
+        now = self._clock()
+        with self.db.conn:
+            self._expire(now)
+            for channel, payload in items:
+                size = len(payload.encode("utf-8"))
+                if size > self.max_bytes or not self._make_room(size):
+                    self._bump("refused", 1)
+                    out.append(None)
+                    continue
+                cur = self.db.execute(
+                    "INSERT INTO rows (channel, payload, bytes, created) VALUES (?, ?, ?, ?)",
+                    [channel, payload, size, now],
+                )
+                self._bump("bytes", size)
+                self._bump("rows", 1)
+                out.append(int(cur.lastrowid or 0))
+        return out
+
+    def _make_room(self, size: int) -> bool:
+        over = self._meta("bytes") + size - self.max_bytes
+        if over <= 0:
+            return True
+        if self.policy == "refuse_newest":
+            return False
+        freed, doomed = 0, []
+        for row_id, row_bytes in self.db.execute("SELECT id, bytes FROM rows ORDER BY id"):
+            doomed.append(row_id)
+            freed += row_bytes
+            if freed >= over:
+                break
+        self._delete(doomed, freed)
+        self._bump("dropped", len(doomed))
+        return True
+
+    def _expire(self, now: float) -> None:
+        old = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM rows WHERE created < ?", [now - self.max_age_s]
+        ).fetchone()
+        if old[0]:
+            self.db.execute("DELETE FROM rows WHERE created < ?", [now - self.max_age_s])
+            self._bump("bytes", -int(old[1]))
+            self._bump("rows", -int(old[0]))
+            self._bump("dropped", int(old[0]))
+
+    def _delete(self, ids: Sequence[int], size: int) -> None:
+        self.db.execute(f"DELETE FROM rows WHERE id IN ({','.join('?' * len(ids))})", list(ids))
+        self._bump("bytes", -size)
+        self._bump("rows", -len(ids))
+
+    def pending(self, limit: int = 100, channel: str | None = None) -> list[OutboxRow]:
+        """The oldest rows, in order."""
+        where, args = ("WHERE channel = ?", [channel]) if channel else ("", [])
+        rows = self.db.execute(
+            f"SELECT id, channel, payload, created FROM rows {where} ORDER BY id LIMIT ?", [*args, limit]
+        ).fetchall()
+        return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    def ack(self, ids: Iterable[int]) -> int:
+        """Delete acknowledged rows; unknown ids (already acked) are ignored."""
+        wanted = list(ids)
+        if not wanted:
+            return 0
+        with self.db.conn:
+            marks = ",".join("?" * len(wanted))
+            row = self.db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM rows WHERE id IN ({marks})", wanted
+            ).fetchone()
+            if row[0]:
+                self._delete(wanted, int(row[1]))
+        return int(row[0])
+
+    def unreported_drops(self) -> int:
+        """Rows dropped or refused since the last `mark_reported` (to put in the next message)."""
+        return self._meta("dropped") + self._meta("refused") - self._meta("reported")
+
+    def mark_reported(self, count: int) -> None:
+        with self.db.conn:
+            self._bump("reported", count)
+
+    def stats(self) -> dict[str, int]:
+        return {k: self._meta(k) for k in ("rows", "bytes", "dropped", "refused")}
+
+    def integrity_ok(self) -> bool:
+        return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    def close(self) -> None:
+        self.db.close()

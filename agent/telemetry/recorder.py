@@ -1,0 +1,232 @@
+"""Per-inference telemetry that costs a row copy: values are buffered and binned in bulk per chunk.
+
+The recorder for one model version keeps in memory: a buffer of input rows, predicted classes (or
+output rows) and latencies; counts per baseline bin; error, fallback and label counts. Nothing is
+written per inference: `close_window()` returns one `TelemetrySummary` for the outbox.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+import numpy as np
+
+from protocol.manifest import HistogramBaseline, Manifest, Task
+from protocol.telemetry import LATENCY_BUCKETS_MS, FeatureWindow, TelemetrySummary, channel_axis
+
+CHUNK_ROWS = 256
+PIXELS_PER_SAMPLE = 16  # channel grouping: sampled positions per sample and channel
+MAX_OPEN_PREDICTIONS = 10_000  # predictions awaiting a delayed label
+
+
+class _Binner:
+    """Counts of a (rows x features) stream over per-feature baseline bins, with data-quality counts."""
+
+    def __init__(self, hists: list[HistogramBaseline]) -> None:
+        self.names = [h.name for h in hists]
+        self.bins = max(len(h.counts) for h in hists)
+        interior = np.full((len(hists), max(self.bins - 1, 1)), np.inf)
+        for i, h in enumerate(hists):
+            inner = h.edges[1:-1]
+            interior[i, : len(inner)] = inner
+        self.interior = interior[:, : self.bins - 1]
+        self.lo = np.array([h.min for h in hists])
+        self.hi = np.array([h.max for h in hists])
+        self.counts = np.zeros((len(hists), self.bins), np.int64)
+        self.missing = np.zeros(len(hists), np.int64)
+        self.below = np.zeros(len(hists), np.int64)
+        self.above = np.zeros(len(hists), np.int64)
+        self.buffer = np.empty((CHUNK_ROWS, len(hists)), np.float64)
+        self.filled = 0
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        start = 0
+        while start < len(rows):
+            take = min(len(rows) - start, CHUNK_ROWS - self.filled)
+            self.buffer[self.filled : self.filled + take] = rows[start : start + take]
+            self.filled += take
+            start += take
+            if self.filled == CHUNK_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.filled:
+            return
+        v = self.buffer[: self.filled]
+        self.filled = 0
+        finite = np.isfinite(v)
+        self.missing += (~finite).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            self.below += (finite & (v < self.lo)).sum(axis=0)
+            self.above += (finite & (v > self.hi)).sum(axis=0)
+            idx = (v[:, :, None] >= self.interior[None, :, :]).sum(axis=2)
+        flat = idx + np.arange(v.shape[1]) * self.bins
+        flat = np.where(finite, flat, self.counts.size)  # NaN/inf go to a discard slot
+        self.counts += np.bincount(flat.ravel(), minlength=self.counts.size + 1)[:-1].reshape(self.counts.shape)
+
+    def take(self) -> list[FeatureWindow]:
+        self.flush()
+        out = [
+            FeatureWindow(
+                name=n,
+                counts=[int(c) for c in self.counts[i]],
+                missing=int(self.missing[i]),
+                below_min=int(self.below[i]),
+                above_max=int(self.above[i]),
+            )
+            for i, n in enumerate(self.names)
+        ]
+        for arr in (self.counts, self.missing, self.below, self.above):
+            arr[...] = 0
+        return out
+
+
+def _extractor(name: str, hists: list[HistogramBaseline]) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows of feature values for one input tensor, matching how the converter grouped it."""
+    channel = hists[0].name.startswith(f"{name}[c")
+    if not channel:
+        return lambda x: x.reshape(len(x), -1)
+    n_channels = len(hists)
+
+    def rows(x: np.ndarray) -> np.ndarray:
+        moved = np.moveaxis(x, channel_axis(x.shape), -1).reshape(len(x), -1, n_channels)
+        pick = np.linspace(0, moved.shape[1] - 1, min(PIXELS_PER_SAMPLE, moved.shape[1])).astype(int)
+        return moved[:, pick, :].reshape(-1, n_channels)
+
+    return rows
+
+
+class WindowRecorder:
+    """Telemetry of one model version on this device, one window at a time."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        device_id: str,
+        *,
+        window_size: int = 1000,
+        window_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manifest = manifest
+        self.device_id = device_id
+        self.window_size = window_size
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        base = manifest.baseline
+        self._inputs: list[tuple[str, Callable[[np.ndarray], np.ndarray], _Binner]] = []
+        for spec in manifest.inputs:
+            hists = [h for h in base.inputs if h.name.startswith(f"{spec.name}[")]
+            if hists:
+                self._inputs.append((spec.name, _extractor(spec.name, hists), _Binner(hists)))
+        self.classifier = manifest.task is Task.CLASSIFICATION and base.class_counts is not None
+        self.n_classes = len(base.class_counts or [])
+        self._out_binner = _Binner(base.outputs) if base.outputs and not self.classifier else None
+        self._classes = np.zeros(max(self.n_classes, 1), np.int64)
+        self._confusion = np.zeros((self.n_classes, self.n_classes), np.int64) if self.classifier else None
+        self._lat: list[float] = []
+        self._ids = itertools.count(1)
+        self._open: OrderedDict[str, int] = OrderedDict()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start = self._clock()
+        self.n = 0
+        self.errors = 0
+        self.fallback: dict[str, int] = {}
+
+    def record(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        latency_ms: float,
+        keep_ids: bool = False,
+    ) -> list[str]:
+        """One predict call (any batch size). Returns prediction ids when `keep_ids` (for delayed labels)."""
+        ids: list[str] = []
+        with self._lock:
+            batch = 0
+            for name, extract, binner in self._inputs:
+                x = np.asarray(inputs[name])
+                batch = len(x)
+                binner.add_rows(extract(x))
+            first = np.asarray(next(iter(outputs.values())))
+            batch = batch or len(first)
+            if self.classifier:
+                pred = first.reshape(len(first), -1).argmax(axis=1)
+                self._classes += np.bincount(pred, minlength=self._classes.size)[: self._classes.size]
+                if keep_ids:
+                    for p in pred:
+                        pid = f"{self.manifest.version}-{next(self._ids)}"
+                        self._open[pid] = int(p)
+                        ids.append(pid)
+                    while len(self._open) > MAX_OPEN_PREDICTIONS:
+                        self._open.popitem(last=False)
+            elif self._out_binner is not None:
+                self._out_binner.add_rows(first.reshape(len(first), -1))
+            self._lat.append(latency_ms / max(batch, 1))
+            self.n += batch
+        return ids
+
+    def record_error(self) -> None:
+        with self._lock:
+            self.errors += 1
+            self.n += 1
+
+    def record_fallback(self, reason: str) -> None:
+        with self._lock:
+            self.fallback[reason] = self.fallback.get(reason, 0) + 1
+
+    def feedback(self, prediction_id: str, label: int) -> bool:
+        """Fold a delayed true label into the window; False when the id is unknown or expired."""
+        with self._lock:
+            pred = self._open.pop(prediction_id, None)
+            if pred is None or self._confusion is None or not 0 <= label < self.n_classes:
+                return False
+            self._confusion[label, pred] += 1
+            return True
+
+    def due(self) -> bool:
+        return self.n >= self.window_size or (self.n > 0 and self._clock() - self._start >= self.window_seconds)
+
+    def close_window(self) -> TelemetrySummary | None:
+        """The finished window's summary (None if nothing happened); starts the next window."""
+        with self._lock:
+            if self.n == 0 and not self.fallback and (self._confusion is None or not self._confusion.any()):
+                self._start = self._clock()
+                return None
+            lat = np.bincount(
+                np.searchsorted(LATENCY_BUCKETS_MS, self._lat, side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
+            )
+            summary = TelemetrySummary(
+                device_id=self.device_id,
+                model=self.manifest.name,
+                version=self.manifest.version,
+                profile=self.manifest.profile,
+                window_start=_ts(self._start),
+                window_end=_ts(self._clock()),
+                n=self.n,
+                errors=self.errors,
+                fallback=dict(self.fallback),
+                latency_buckets=[int(c) for c in lat],
+                inputs=[f for _, _, b in self._inputs for f in b.take()],
+                class_counts=[int(c) for c in self._classes] if self.classifier else None,
+                outputs=self._out_binner.take() if self._out_binner else [],
+                confusion=self._confusion.tolist() if self._confusion is not None else None,
+            )
+            self._classes[:] = 0
+            if self._confusion is not None:
+                self._confusion[:] = 0
+            self._lat = []
+            self._reset()
+            return summary
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
