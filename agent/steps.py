@@ -6,7 +6,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -27,7 +27,9 @@ from agent.selftest import run_self_test
 from agent.serving import ServingRegistry
 from agent.settings import AgentSettings
 from agent.store import ModelStore
-from agent.tufclient import TufClient
+
+if TYPE_CHECKING:
+    from agent.tufclient import TufClient
 from firmware_profiles import FirmwareProfile
 from protocol.http import EnrollResponse, artifact_target
 from protocol.manifest import Manifest
@@ -68,6 +70,9 @@ class DeviceSteps:
         return self.settings.data_dir / "downloads" / record.name / str(record.target_version)
 
     def tuf(self) -> TufClient:
+        """A fresh TUF view (imported lazily: python-tuf costs ~10 MB the daemon needs only while updating)."""
+        from agent.tufclient import TufClient
+
         root = self.identity.tuf_root.encode()
         return TufClient(self.settings.data_dir / "tuf", self.identity.hub_url, self.http, root)
 

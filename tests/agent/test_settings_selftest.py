@@ -1,0 +1,46 @@
+"""Settings from TOML + env, and the self-test on a quantized TFLite artifact with the profile's speed factor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent.errors import SelfTestFailed
+from agent.selftest import latency_factor, run_self_test
+from agent.settings import load_settings
+from firmware_profiles import get_profile
+from tests.agent.builders import make_manifest
+
+
+def test_toml_file_under_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('profile = "raspberry_pi_4"\ndata_dir = "/tmp/x"\nbandwidth_bps = 50000\n')
+    monkeypatch.setenv("EDGEFLEET_AGENT_BANDWIDTH_BPS", "80000")
+    settings = load_settings(config)
+    assert (settings.profile, settings.data_dir, settings.bandwidth_bps) == ("raspberry_pi_4", Path("/tmp/x"), 80000)
+    assert settings.api_host == "127.0.0.1"
+
+
+def test_typo_in_config_fails_loudly(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('profile = "raspberry_pi_4"\nbandwith_bps = 5\n')
+    with pytest.raises(ValidationError, match="bandwith_bps"):
+        load_settings(config)
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_int8_tflite_self_test_and_speed_factor(tflite_paths: dict[str, Path]) -> None:
+    profile = get_profile("raspberry_pi_4")
+    manifest = make_manifest(tflite_paths["int8"], profile=profile.name, atol=0.05)
+    model, result = run_self_test(manifest, tflite_paths["int8"], profile, "device")
+    assert result.cases == 2 and result.max_abs_error <= 0.05
+    assert latency_factor(profile, "host") == 8.0 and latency_factor(profile, "device") == 1.0
+    tight = profile.model_copy(
+        update={"budgets": profile.budgets.model_copy(update={"latency_ms": result.latency_ms_p50 * 2})}
+    )
+    with pytest.raises(SelfTestFailed, match="x speed factor 8"):
+        run_self_test(manifest, tflite_paths["int8"], tight, "host")
+    assert model.predict(manifest.golden.cases[0].inputs)[manifest.outputs[0].name].shape == (1, 3)
