@@ -108,9 +108,12 @@ def run(config: Path | None) -> None:
             app = build_app(
                 daemon.serving, daemon.metrics, daemon.models_view, daemon.health_view, daemon.request_rollback
             )
-            server_config = uvicorn.Config(
-                app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
+            where: dict[str, Any] = (
+                {"uds": str(settings.api_uds)}
+                if settings.api_uds
+                else {"host": settings.api_host, "port": settings.api_port}
             )
+            server_config = uvicorn.Config(app, log_level="warning", access_log=False, **where)
             uvicorn.Server(server_config).run()
         else:
             stop = threading.Event()

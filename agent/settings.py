@@ -50,6 +50,7 @@ class AgentSettings(BaseSettings):
     api_enabled: bool = True
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8470, ge=0, le=65535)
+    api_uds: Path | None = None  # serve on this unix socket instead of api_host:api_port
     log_level: str = "INFO"
 
     @classmethod
