@@ -11,6 +11,7 @@ import numpy as np
 
 from converter.measure import ArtifactRunner
 from protocol.manifest import BaselineStats, GoldenCase, GoldenSet, HistogramBaseline, QuantParams, TensorSpec
+from protocol.telemetry import channel_axis
 
 DEFAULT_BINS = 10
 MAX_PER_FEATURE = 256  # above this many elements per sample, group by channel instead
@@ -37,13 +38,6 @@ def histogram(name: str, values: np.ndarray, bins: int = DEFAULT_BINS) -> Histog
     )
 
 
-def _channel_axis(shape: tuple[int, ...]) -> int:
-    """Channels-last unless the layout looks like NCHW (small dim 1, larger last dim)."""
-    if len(shape) == 4 and shape[1] <= 4 < shape[-1]:
-        return 1
-    return len(shape) - 1
-
-
 def baseline_stats(
     inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], classifier: bool, bins: int = DEFAULT_BINS
 ) -> BaselineStats:
@@ -57,7 +51,7 @@ def baseline_stats(
             hists += [histogram(f"{name}[{j}]", flat[:, j], bins) for j in range(flat.shape[1])]
         else:
             grouping = "channel"
-            axis = _channel_axis(x.shape)
+            axis = channel_axis(x.shape)
             moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
             hists += [histogram(f"{name}[c{j}]", moved[:, j], bins) for j in range(moved.shape[1])]
     first = next(iter(reference.values()))

@@ -74,24 +74,40 @@ class Outbox:
 
     def put_many(self, items: Iterable[tuple[str, str]]) -> list[int | None]:
         """Store payloads in one transaction, in order; None for each refused one."""
-        out: list[int | None] = []
         now = self._clock()
+        batch = [(ch, p, len(p.encode("utf-8"))) for ch, p in items]
+        accept = self._admit([size for _, _, size in batch])
+        kept = [(ch, p, size, now) for (ch, p, size), ok in zip(batch, accept, strict=True) if ok]
         with self.db.conn:
             self._expire(now)
-            for channel, payload in items:
-                size = len(payload.encode("utf-8"))
-                if size > self.max_bytes or not self._make_room(size):
-                    self._bump("refused", 1)
-                    out.append(None)
-                    continue
-                cur = self.db.execute(
-                    "INSERT INTO rows (channel, payload, bytes, created) VALUES (?, ?, ?, ?)",
-                    [channel, payload, size, now],
-                )
-                self._bump("bytes", size)
-                self._bump("rows", 1)
-                out.append(int(cur.lastrowid or 0))
-        return out
+            refused = len(batch) - len(kept)
+            if refused:
+                self._bump("refused" if self.policy == "refuse_newest" else "dropped", refused)
+            if kept and not self._make_room(sum(r[2] for r in kept)):
+                self._bump("refused", len(kept))
+                kept, accept = [], [False] * len(batch)
+            row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rows'").fetchone()
+            first = (int(row[0]) if row else 0) + 1  # AUTOINCREMENT: ids are sequential in one transaction
+            self.db.conn.executemany("INSERT INTO rows (channel, payload, bytes, created) VALUES (?, ?, ?, ?)", kept)
+            self._bump("bytes", sum(r[2] for r in kept))
+            self._bump("rows", len(kept))
+        ids = iter(range(first, first + len(kept)))
+        return [next(ids) if ok else None for ok in accept]
+
+    def _admit(self, sizes: list[int]) -> list[bool]:
+        """Which rows of a batch can be stored at all, before making room in the backlog."""
+        if self.policy == "refuse_newest":
+            room, out = self.max_bytes - self._meta("bytes"), []
+            for size in sizes:
+                out.append(size <= room)
+                room -= size if size <= room else 0
+            return out
+        # drop_oldest: a batch bigger than the whole cap keeps its newest rows.
+        room, out = self.max_bytes, []
+        for size in reversed(sizes):
+            out.append(size <= room)
+            room -= size if size <= room else 0
+        return out[::-1]
 
     def _make_room(self, size: int) -> bool:
         over = self._meta("bytes") + size - self.max_bytes
