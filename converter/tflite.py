@@ -49,8 +49,12 @@ def build_tflite(
         raise ConversionFailed(f"TFLite {quant.value}: {str(e).strip().splitlines()[0][:300]}") from e
 
 
-def _representative(source: SourceModel, calibration: Dataset) -> Iterator[list[np.ndarray]]:
+def _representative(source: SourceModel, calibration: Dataset) -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
+    """One sample at a time; by signature input name when there are several (TFLite reorders inputs)."""
     n = min(len(calibration), CALIBRATION_SAMPLES)
     names = list(source.input_shapes)
     for i in range(n):
-        yield [calibration.inputs[name][i : i + 1] for name in names]
+        if len(names) == 1:
+            yield [calibration.inputs[names[0]][i : i + 1]]
+        else:
+            yield {name: calibration.inputs[name][i : i + 1] for name in names}
