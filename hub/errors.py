@@ -8,7 +8,7 @@ HubError
 │   └── Forbidden            (403) a valid token that may not do this
 ├── TufRepositoryError       the signed metadata cannot be produced or read
 │   └── SigningKeyMissing    a role key (e.g. the offline root key) is not in the data dir
-├── BrokerConfigError        a Mosquitto password/ACL candidate failed validation; nothing replaced
+├── BrokerConfigError        (503) a Mosquitto password/ACL candidate failed validation; nothing replaced
 └── RolloutError
     └── InvalidTransition    (409) the rollout's state machine has no such transition
 """
@@ -65,7 +65,7 @@ class SigningKeyMissing(TufRepositoryError):
 class BrokerConfigError(HubError):
     """A candidate Mosquitto password/ACL configuration was rejected; the live files are untouched."""
 
-    status_code = 500
+    status_code = 503
 
 
 class RolloutError(HubError):

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from hub.db.engine import make_engine, upgrade
 from hub.errors import HubError
@@ -55,6 +55,7 @@ class Hub:
     bridge: MqttBridge | None = field(init=False, default=None)
     auth: MosquittoAuth | None = field(init=False, default=None)
     admin_token: str = field(init=False)
+    _hub_hash: str | None = field(init=False, default=None)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
     _threads: list[threading.Thread] = field(init=False, default_factory=list)
 
@@ -80,13 +81,22 @@ class Hub:
     def mqtt_password(self) -> str:
         return self.settings.mqtt_password_file.read_text().strip()
 
-    def sync_broker_auth(self) -> None:
-        """Rewrite the broker's password/ACL files from the device table (validated, then SIGHUP)."""
+    def sync_broker_auth(self, conn: Connection | None = None) -> None:
+        """Rewrite the broker's password/ACL files from the device table (validated, then SIGHUP).
+
+        Given the enrollment's own connection, the new device's account is live before the enrollment
+        commits; if the broker refuses, the transaction rolls back and the token is not used up.
+        """
         if self.auth is None:
             return
-        with self.engine.connect() as conn:
+        if conn is None:
+            with self.engine.connect() as own:
+                hashes = device_store.password_hashes(conn=own)
+        else:
             hashes = device_store.password_hashes(conn=conn)
-        hashes[HUB_USERNAME] = mosquitto_hash(self.mqtt_password)
+        if self._hub_hash is None:  # one salt per process: a changed hash makes mosquitto drop the hub
+            self._hub_hash = mosquitto_hash(self.mqtt_password)
+        hashes[HUB_USERNAME] = self._hub_hash
         self.auth.apply(hashes)
 
     def start(self) -> None:

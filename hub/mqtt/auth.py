@@ -101,8 +101,8 @@ class MosquittoAuth:
                 raise BrokerConfigError("mosquitto did not start with the candidate auth files")
             finally:
                 if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=10)
+                    proc.kill()  # a throwaway with no state worth a graceful shutdown
+                    proc.wait()
                 if proc.stderr:
                     proc.stderr.close()
 

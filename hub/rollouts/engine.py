@@ -95,6 +95,8 @@ class RolloutEngine:
                 if event in ROLLBACK_EVENTS:
                     published = self._rollback_members(conn, row, now)
                 elif state is RolloutState.RUNNING:
+                    if event is RolloutEvent.RESUME:
+                        self._acknowledge_failures(conn, row, now)
                     published = self._release(conn, row, now)
             details = scope.model_dump(exclude_none=True) if scope else {}
             audit.record(
@@ -181,7 +183,14 @@ class RolloutEngine:
             return []
         published = self._release(conn, row, now)
         spec, wave = row["spec"], row["current_wave"]
-        in_wave = [m for m in members if m["wave"] == wave and m["state"] != DeviceState.ROLLED_BACK.value]
+        acknowledged = set(spec.get("acknowledged_failures", []))
+        in_wave = [
+            m
+            for m in members
+            if m["wave"] == wave
+            and m["state"] != DeviceState.ROLLED_BACK.value
+            and not (m["state"] == DeviceState.FAILED.value and m["device_id"] in acknowledged)
+        ]
         failed = sum(m["state"] == DeviceState.FAILED.value for m in in_wave)
         healthy = sum(m["state"] == DeviceState.HEALTHY.value for m in in_wave)
         n = len(in_wave)
@@ -201,6 +210,13 @@ class RolloutEngine:
             row["current_wave"] = wave + 1
             return published + self._release(conn, row, now)
         return published
+
+    def _acknowledge_failures(self, conn: Connection, row: dict[str, Any], now: datetime) -> None:
+        """Resuming accepts the failures so far: they no longer count against the wave's thresholds."""
+        failed = [m["device_id"] for m in rollout_store.members(conn=conn, rollout_id=row["id"])
+                  if m["state"] == DeviceState.FAILED.value]  # fmt: skip
+        row["spec"] = {**row["spec"], "acknowledged_failures": sorted(failed)}
+        rollout_store.set_spec(conn=conn, now=now, rollout_id=row["id"], spec=row["spec"])
 
     def _release(self, conn: Connection, row: dict[str, Any], now: datetime) -> list[DesiredState]:
         """Publish the new version to every member of a released wave that has not had it yet."""

@@ -88,6 +88,11 @@ def set_state(*, conn: Connection, now: datetime, rollout_id: str, state: Rollou
     )
 
 
+def set_spec(*, conn: Connection, now: datetime, rollout_id: str, spec: dict[str, Any]) -> None:
+    """Replace the stored spec (used to record acknowledged failures on resume)."""
+    conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(spec=spec, updated_at=now))
+
+
 def set_wave(*, conn: Connection, now: datetime, rollout_id: str, wave: int) -> None:
     """Advance the current wave."""
     conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(current_wave=wave, updated_at=now))

@@ -54,9 +54,9 @@ class SimDevice:
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.reconnect_delay_set(1, 2)
+        self.client = c  # before connecting: callbacks use it
         c.connect_async(self.creds.host, self.creds.port, keepalive=5)
         c.loop_start()
-        self.client = c
         return self
 
     def disconnect(self) -> None:

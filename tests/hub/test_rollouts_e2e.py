@@ -70,12 +70,15 @@ def test_failing_canary_pauses_then_rollback_of_group_and_device(fleet: Fleet) -
     with d3.changed:
         assert d3.changed.wait_for(lambda: d3.active == {"digits": 1}, timeout=15)
     assert d3.desired_seen[-1].models[0].rollback is True
-    assert fleet.api("POST", "/api/v1/rollouts/v2/resume").json()["state"] == "running"
-    assert fleet.api("POST", "/api/v1/rollouts/v2/abort").json()["state"] == "aborted"
+    resumed = fleet.api("POST", "/api/v1/rollouts/v2/resume").json()
+    assert resumed["state"] in ("running", "completed") and resumed["spec"]["acknowledged_failures"] == ["d0"]
+    fleet.wait_rollout("v2", "completed")  # the acknowledged failure no longer blocks the wave
+    assert fleet.api("POST", "/api/v1/rollouts/v2/abort").status_code == 409
+    assert fleet.api("POST", "/api/v1/rollouts/v2/rollback").json()["state"] == "rolled_back"
     again = fleet.api("POST", "/api/v1/rollouts/v2/resume")
-    assert again.status_code == 409 and "aborted" in again.json()["detail"]
+    assert again.status_code == 409 and "rolled_back" in again.json()["detail"]
     actions = [e["action"] for e in fleet.api("GET", "/api/v1/audit").json()]
-    assert {"rollout.rollback", "rollout.resume", "rollout.abort"} <= set(actions)
+    assert {"rollout.rollback", "rollout.resume", "rollout.create"} <= set(actions)
 
 
 def test_auto_rollback_returns_the_wave_to_the_previous_version(fleet: Fleet) -> None:

@@ -39,7 +39,7 @@ def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
         )  # fmt: skip
         audit.record(conn=conn, now=now, actor=f"device:{device_id}", action="device.enroll", target=device_id,
                      details={"token_id": token["id"], "profile": body.profile})  # fmt: skip
-    hub.sync_broker_auth()
+        hub.sync_broker_auth(conn)
     hub.rollouts.adopt_device(device_id)
     s = hub.settings
     return EnrollResponse(
