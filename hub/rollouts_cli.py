@@ -20,8 +20,8 @@ def _show(ro: dict[str, Any]) -> None:
     _table(f"rollout {ro['id']}: {ro['model']} v{ro['version']} {ro['state']} ({ro['reason'] or ''})",
            ["wave", "devices", "released", "states"], rows)  # fmt: skip
     if ro.get("devices"):
-        _table("devices", ["device", "wave", "state", "previous", "reason"],
-               [[d["device_id"], d["wave"], d["state"], d["previous_version"], d["reason"]]
+        _table("devices", ["device", "wave", "state", "held", "previous", "reason"],
+               [[d["device_id"], d["wave"], d["state"], "yes" if d["held"] else "", d["previous_version"], d["reason"]]
                 for d in ro["devices"]])  # fmt: skip
 
 
@@ -80,11 +80,14 @@ def show(rollout_id: str, url: str, token: str | None) -> None:
 
 def _verb(name: str) -> click.Command:
     @click.argument("rollout_id")
+    @click.option("--group", default=None, help="only this group")
+    @click.option("--device", "device_id", default=None, help="only this device")
     @_options
-    def command(rollout_id: str, url: str, token: str | None) -> None:
-        _show(_api(url, token).call("POST", f"/api/v1/rollouts/{rollout_id}/{name}"))
+    def command(rollout_id: str, group: str | None, device_id: str | None, url: str, token: str | None) -> None:
+        scope = {k: v for k, v in {"group": group, "device_id": device_id}.items() if v}
+        _show(_api(url, token).call("POST", f"/api/v1/rollouts/{rollout_id}/{name}", json=scope or None))
 
-    command.__doc__ = f"{name.capitalize()} a rollout."
+    command.__doc__ = f"{name.capitalize()} a rollout (or only one group or device)."
     return rollouts.command(name)(command)
 
 

@@ -105,8 +105,8 @@ class RolloutCreate(Strict):
         return self
 
 
-class RollbackScope(Strict):
-    """Roll back the whole rollout (empty), one group, or one device."""
+class RolloutScope(Strict):
+    """Apply a verb to the whole rollout (empty), one group, or one device."""
 
     group: Identifier | None = None
     device_id: Identifier | None = None
@@ -123,6 +123,7 @@ class RolloutDevicePublic(BaseModel):
     device_id: str
     wave: int
     state: str
+    held: bool = False
     previous_version: int | None
     reason: str | None
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import false
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
@@ -133,6 +134,7 @@ rollout_devices = Table(
     Column("serving_seen_at", UtcDateTime(), nullable=True),
     Column("reason", Text, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
+    Column("held", Boolean, nullable=False, server_default=false()),  # migration 0002
 )
 Index("ix_rollout_devices_device", rollout_devices.c.device_id)
 

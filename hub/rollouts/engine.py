@@ -11,7 +11,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from hub.errors import InvalidInput, NotFound
 from hub.rollouts import planner
 from hub.rollouts.evaluate import evaluate_members
+from hub.rollouts.gates import GATES
 from hub.rollouts.machine import (
     LIVE_STATES,
     ROLLBACK_EVENTS,
@@ -28,7 +29,7 @@ from hub.rollouts.machine import (
     RolloutState,
     next_state,
 )
-from hub.schemas import RollbackScope, RolloutCreate, RolloutTarget
+from hub.schemas import RolloutCreate, RolloutScope, RolloutTarget
 from hub.store import audit
 from hub.store import devices as device_store
 from hub.store import models as model_store
@@ -37,6 +38,7 @@ from hub.tuf_repo import Clock
 from protocol.messages import DesiredState
 
 log = logging.getLogger(__name__)
+HOLD_EVENTS = {RolloutEvent.PAUSE, RolloutEvent.RESUME, RolloutEvent.ABORT}
 Publisher = Callable[[list[DesiredState]], None]
 
 
@@ -59,9 +61,9 @@ class RolloutEngine:
             profiles = model_store.profiles_of(conn=conn, name=spec.model, version=spec.version)
             if not profiles:
                 raise NotFound(f"model {spec.model} version {spec.version} is not in the registry")
-            unknown = [g for g in spec.gates if g not in _gate_keys()]
+            unknown = [g for g in spec.gates if g not in GATES]
             if unknown:
-                raise InvalidInput(f"unknown health gate(s) {unknown}; known: {sorted(_gate_keys())}")
+                raise InvalidInput(f"unknown health gate(s) {unknown}; known: {sorted(GATES)}")
             fleet = [d for d in device_store.list_devices(conn=conn) if planner.matches(spec.target, d)]
             eligible = [d for d in fleet if d["profile"] in profiles]
             sizes = planner.wave_sizes(len(eligible), spec.canary_percent, spec.stages)
@@ -78,7 +80,7 @@ class RolloutEngine:
         return rollout_id
 
     def command(
-        self, rollout_id: str, event: RolloutEvent, *, actor: str, scope: RollbackScope | None = None
+        self, rollout_id: str, event: RolloutEvent, *, actor: str, scope: RolloutScope | None = None
     ) -> RolloutState:
         """Apply an operator verb (start, pause, resume, abort, rollback of all, a group or a device)."""
         published: list[DesiredState] = []
@@ -90,6 +92,9 @@ class RolloutEngine:
             if event is RolloutEvent.ROLLBACK and partial:
                 assert scope is not None
                 published = self._rollback_members(conn, row, now, group=scope.group, device_id=scope.device_id)
+            elif event in HOLD_EVENTS and partial:
+                assert scope is not None
+                published = self._hold(conn, row, now, event, scope, actor)
             else:
                 state = self._transition(conn, row, event, now, reason=f"{event.value} by {actor}")
                 if event in ROLLBACK_EVENTS:
@@ -190,6 +195,7 @@ class RolloutEngine:
             if m["wave"] == wave
             and m["state"] != DeviceState.ROLLED_BACK.value
             and not (m["state"] == DeviceState.FAILED.value and m["device_id"] in acknowledged)
+            and not (m["held"] and m["released_at"] is None)
         ]
         failed = sum(m["state"] == DeviceState.FAILED.value for m in in_wave)
         healthy = sum(m["state"] == DeviceState.HEALTHY.value for m in in_wave)
@@ -204,12 +210,31 @@ class RolloutEngine:
             return published
         if n == 0 or healthy / n >= spec["success_threshold"]:
             if wave + 1 >= len(spec["wave_sizes"]):
+                if any(m["held"] and m["released_at"] is None for m in members):
+                    return published  # a held group or device still waits for resume
                 self._transition(conn, row, RolloutEvent.ALL_WAVES_PASSED, now, f"{healthy}/{n} healthy")
                 return published
             rollout_store.set_wave(conn=conn, now=now, rollout_id=row["id"], wave=wave + 1)
             row["current_wave"] = wave + 1
             return published + self._release(conn, row, now)
         return published
+
+    def _hold(
+        self, conn: Connection, row: dict[str, Any], now: datetime, event: RolloutEvent, scope: RolloutScope, actor: str
+    ) -> list[DesiredState]:
+        """Pause/abort holds one group's or device's members (no new releases); resume lets them go again."""
+        members = rollout_store.members(conn=conn, rollout_id=row["id"])
+        ids = {scope.device_id} if scope.device_id else None
+        if scope.group is not None:
+            ids = {d["id"] for d in device_store.list_devices(conn=conn, group=scope.group)}
+        chosen = [m for m in members if ids is not None and m["device_id"] in ids]
+        if not chosen:
+            raise NotFound(f"no member of rollout {row['id']!r} matches {scope.model_dump(exclude_none=True)}")
+        held = event is not RolloutEvent.RESUME
+        reason = f"{event.value} by {actor}" if held else None
+        changes = [{"device_id": m["device_id"], "held": held, "reason": reason, "updated_at": now} for m in chosen]
+        rollout_store.update_members(conn=conn, rollout_id=row["id"], changes=changes)
+        return self._release(conn, row, now) if row["state"] == RolloutState.RUNNING.value else []
 
     def _acknowledge_failures(self, conn: Connection, row: dict[str, Any], now: datetime) -> None:
         """Resuming accepts the failures so far: they no longer count against the wave's thresholds."""
@@ -221,7 +246,7 @@ class RolloutEngine:
     def _release(self, conn: Connection, row: dict[str, Any], now: datetime) -> list[DesiredState]:
         """Publish the new version to every member of a released wave that has not had it yet."""
         members = rollout_store.members(conn=conn, rollout_id=row["id"])
-        todo = [m for m in members if m["wave"] <= row["current_wave"] and m["released_at"] is None]
+        todo = [m for m in members if m["wave"] <= row["current_wave"] and m["released_at"] is None and not m["held"]]
         return self._set_versions(conn, row, now, todo, rollback=False)
 
     def _rollback_members(
@@ -284,14 +309,3 @@ class RolloutEngine:
         )
         rollout_store.update_members(conn=conn, rollout_id=row["id"], changes=changes)
         return states
-
-
-def _gate_keys() -> set[str]:
-    from hub.rollouts.gates import GATES
-
-    return set(GATES)
-
-
-def deadline(released_at: datetime, timeout_s: float) -> datetime:
-    """When a silent device counts as failed."""
-    return released_at + timedelta(seconds=timeout_s)

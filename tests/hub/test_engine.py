@@ -11,10 +11,11 @@ from hub.db.engine import make_engine, upgrade
 from hub.errors import InvalidTransition, NotFound
 from hub.rollouts.engine import RolloutEngine
 from hub.rollouts.machine import TRANSITIONS, RolloutEvent, RolloutState
-from hub.schemas import RolloutCreate
+from hub.schemas import RolloutCreate, RolloutScope
 from hub.security import mosquitto_hash
 from hub.store import devices as device_store
 from hub.store import models as model_store
+from hub.store import rollouts as rollout_store
 from protocol.messages import DesiredState, LifecycleState, ReportedModel, ReportedState
 
 
@@ -77,8 +78,6 @@ def test_probation_then_next_wave_then_timeout_pauses(db: Engine) -> None:
     clock.advance(301)
     engine.tick()
     with db.connect() as conn:
-        from hub.store import rollouts as rollout_store
-
         row = rollout_store.get(conn=conn, rollout_id="r")
         members = {m["device_id"]: m for m in rollout_store.members(conn=conn, rollout_id="r")}
     assert row is not None and row["state"] == "paused" and "1/3 failed" in row["reason"]
@@ -103,3 +102,31 @@ def test_transition_table_has_one_way_into_each_terminal_state() -> None:
     assert into[RolloutState.ROLLED_BACK] == {RolloutEvent.ROLLBACK, RolloutEvent.AUTO_ROLLBACK}
     assert into[RolloutState.COMPLETED] == {RolloutEvent.ALL_WAVES_PASSED}
     assert not into[RolloutState.SCHEDULED]
+
+
+def test_pause_and_resume_one_device_holds_its_release(db: Engine) -> None:
+    clock, published = FakeClock(), []
+    engine = RolloutEngine(engine=db, clock=clock, publish=lambda states: published.extend(states))
+    engine.create(RolloutCreate(id="h", model="m", version=1, canary_percent=0, start=False), actor="t")
+    engine.command("h", RolloutEvent.PAUSE, actor="t", scope=RolloutScope(device_id="d2"))
+    engine.command("h", RolloutEvent.START, actor="t")
+    assert sorted(s.device_id for s in published) == ["d0", "d1", "d3"]
+    for state in list(published):
+        report_serving(db, clock, state.device_id, state.generation)
+    for _ in range(2):
+        clock.advance(61)
+        engine.tick()
+    with db.connect() as conn:
+        assert rollout_store.get(conn=conn, rollout_id="h")["state"] == "running"  # type: ignore[index]
+        states = {m["device_id"]: m["state"] for m in rollout_store.members(conn=conn, rollout_id="h")}
+    assert states == {"d0": "healthy", "d1": "healthy", "d2": "pending", "d3": "healthy"}
+    engine.command("h", RolloutEvent.RESUME, actor="t", scope=RolloutScope(device_id="d2"))
+    assert published[-1].device_id == "d2"
+    report_serving(db, clock, "d2", published[-1].generation)
+    engine.tick()
+    clock.advance(61)
+    engine.tick()
+    with db.connect() as conn:
+        assert rollout_store.get(conn=conn, rollout_id="h")["state"] == "completed"  # type: ignore[index]
+    with pytest.raises(NotFound):
+        engine.command("h", RolloutEvent.PAUSE, actor="t", scope=RolloutScope(group="nope"))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body
 from hub.api.deps import AdminDep, ConnDep, HubDep
 from hub.errors import NotFound
 from hub.rollouts.machine import RolloutEvent
-from hub.schemas import Message, RollbackScope, RolloutCreate, RolloutDevicePublic, RolloutPublic, WaveProgress
+from hub.schemas import Message, RolloutCreate, RolloutDevicePublic, RolloutPublic, RolloutScope, WaveProgress
 from hub.store import rollouts as rollout_store
 from protocol.base import Identifier
 from protocol.http import API_PREFIX
@@ -36,7 +36,7 @@ def _public(conn: ConnDep, row: dict[str, Any], with_devices: bool) -> RolloutPu
     devices = None
     if with_devices:
         devices = [
-            RolloutDevicePublic(device_id=m["device_id"], wave=m["wave"], state=m["state"],
+            RolloutDevicePublic(device_id=m["device_id"], wave=m["wave"], state=m["state"], held=m["held"],
                                 previous_version=m["previous_version"], reason=m["reason"])
             for m in members
         ]  # fmt: skip
@@ -75,11 +75,13 @@ def get_rollout(rollout_id: Identifier, hub: HubDep, _actor: AdminDep) -> Rollou
 
 
 def _verb(event: RolloutEvent) -> Any:
-    def handler(rollout_id: Identifier, hub: HubDep, actor: AdminDep) -> RolloutPublic:
-        hub.rollouts.command(rollout_id, event, actor=actor)
+    def handler(
+        rollout_id: Identifier, hub: HubDep, actor: AdminDep, scope: Annotated[RolloutScope | None, Body()] = None
+    ) -> RolloutPublic:
+        hub.rollouts.command(rollout_id, event, actor=actor, scope=scope)
         return _show(hub, rollout_id)
 
-    handler.__doc__ = f"{event.value.capitalize()} the rollout."
+    handler.__doc__ = f"{event.value.capitalize()} the rollout, or (pause/resume/abort) one group or device."
     handler.__name__ = f"{event.value}_rollout"
     return handler
 
@@ -90,7 +92,7 @@ for _event in (RolloutEvent.PAUSE, RolloutEvent.RESUME, RolloutEvent.ABORT, Roll
 
 @router.post("/{rollout_id}/rollback", response_model=RolloutPublic)
 def rollback_rollout(
-    rollout_id: Identifier, hub: HubDep, actor: AdminDep, scope: Annotated[RollbackScope | None, Body()] = None
+    rollout_id: Identifier, hub: HubDep, actor: AdminDep, scope: Annotated[RolloutScope | None, Body()] = None
 ) -> RolloutPublic:
     """Desired state returns to the previous version: the whole rollout, one group, or one device."""
     hub.rollouts.command(rollout_id, RolloutEvent.ROLLBACK, actor=actor, scope=scope)
