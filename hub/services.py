@@ -104,7 +104,6 @@ class Hub:
         s = self.settings
         self.sync_broker_auth()
         if s.mqtt_enabled:
-            protocol = "5" if s.mqtt_protocol == "auto" else s.mqtt_protocol
             self.bridge = MqttBridge(
                 host=s.mqtt_host,
                 port=s.mqtt_port,
@@ -114,7 +113,7 @@ class Hub:
                 engine=self.engine,
                 clock=self.clock,
                 metrics=self.metrics,
-                protocol=protocol,
+                protocol=s.mqtt_protocol,
                 on_devices_changed=lambda _ids: self.rollouts.wake.set(),
             )
             self.rollouts.publish = self.bridge.publish_desired

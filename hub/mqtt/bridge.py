@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 BATCH = 2000
 RETRIES = 5
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason code
 
 
 class MqttBridge:
@@ -61,25 +62,46 @@ class MqttBridge:
         self._resync = threading.Event()
         self._worker = threading.Thread(target=self._work, name="hub-ingest", daemon=True)
         self._host, self._port = host, port
-        self.client = mqtt.Client(
+        self._credentials = (username, password)
+        # "auto": MQTT 5, and 3.1.1 once a broker answers "unsupported protocol version".
+        self.protocol = "5" if protocol == "auto" else protocol
+        self._may_downgrade = protocol == "auto"
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-hub-{uuid.uuid4().hex[:8]}",
-            protocol=PROTOCOLS[protocol],
+            protocol=PROTOCOLS[self.protocol],
         )
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.max_inflight_messages_set(1000)
-        self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        if self._credentials[0]:
+            client.username_pw_set(*self._credentials)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
 
     def start(self) -> None:
         """Connect in the background (retrying) and start the ingest worker."""
         self._worker.start()
+        self._connect()
+
+    def _connect(self) -> None:
         self.client.connect_async(self._host, self._port, keepalive=30)
         self.client.loop_start()
+
+    def _downgrade(self) -> None:
+        """The broker speaks only MQTT 3.1.1: replace the client (from a thread that is not paho's)."""
+        old = self.client
+        old.disconnect()
+        old.loop_stop()
+        self.protocol = "3.1.1"
+        self.client = self._make_client()
+        log.warning("broker refused MQTT 5; using MQTT 3.1.1")
+        self._connect()
 
     def stop(self) -> None:
         """Disconnect and drain the ingest queue."""
@@ -98,6 +120,10 @@ class MqttBridge:
     # ---- paho callbacks (network thread) --------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
+            if self._may_downgrade and reason.value == UNSUPPORTED_PROTOCOL:
+                self._may_downgrade = False
+                threading.Thread(target=self._downgrade, name="hub-mqtt-downgrade", daemon=True).start()
+                return
             log.error("MQTT connect refused: %s", reason)
             return
         subs = [(wildcard(ch, self.topic_root), 1) for ch in (Channel.REPORTED, Channel.EVENTS, Channel.STATUS)]
