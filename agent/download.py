@@ -13,7 +13,6 @@ import httpx
 
 from agent.errors import DigestMismatch, DownloadError
 
-CHUNK = 64 * 1024
 Progress = Callable[[int, int, bool], None]  # (bytes on disk, expected length, resumed)
 
 
@@ -90,8 +89,7 @@ class Downloader:
                 on_progress(written, length, bool(have and mode == "ab"))
             started, sent = self.clock(), 0
             with part.open(mode) as f:
-                chunk_size = min(CHUNK, max(1024, self.bandwidth_bps // 8)) if self.bandwidth_bps else CHUNK
-                for chunk in response.iter_bytes(chunk_size):
+                for chunk in response.iter_bytes():  # as received: a cut connection keeps what arrived
                     if written + len(chunk) > length:
                         raise DigestMismatch(f"server sent more than the signed length {length}")
                     f.write(chunk)

@@ -78,3 +78,7 @@ class StoreError(AgentError):
 
 class LifecycleError(AgentError):
     """An impossible lifecycle transition or a runaway loop."""
+
+
+class Interrupted(AgentError):
+    """The agent is stopping; the persisted step resumes at the next start."""

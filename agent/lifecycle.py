@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.errors import LifecycleError
+from agent.errors import Interrupted, LifecycleError
 from agent.fsutil import atomic_write
 from protocol.messages import LifecycleState as State
 
@@ -156,7 +156,12 @@ class Lifecycle:
                 record.reason = f"{record.state.value} started {entries - 1} times without finishing; giving up"
                 event = Ev.ERROR
             else:
-                event = actions[record.state](record)
+                try:
+                    event = actions[record.state](record)
+                except Interrupted:  # a clean stop is not a failed attempt: resume at the next start
+                    record.entries[record.state.value] = entries - 1
+                    self.save(record)
+                    return record
             self._move(record, event)
         record.reason = f"more than {MAX_STEPS} steps without reaching a resting state"
         record.state = State.FAILED

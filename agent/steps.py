@@ -16,6 +16,7 @@ from agent.download import Downloader, RetryPolicy
 from agent.errors import (
     AgentError,
     DigestMismatch,
+    Interrupted,
     OlderVersion,
     ProfileMismatch,
     RefusedUpdate,
@@ -207,8 +208,7 @@ class DeviceSteps:
                 return event
         errors_before = served.errors
         if self.wait(self.settings.probation_s):
-            record.reason = "agent stopping during probation"
-            return Ev.ERROR
+            raise Interrupted("agent stopping during probation")
         manifest = self.store.manifest(record.name, record.target_version)
         try:
             outputs = served.model.predict(manifest.golden.cases[0].inputs)

@@ -37,6 +37,7 @@ class HubStub:
     port: int = field(default_factory=free_port)
     requests: list[str] = field(default_factory=list)
     server: uvicorn.Server | None = None
+    public_url: str | None = None  # what enrollment tells devices (e.g. a proxy in front of this server)
 
     @property
     def url(self) -> str:
@@ -51,7 +52,7 @@ class HubStub:
                 device_id=body.device_id or "dev-1",
                 device_token=TOKEN,
                 mqtt=MqttCredentials(host="127.0.0.1", port=self.mqtt_port, username="", password=""),
-                hub_url=self.url,
+                hub_url=self.public_url or self.url,
                 tuf_root=self.repo.root_bytes().decode(),
             )
             return Response(resp.to_bytes(), media_type="application/json")

@@ -91,3 +91,41 @@ def test_manual_rollback_command(tmp_path: Path, hub: HubStub, observer: Observe
     rolled = observer.events("rolled_back")[-1]
     assert rolled["version"] == 1 and "manual rollback" in rolled["reason"]
     wait_for(lambda: agent.lifecycle.load("demo").state == "rolled_back", what="state persisted")
+
+
+def test_update_through_a_network_that_keeps_dropping(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    from tests.agent.proxy import CuttingProxy
+
+    proxy = CuttingProxy(hub.port, cut_after=60_000)
+    hub.public_url = f"http://127.0.0.1:{proxy.port}"
+    try:
+        agent = make_agent()
+        art = onnx_linear(tmp_path / "wide.onnx", n_in=256, n_out=256, seed=1)
+        observer.desire("dev-1", 1, [("demo", 1, hub.publish(make_manifest(art, name="demo", version=1), art), False)])
+        wait_for(lambda: committed(observer, 1), timeout=60, what="committed through a flaky network")
+    finally:
+        proxy.close()
+    assert proxy.cuts >= 3
+    ranges = [r for r in hub.requests if "/tuf/targets/" in r and "bytes=" in r]
+    assert len(ranges) >= 3
+    assert agent.store.slot_version("demo", "active") == 1
+
+
+def test_bad_enrollment_token_is_one_readable_line(tmp_path: Path, hub: HubStub, unique_root: str) -> None:
+    from click.testing import CliRunner
+
+    from edgefleet.cli import cli
+    from tests.agent.procs import write_config
+
+    config = write_config(
+        tmp_path / "agent.toml", tmp_path / "device", hub, unique_root, enrollment_token="wrong-token"
+    )
+    res = CliRunner().invoke(cli, ["agent", "run", "--config", str(config)])
+    assert res.exit_code == 1
+    assert res.output.strip().startswith("Error: enrollment refused: HTTP 401")
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "device" / "identity.json").exists()
+    res = CliRunner().invoke(cli, ["agent", "run", "--config", str(tmp_path / "nope.toml")])
+    assert res.exit_code == 1 and "does not exist" in res.output

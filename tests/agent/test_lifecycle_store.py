@@ -161,3 +161,18 @@ def test_half_written_version_dir_is_never_activated_and_is_replaced(tmp_path: P
     store.activate("m", 3)
     assert store.manifest("m", 3).version == 3
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "models" / "m" / "versions").iterdir())
+
+
+def test_clean_stop_mid_step_is_resumed_not_counted(tmp_path: Path) -> None:
+    from agent.errors import Interrupted
+
+    class Stopping(ScriptedSteps):
+        def probation(self, record: UpdateRecord) -> Ev:
+            self.ran.append("probation")
+            raise Interrupted("stopping")
+
+    lifecycle = Lifecycle(tmp_path, Stopping())
+    record = lifecycle.fire(UpdateRecord(name="m", target_version=1), Ev.UPDATE)
+    assert record.state is State.PROBATION and lifecycle.load("m").entries["probation"] == 0
+    resumed = Lifecycle(tmp_path, ScriptedSteps()).run(lifecycle.load("m"))
+    assert resumed.state is State.COMMITTED
