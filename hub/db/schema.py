@@ -148,3 +148,18 @@ audit_log = Table(
     Column("target", String(256), nullable=False),
     Column("details", JSON, nullable=False),
 )
+
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("msg_id", BigInteger, nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("window_start", UtcDateTime(), nullable=False),
+    Column("window_end", UtcDateTime(), nullable=False),
+    Column("summary", JSON, nullable=False),
+    UniqueConstraint("device_id", "msg_id", name="uq_telemetry_device_msg"),
+)
+Index("ix_telemetry_model_version", telemetry.c.model, telemetry.c.version)

@@ -25,6 +25,7 @@ from hub.mqtt.ingest import IngestBatch, store_batch
 from hub.store import devices as device_store
 from hub.tuf_repo import Clock
 from protocol.messages import MAX_PAYLOAD_BYTES, Ack, DesiredState, DeviceStatus, Event, ReportedState
+from protocol.telemetry import decode_message
 from protocol.topics import Channel, device_topic, parse_device_topic, wildcard
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 BATCH = 2000
 RETRIES = 5
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason code
+SUBSCRIBED = (Channel.REPORTED, Channel.EVENTS, Channel.STATUS, Channel.TELEMETRY)
 
 
 class MqttBridge:
@@ -126,7 +128,7 @@ class MqttBridge:
                 return
             log.error("MQTT connect refused: %s", reason)
             return
-        subs = [(wildcard(ch, self.topic_root), 1) for ch in (Channel.REPORTED, Channel.EVENTS, Channel.STATUS)]
+        subs = [(wildcard(ch, self.topic_root), 1) for ch in SUBSCRIBED]
         client.subscribe(subs)
         self.metrics.mqtt_connected.set(1)
         self.connected.set()
@@ -185,11 +187,14 @@ class MqttBridge:
             if reason:
                 self.metrics.mqtt_rejected.labels(reason).inc()
         with self.metrics.ingest_batch_seconds.time():
-            new_events = store_batch(engine=self.engine, batch=batch, now=now)
-        for device_id, seqs in new_events.items():
+            stored = store_batch(engine=self.engine, batch=batch, now=now)
+        for device_id, seqs in stored.events.items():
             ack = Ack(channel="events", ids=sorted(seqs))
             self.client.publish(device_topic(device_id, Channel.ACK, self.topic_root), ack.to_bytes(), qos=1)
-        changed = set(batch.reported) | set(new_events) | set(batch.status)
+        for device_id, ids in stored.telemetry.items():
+            ack = Ack(channel="telemetry", ids=sorted(ids))
+            self.client.publish(device_topic(device_id, Channel.ACK, self.topic_root), ack.to_bytes(), qos=1)
+        changed = set(batch.reported) | set(stored.events) | set(batch.status)
         if changed and self.on_devices_changed:
             self.on_devices_changed(changed)
 
@@ -214,12 +219,20 @@ class MqttBridge:
                 if event.device_id != device_id:
                     return "device_mismatch"
                 batch.events.append(event)
+            elif channel is Channel.TELEMETRY:
+                message = decode_message(payload)
+                if message.device_id != device_id or message.summary.device_id != device_id:
+                    return "device_mismatch"
+                batch.telemetry.append(message)
             elif channel is Channel.STATUS:
                 batch.status[device_id] = DeviceStatus.from_json(payload).status == "online"
             else:
                 return "unexpected_channel"
         except ValidationError as e:
             log.warning("rejected %s: %s", topic, e.errors()[0].get("msg"))
+            return "malformed"
+        except ValueError as e:  # undecodable telemetry compression
+            log.warning("rejected %s: %s", topic, e)
             return "malformed"
         self.metrics.mqtt_messages.labels(channel.value).inc()
         return None

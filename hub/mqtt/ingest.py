@@ -7,9 +7,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine, bindparam, update
 
-from hub.db.schema import devices
+from hub.db.schema import devices, telemetry
 from hub.store import events as event_store
 from protocol.messages import Event, ReportedState
+from protocol.telemetry import TelemetryMessage
 
 
 @dataclass
@@ -19,11 +20,20 @@ class IngestBatch:
     reported: dict[str, ReportedState] = field(default_factory=dict)
     status: dict[str, bool] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    telemetry: list[TelemetryMessage] = field(default_factory=list)
 
 
-def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> dict[str, set[int]]:
-    """Write the batch; returns device id -> event seqs that were stored (new or already there)."""
-    stored: dict[str, set[int]] = {}
+@dataclass
+class Stored:
+    """What to acknowledge: device id -> event seqs and telemetry outbox ids now in the database."""
+
+    events: dict[str, set[int]] = field(default_factory=dict)
+    telemetry: dict[str, set[int]] = field(default_factory=dict)
+
+
+def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
+    """Write the batch in one transaction; duplicates (same device and seq/id) are stored once."""
+    stored = Stored()
     with engine.begin() as conn:
         if batch.reported:
             conn.execute(
@@ -58,5 +68,21 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> dict[st
             ]
             event_store.insert_new(conn=conn, rows=rows)
             for e in batch.events:
-                stored.setdefault(e.device_id, set()).add(e.seq)
+                stored.events.setdefault(e.device_id, set()).add(e.seq)
+        if batch.telemetry:
+            rows = [
+                {
+                    "device_id": t.device_id,
+                    "msg_id": t.id,
+                    "model": t.summary.model,
+                    "version": t.summary.version,
+                    "window_start": t.summary.window_start,
+                    "window_end": t.summary.window_end,
+                    "summary": t.summary.model_dump(mode="json"),
+                }
+                for t in batch.telemetry
+            ]
+            event_store.insert_new(conn=conn, rows=rows, table=telemetry, key=("device_id", "msg_id"))
+            for t in batch.telemetry:
+                stored.telemetry.setdefault(t.device_id, set()).add(t.id)
     return stored

@@ -1,34 +1,32 @@
-"""Device events, deduplicated by (device, seq)."""
+"""Device events (and telemetry rows), deduplicated by (device, seq/id)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.db.schema import events
 
 
-def insert_new(*, conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert events, skipping (device_id, seq) pairs already stored; returns the new ones."""
+def insert_new(
+    *, conn: Connection, rows: list[dict[str, Any]], table: Table = events, key: tuple[str, str] = ("device_id", "seq")
+) -> list[dict[str, Any]]:
+    """Insert rows, skipping `key` pairs already stored (events, telemetry); returns the new ones."""
     if not rows:
         return []
-    unique = {(r["device_id"], r["seq"]): r for r in rows}
-    existing = set(
-        conn.execute(
-            select(events.c.device_id, events.c.seq).where(tuple_(events.c.device_id, events.c.seq).in_(list(unique)))
-        )
-    )
-    fresh = [r for key, r in unique.items() if key not in existing]
+    unique = {(r[key[0]], r[key[1]]): r for r in rows}
+    cols = (table.c[key[0]], table.c[key[1]])
+    existing = {tuple(r) for r in conn.execute(select(*cols).where(tuple_(*cols).in_(list(unique))))}
+    fresh = [r for k, r in unique.items() if k not in existing]
     if not fresh:
         return []
-    dialect = conn.dialect.name
     stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(events).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+    if conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(key))
     else:
-        stmt = sqlite.insert(events).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(key))
     conn.execute(stmt, fresh)
     return fresh
 

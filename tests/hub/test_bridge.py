@@ -11,13 +11,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from sqlalchemy import func, select
 
+from hub.db.schema import telemetry
 from hub.security import mosquitto_hash, sha256_hex
 from hub.services import Hub
 from hub.settings import HubSettings
 from hub.store import devices as device_store
 from hub.store import events as event_store
 from protocol.messages import Ack, DeviceStatus, Event, EventKind, ReportedState
+from protocol.telemetry import TelemetryMessage, TelemetrySummary, encode_message
 from tests.hub.mqttc import Collector
 from tests.support.broker import Broker, free_port, wait_port
 
@@ -59,10 +62,16 @@ def test_ingest_dedup_ack_and_rejections(tmp_path: Path, broker: Broker, unique_
         dev.publish(f"{base}/reported", ReportedState(device_id="d1", profile="p", applied_generation=3,
                                                       agent_version="t", reported_at=now).to_bytes())  # fmt: skip
         dev.publish(f"{base}/status", DeviceStatus(status="offline").to_bytes())
-        assert _until(lambda: hub.bridge is not None and hub.bridge.processed >= 7)
+        summary = TelemetrySummary(device_id="d1", model="m", version=1, profile="p", window_start=now,
+                                   window_end=now, n=10)  # fmt: skip
+        for _ in range(2):
+            dev.publish(f"{base}/telemetry", encode_message(TelemetryMessage(id=42, device_id="d1", summary=summary)))
+        assert _until(lambda: hub.bridge is not None and hub.bridge.processed >= 9)
+        assert dev.wait_for(lambda m: any(Ack.from_json(p) == Ack(channel="telemetry", ids=[42]) for _t, p in m))
         assert dev.wait_for(lambda m: any(Ack.from_json(p).ids == [7] for _t, p in m))
         with hub.engine.connect() as conn:
             assert len(event_store.list_for_device(conn=conn, device_id="d1")) == 1
+            assert conn.execute(select(func.count()).select_from(telemetry)).scalar_one() == 1
             row = device_store.get(conn=conn, device_id="d1")
         assert row is not None and row["applied_generation"] == 3 and row["online"] is False
         rejected = {s.labels["reason"]: s.value for m in hub.metrics.mqtt_rejected.collect() for s in m.samples
