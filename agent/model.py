@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,7 @@ def _bind(specs: list[TensorSpec] | None, infos: list[TensorInfo], kind: str) ->
         return [_Binding(i.name, i.name, i.shape, i.dtype, i.scale, i.zero_point) for i in infos]
     if len(specs) != len(infos):
         raise InputError(f"manifest lists {len(specs)} {kind}s but the model has {len(infos)}")
-    by_name = {i.name: i for i in infos}
-    matched = [by_name[s.name] for s in specs] if all(s.name in by_name for s in specs) else infos
+    matched = _match(specs, infos)
     out = []
     for spec, info in zip(specs, matched, strict=True):
         quant = spec.quantization
@@ -46,6 +46,20 @@ def _bind(specs: list[TensorSpec] | None, infos: list[TensorInfo], kind: str) ->
         zero = quant.zero_point if quant else info.zero_point
         out.append(_Binding(spec.name, info.name, tuple(spec.shape), info.dtype, scale, zero))
     return out
+
+
+def _plain(name: str) -> str:
+    """`serving_default_image:0` -> `image`: how TFLite names the tensors of a Keras signature."""
+    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
+
+
+def _match(specs: list[TensorSpec], infos: list[TensorInfo]) -> list[TensorInfo]:
+    """Runtime tensors in manifest order: by exact name, then by signature name, else by position."""
+    for key in (lambda n: n, _plain):
+        by_name = {key(i.name): i for i in infos}
+        if len(by_name) == len(infos) and all(s.name in by_name for s in specs):
+            return [by_name[s.name] for s in specs]
+    return infos
 
 
 def _quantize(value: Array, b: _Binding) -> Array:

@@ -36,14 +36,28 @@ def _interpreter_class() -> Any:
         raise RuntimeUnavailable("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)") from e
 
 
-def _info(detail: dict[str, Any]) -> TensorInfo:
+def _signature_names(interp: Any) -> dict[int, str]:
+    """Tensor index -> signature name (`image`, `output_0`), as the converter names manifest tensors."""
+    try:
+        signatures = interp.get_signature_list()
+        if len(signatures) != 1:
+            return {}
+        runner = interp.get_signature_runner(next(iter(signatures)))
+        names = {int(d["index"]): n for n, d in runner.get_input_details().items()}
+        names.update({int(d["index"]): n for n, d in runner.get_output_details().items()})
+        return names
+    except (ValueError, RuntimeError, AttributeError):  # models without signatures
+        return {}
+
+
+def _info(detail: dict[str, Any], names: dict[int, str]) -> TensorInfo:
     sig = detail.get("shape_signature")
     dims = sig if sig is not None and len(sig) else detail["shape"]
     shape = tuple(None if int(d) < 0 else int(d) for d in dims)
     scale, zero = detail.get("quantization", (0.0, 0))
     quantized = float(scale) > 0 and np.dtype(detail["dtype"]).kind in "iu"
     return TensorInfo(
-        name=str(detail["name"]),
+        name=names.get(int(detail["index"]), str(detail["name"])),
         shape=shape,
         dtype=np.dtype(detail["dtype"]),
         scale=float(scale) if quantized else None,
@@ -64,11 +78,12 @@ class LiteRTRuntime:
         self._lock = threading.Lock()
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()
-        self.inputs = [_info(d) for d in in_details]
-        self.outputs = [_info(d) for d in out_details]
-        self._in_index = {d["name"]: int(d["index"]) for d in in_details}
-        self._out_index = [(str(d["name"]), int(d["index"])) for d in out_details]
-        self._shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in in_details}
+        names = _signature_names(self._interp)
+        self.inputs = [_info(d, names) for d in in_details]
+        self.outputs = [_info(d, names) for d in out_details]
+        self._in_index = {t.name: int(d["index"]) for t, d in zip(self.inputs, in_details, strict=True)}
+        self._out_index = [(t.name, int(d["index"])) for t, d in zip(self.outputs, out_details, strict=True)]
+        self._shapes = {t.name: tuple(int(x) for x in d["shape"]) for t, d in zip(self.inputs, in_details, strict=True)}
 
     def run(self, feeds: dict[str, Array]) -> dict[str, Array]:
         """Set inputs (resizing dynamic dims when the shape changed), invoke, copy outputs out."""

@@ -89,7 +89,11 @@ def onnx_multi(path: Path) -> Path:
 
 def tflite_models(out_dir: Path) -> dict[str, Path]:
     """Build a float dense model and a full-int8 (int8 I/O) model with TensorFlow; cached per directory."""
-    paths = {"float": out_dir / "dense_f32.tflite", "int8": out_dir / "dense_int8.tflite"}
+    paths = {
+        "float": out_dir / "dense_f32.tflite",
+        "int8": out_dir / "dense_int8.tflite",
+        "multi": out_dir / "multi_f32.tflite",
+    }
     if all(p.exists() for p in paths.values()):
         return paths
     import tensorflow as tf
@@ -113,6 +117,10 @@ def tflite_models(out_dir: Path) -> dict[str, Path]:
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     paths["int8"].write_bytes(conv.convert())
+    a, b = tf.keras.Input((4,), name="a"), tf.keras.Input((3,), name="b")
+    joined = tf.keras.layers.Concatenate()([a, b])
+    two = tf.keras.Model([a, b], [tf.keras.layers.Dense(2, name="s")(joined), tf.keras.layers.Dense(5, name="t")(b)])
+    paths["multi"].write_bytes(tf.lite.TFLiteConverter.from_keras_model(two).convert())
     return paths
 
 

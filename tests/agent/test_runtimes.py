@@ -87,3 +87,20 @@ def test_litert_int8_quantizes_inputs_and_dequantizes_outputs(tflite_paths: dict
     yf = ref.predict({ref.inputs[0].name: x})[ref.outputs[0].name]
     assert yq.dtype == np.float32
     np.testing.assert_allclose(yq, yf, atol=0.25)
+
+
+def test_litert_multi_input_multi_output_by_signature_name(tflite_paths: dict[str, Path]) -> None:
+    model = LoadedModel.from_file(tflite_paths["multi"])
+    # TFLite reorders the tensors; the signature names (what the converter writes) bind them.
+    assert {b.name: b.shape for b in model.inputs} == {"a": (None, 4), "b": (None, 3)}
+    assert {b.name: b.shape for b in model.outputs} == {"output_0": (None, 2), "output_1": (None, 5)}
+    a = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=(2, 3)).astype(np.float32)
+    out = model.predict({"a": a, "b": b})
+    assert out["output_0"].shape == (2, 2) and out["output_1"].shape == (2, 5)
+    manifest = make_manifest(tflite_paths["multi"], profile="raspberry_pi_4")
+    assert [t.name for t in manifest.inputs] == ["b", "a"]
+    in_manifest_order = LoadedModel.from_file(tflite_paths["multi"], manifest=manifest)
+    np.testing.assert_allclose(in_manifest_order.predict({"b": b, "a": a})["output_0"], out["output_0"], rtol=1e-6)
+    with pytest.raises(InputError, match="input 'b': dim 1 is 4, expected 3"):
+        model.predict({"a": b, "b": a})
