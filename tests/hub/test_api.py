@@ -114,4 +114,5 @@ def test_enrollment_tokens_devices_and_audit(client: TestClient) -> None:
     actions = [e["action"] for e in client.get("/api/v1/audit", headers=ADMIN).json()]
     assert actions[0] == "device.update" and "enrollment_token.create" in actions
     assert client.get("/healthz").json()["database"] is True
+    assert client.get("/docs").status_code == 200 and "/api/v1/rollouts" in client.get("/openapi.json").json()["paths"]
     assert "edgefleet_hub_http_requests_total" in client.get("/metrics").text

@@ -7,14 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.hub.conftest import pg_schema_url
 from tests.hub.e2e import Fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, unique_root: str) -> Iterator[Fleet]:
-    f = Fleet(workdir=tmp_path, root=unique_root, db_url=f"sqlite:///{tmp_path / 'hub.db'}")
+def fleet_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite by default; `@pytest.mark.parametrize("fleet_db", ["postgresql"], indirect=True)` for PostgreSQL."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        yield from pg_schema_url()
+    else:
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, unique_root: str, fleet_db: str) -> Iterator[Fleet]:
+    f = Fleet(workdir=tmp_path, root=unique_root, db_url=fleet_db)
     f.start_broker()
     f.start_hub()
     yield f
@@ -97,6 +107,8 @@ def test_auto_rollback_returns_the_wave_to_the_previous_version(fleet: Fleet) ->
             assert d.changed.wait_for(lambda d=d: d.active == {"digits": 1}, timeout=15), d.id
 
 
+@pytest.mark.parametrize("fleet_db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+                         indirect=True)  # fmt: skip
 def test_hub_killed_mid_rollout_resumes(fleet: Fleet) -> None:
     fleet.push("digits", 1, ["raspberry_pi_4"])
     for i in range(4):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -129,3 +130,21 @@ def test_targets_are_content_addressed_and_paths_checked(repo: TufRepository, tm
             repo.add_targets({bad: b"x"})
     with pytest.raises(TufRepositoryError):
         TufRepository.create(repo.path)
+
+
+def test_hub_background_job_resigns_expiring_timestamp(tmp_path: Path) -> None:
+    from hub.services import Hub
+    from hub.settings import HubSettings
+
+    hub = Hub(settings=HubSettings(data_dir=tmp_path / "d", admin_token="t" * 20, mqtt_enabled=False,
+                                   tuf_refresh_s=0.05))  # fmt: skip
+    version = hub.repo.refresh_timestamp(expires=datetime.now(UTC) + timedelta(minutes=1))
+    hub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while hub.repo.load("timestamp").signed.version == version and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ts = hub.repo.load("timestamp").signed
+        assert ts.version > version and ts.expires > datetime.now(UTC) + timedelta(hours=23)
+    finally:
+        hub.stop()
