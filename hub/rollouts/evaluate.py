@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, or_, select
 
 from hub.db.schema import devices, events
 from hub.rollouts.gates import GateInput, Verdict, build_gates
@@ -34,8 +34,13 @@ def evaluate_members(
         r.id: r.reported for r in conn.execute(select(devices.c.id, devices.c.reported).where(devices.c.id.in_(ids)))
     }
     failures: dict[str, dict[str, str]] = {}
+    # Failures of this rollout; events without a rollout id count if they name this model version.
+    this_rollout = or_(
+        events.c.rollout_id == row["id"],
+        and_(events.c.rollout_id.is_(None), events.c.model == row["model"], events.c.version == row["version"]),
+    )
     q = select(events.c.device_id, events.c.kind, events.c.payload).where(
-        events.c.model == row["model"], events.c.version == row["version"], events.c.kind.in_(FAILURE_EVENTS)
+        events.c.kind.in_(FAILURE_EVENTS), events.c.device_id.in_(ids), this_rollout
     )
     for r in conn.execute(q):
         failures.setdefault(r.device_id, {})[r.kind] = str((r.payload or {}).get("reason") or r.kind)

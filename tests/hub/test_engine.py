@@ -14,6 +14,7 @@ from hub.rollouts.machine import TRANSITIONS, RolloutEvent, RolloutState
 from hub.schemas import RolloutCreate, RolloutScope
 from hub.security import mosquitto_hash
 from hub.store import devices as device_store
+from hub.store import events as event_store
 from hub.store import models as model_store
 from hub.store import rollouts as rollout_store
 from protocol.messages import DesiredState, LifecycleState, ReportedModel, ReportedState
@@ -130,3 +131,23 @@ def test_pause_and_resume_one_device_holds_its_release(db: Engine) -> None:
         assert rollout_store.get(conn=conn, rollout_id="h")["state"] == "completed"  # type: ignore[index]
     with pytest.raises(NotFound):
         engine.command("h", RolloutEvent.PAUSE, actor="t", scope=RolloutScope(group="nope"))
+
+
+def test_failure_events_of_other_rollouts_do_not_count(db: Engine) -> None:
+    clock, published = FakeClock(), []
+    engine = RolloutEngine(engine=db, clock=clock, publish=lambda states: published.extend(states))
+    old = {"device_id": "d0", "kind": "rolled_back", "ts": clock(), "model": "m", "version": 1, "payload": {}}
+    mine = {"device_id": "d1", "kind": "refused", "ts": clock(), "model": "m", "version": 1,
+            "payload": {"reason": "bad signature"}}  # fmt: skip
+    with db.begin() as conn:
+        event_store.insert_new(conn=conn, rows=[{**old, "seq": 1, "rollout_id": "older"},
+                                                {**mine, "seq": 1, "rollout_id": "f"}])  # fmt: skip
+    engine.create(RolloutCreate(id="f", model="m", version=1, canary_percent=0, probation_s=0), actor="t")
+    for state in published:
+        if state.device_id != "d1":
+            report_serving(db, clock, state.device_id, state.generation)
+    engine.tick()
+    with db.connect() as conn:
+        states = {m["device_id"]: (m["state"], m["reason"]) for m in rollout_store.members(conn=conn, rollout_id="f")}
+    assert states["d0"] == ("healthy", None)
+    assert states["d1"] == ("failed", "refused: bad signature")
