@@ -24,12 +24,14 @@ from tests.support.broker import Broker
 class Observer:
     """A plain paho client that records everything under the test's topic root and publishes for the hub."""
 
-    def __init__(self, broker: Broker, root: str) -> None:
+    def __init__(self, broker: Broker, root: str, username: str | None = None, password: str | None = None) -> None:
         self.root = root
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:6]}")
         self.client.on_message = self._on_message
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", broker.port)
         self.client.subscribe(f"{root}/devices/+/#", qos=1)
         self.client.loop_start()

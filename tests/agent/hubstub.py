@@ -37,6 +37,8 @@ class HubStub:
     port: int = field(default_factory=free_port)
     requests: list[str] = field(default_factory=list)
     server: uvicorn.Server | None = None
+    mqtt_username: str = ""
+    mqtt_password: str = ""
     public_url: str | None = None  # what enrollment tells devices (e.g. a proxy in front of this server)
 
     @property
@@ -51,7 +53,9 @@ class HubStub:
             resp = EnrollResponse(
                 device_id=body.device_id or "dev-1",
                 device_token=TOKEN,
-                mqtt=MqttCredentials(host="127.0.0.1", port=self.mqtt_port, username="", password=""),
+                mqtt=MqttCredentials(
+                    host="127.0.0.1", port=self.mqtt_port, username=self.mqtt_username, password=self.mqtt_password
+                ),
                 hub_url=self.public_url or self.url,
                 tuf_root=self.repo.root_bytes().decode(),
             )

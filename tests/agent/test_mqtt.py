@@ -127,3 +127,51 @@ def test_last_will_offline_after_kill9(tmp_path: Path, hub: HubStub, observer: O
         wait_for(lambda: observer.payloads_status()[-1]["status"] == "offline", timeout=20, what="last will")
     finally:
         stop(proc)
+
+
+def _password_line(user: str, password: str) -> str:
+    import base64
+    import hashlib
+    import os
+
+    salt, rounds = os.urandom(12), 101
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, rounds, 64)
+    return f"{user}:$7${rounds}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def test_per_device_credentials_and_acl(tmp_path: Path, unique_root: str, caplog: pytest.LogCaptureFixture) -> None:
+    from hub.tuf_repo import TufRepository
+    from tests.support.broker import start_broker
+
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    (auth / "passwd").write_text(_password_line("dev-1", "s3cret") + "\n" + _password_line("hub", "hubpw") + "\n")
+    (auth / "acl").write_text(f"user hub\ntopic readwrite #\n\npattern readwrite {unique_root}/devices/%u/#\n")
+    secured = start_broker(
+        tmp_path / "mosq", extra_conf=[f"password_file {auth / 'passwd'}", f"acl_file {auth / 'acl'}"]
+    )
+    hub = HubStub(
+        TufRepository.create(tmp_path / "repo"), mqtt_port=secured.port, mqtt_username="dev-1", mqtt_password="s3cret"
+    ).start()
+    observer = Observer(secured, unique_root, username="hub", password="hubpw")
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root))
+    agent.start()
+    try:
+        wait_for(lambda: agent.mqtt.connected.is_set(), what="authenticated connect")
+        observer.desire("dev-1", 1, [("demo", 1, _publish_v1(hub, tmp_path), False)])
+        wait_for(lambda: observer.events("committed"), what="committed with per-device credentials")
+    finally:
+        agent.stop()
+        observer.close()
+        hub.stop()
+    # A wrong password is refused by the broker; the agent keeps retrying instead of crashing.
+    ident = tmp_path / "device" / "identity.json"
+    ident.write_text(ident.read_text().replace('"s3cret"', '"wrong"'))
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root))
+    agent.start()
+    try:
+        wait_for(lambda: caplog.text.count("mqtt connection refused: Not authorized") >= 2, what="refused twice")
+        assert agent.mqtt.connects == 0 and agent.mqtt._thread.is_alive()
+    finally:
+        agent.stop()
+        secured.stop()
