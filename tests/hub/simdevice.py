@@ -59,6 +59,15 @@ class SimDevice:
         c.loop_start()
         return self
 
+    def crash(self) -> None:
+        """Drop the TCP connection without DISCONNECT: the broker publishes the last will (offline)."""
+        if self.client is not None:
+            self.client.loop_stop()
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+            self.client = None
+
     def disconnect(self) -> None:
         if self.client is not None:
             self.client.disconnect()

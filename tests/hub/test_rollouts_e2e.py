@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def test_waves_advance_to_completion_and_late_device_converges(fleet: Fleet) -> 
         assert late.changed.wait_for(lambda: late.active == {"digits": 1}, timeout=15)
     listed = {d["id"]: d for d in fleet.api("GET", "/api/v1/devices").json()}
     assert listed["pi-0"]["desired_versions"] == {"digits": 1} and listed["pi-0"]["online"] is True
+    assert listed["pi-0"]["current_versions"] == {"digits": 1} and listed["gw-0"]["desired_versions"] == {}
+    fleet.devices["pi-1"].crash()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and fleet.api("GET", "/api/v1/devices/pi-1").json()["online"]:
+        time.sleep(0.05)
+    assert fleet.api("GET", "/api/v1/devices/pi-1").json()["online"] is False
 
 
 def _versions(fleet: Fleet) -> dict[str, dict[str, int]]:
