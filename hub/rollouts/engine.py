@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from hub.errors import InvalidInput, NotFound
+from hub.rollouts import members as membership
 from hub.rollouts import planner
 from hub.rollouts.evaluate import evaluate_members
 from hub.rollouts.gates import GATES
@@ -91,18 +92,18 @@ class RolloutEngine:
             partial = scope is not None and (scope.group or scope.device_id)
             if event is RolloutEvent.ROLLBACK and partial:
                 assert scope is not None
-                published = self._rollback_members(conn, row, now, group=scope.group, device_id=scope.device_id)
+                published = membership.rollback_members(conn, row, now, group=scope.group, device_id=scope.device_id)
             elif event in HOLD_EVENTS and partial:
                 assert scope is not None
-                published = self._hold(conn, row, now, event, scope, actor)
+                published = membership.hold(conn, row, now, event, scope, actor)
             else:
                 state = self._transition(conn, row, event, now, reason=f"{event.value} by {actor}")
                 if event in ROLLBACK_EVENTS:
-                    published = self._rollback_members(conn, row, now)
+                    published = membership.rollback_members(conn, row, now)
                 elif state is RolloutState.RUNNING:
                     if event is RolloutEvent.RESUME:
-                        self._acknowledge_failures(conn, row, now)
-                    published = self._release(conn, row, now)
+                        membership.acknowledge_failures(conn, row, now)
+                    published = membership.release(conn, row, now)
             details = scope.model_dump(exclude_none=True) if scope else {}
             audit.record(
                 conn=conn,
@@ -147,7 +148,7 @@ class RolloutEngine:
                 members = [(device_id, row["current_wave"], planner.current_version(device, row["model"]))]
                 rollout_store.add_members(conn=conn, now=now, rollout_id=row["id"], members=members)
                 if row["state"] != RolloutState.PAUSED.value:
-                    published += self._release(conn, row, now)
+                    published += membership.release(conn, row, now)
                     device = device_store.get(conn=conn, device_id=device_id) or device
         self.publish(published)
 
@@ -186,7 +187,7 @@ class RolloutEngine:
             by_id[ch["device_id"]].update(ch)
         if row["state"] != RolloutState.RUNNING.value:
             return []
-        published = self._release(conn, row, now)
+        published = membership.release(conn, row, now)
         spec, wave = row["spec"], row["current_wave"]
         acknowledged = set(spec.get("acknowledged_failures", []))
         in_wave = [
@@ -205,7 +206,7 @@ class RolloutEngine:
             reason = f"wave {wave}: {failed}/{n} failed, {healthy}/{n} healthy"
             if spec["auto_rollback"]:
                 self._transition(conn, row, RolloutEvent.AUTO_ROLLBACK, now, reason)
-                return published + self._rollback_members(conn, row, now)
+                return published + membership.rollback_members(conn, row, now)
             self._transition(conn, row, RolloutEvent.ERROR_THRESHOLD, now, reason)
             return published
         if n == 0 or healthy / n >= spec["success_threshold"]:
@@ -216,96 +217,5 @@ class RolloutEngine:
                 return published
             rollout_store.set_wave(conn=conn, now=now, rollout_id=row["id"], wave=wave + 1)
             row["current_wave"] = wave + 1
-            return published + self._release(conn, row, now)
+            return published + membership.release(conn, row, now)
         return published
-
-    def _hold(
-        self, conn: Connection, row: dict[str, Any], now: datetime, event: RolloutEvent, scope: RolloutScope, actor: str
-    ) -> list[DesiredState]:
-        """Pause/abort holds one group's or device's members (no new releases); resume lets them go again."""
-        members = rollout_store.members(conn=conn, rollout_id=row["id"])
-        ids = {scope.device_id} if scope.device_id else None
-        if scope.group is not None:
-            ids = {d["id"] for d in device_store.list_devices(conn=conn, group=scope.group)}
-        chosen = [m for m in members if ids is not None and m["device_id"] in ids]
-        if not chosen:
-            raise NotFound(f"no member of rollout {row['id']!r} matches {scope.model_dump(exclude_none=True)}")
-        held = event is not RolloutEvent.RESUME
-        reason = f"{event.value} by {actor}" if held else None
-        changes = [{"device_id": m["device_id"], "held": held, "reason": reason, "updated_at": now} for m in chosen]
-        rollout_store.update_members(conn=conn, rollout_id=row["id"], changes=changes)
-        return self._release(conn, row, now) if row["state"] == RolloutState.RUNNING.value else []
-
-    def _acknowledge_failures(self, conn: Connection, row: dict[str, Any], now: datetime) -> None:
-        """Resuming accepts the failures so far: they no longer count against the wave's thresholds."""
-        failed = [m["device_id"] for m in rollout_store.members(conn=conn, rollout_id=row["id"])
-                  if m["state"] == DeviceState.FAILED.value]  # fmt: skip
-        row["spec"] = {**row["spec"], "acknowledged_failures": sorted(failed)}
-        rollout_store.set_spec(conn=conn, now=now, rollout_id=row["id"], spec=row["spec"])
-
-    def _release(self, conn: Connection, row: dict[str, Any], now: datetime) -> list[DesiredState]:
-        """Publish the new version to every member of a released wave that has not had it yet."""
-        members = rollout_store.members(conn=conn, rollout_id=row["id"])
-        todo = [m for m in members if m["wave"] <= row["current_wave"] and m["released_at"] is None and not m["held"]]
-        return self._set_versions(conn, row, now, todo, rollback=False)
-
-    def _rollback_members(
-        self,
-        conn: Connection,
-        row: dict[str, Any],
-        now: datetime,
-        group: str | None = None,
-        device_id: str | None = None,
-    ) -> list[DesiredState]:
-        members = [
-            m
-            for m in rollout_store.members(conn=conn, rollout_id=row["id"])
-            if m["released_at"] is not None and m["state"] != DeviceState.ROLLED_BACK.value
-        ]
-        if device_id is not None:
-            members = [m for m in members if m["device_id"] == device_id]
-            if not members:
-                raise NotFound(f"device {device_id!r} has no released update in rollout {row['id']!r}")
-        if group is not None:
-            in_group = {d["id"] for d in device_store.list_devices(conn=conn, group=group)}
-            members = [m for m in members if m["device_id"] in in_group]
-        return self._set_versions(conn, row, now, members, rollback=True)
-
-    def _set_versions(
-        self,
-        conn: Connection,
-        row: dict[str, Any],
-        now: datetime,
-        members: list[dict[str, Any]],
-        *,
-        rollback: bool,
-    ) -> list[DesiredState]:
-        if not members:
-            return []
-        fleet = {d["id"]: d for d in device_store.list_devices(conn=conn, ids=[m["device_id"] for m in members])}
-        states: list[DesiredState] = []
-        changes: list[dict[str, Any]] = []
-        for m in members:
-            device = fleet.get(m["device_id"])
-            if device is None:
-                continue
-            version = m["previous_version"] if rollback else row["version"]
-            states.append(
-                planner.next_desired(
-                    device,
-                    model=row["model"],
-                    version=version,
-                    rollout_id=row["id"],
-                    rollback=rollback,
-                    now=now,
-                )
-            )
-            if rollback:
-                changes.append({"device_id": m["device_id"], "state": DeviceState.ROLLED_BACK.value, "updated_at": now})
-            else:
-                changes.append({"device_id": m["device_id"], "released_at": now, "updated_at": now})
-        device_store.set_desired_many(
-            conn=conn, states=[(s.device_id, s.model_dump(mode="json"), s.generation) for s in states]
-        )
-        rollout_store.update_members(conn=conn, rollout_id=row["id"], changes=changes)
-        return states
