@@ -37,8 +37,10 @@ def _until(predicate: Callable[[], bool], timeout: float = 10) -> bool:
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_ingest_dedup_ack_and_rejections(tmp_path: Path, broker: Broker, unique_root: str, protocol: str) -> None:
-    settings = HubSettings(data_dir=tmp_path / "d", admin_token="t" * 20, mqtt_port=broker.port,
+def test_ingest_dedup_ack_and_rejections(
+    tmp_path: Path, broker: Broker, unique_root: str, protocol: str, db_url: str
+) -> None:
+    settings = HubSettings(data_dir=tmp_path / "d", admin_token="t" * 20, mqtt_port=broker.port, database_url=db_url,
                            topic_root=unique_root, mqtt_protocol=protocol)  # fmt: skip
     hub = Hub(settings=settings)
     now = datetime.now(UTC)
