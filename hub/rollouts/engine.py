@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from hub.errors import InvalidInput, NotFound
+from hub.errors import Conflict, InvalidInput, NotFound
 from hub.rollouts import members as membership
 from hub.rollouts import planner
 from hub.rollouts.evaluate import evaluate_members
@@ -67,6 +67,7 @@ class RolloutEngine:
                 raise InvalidInput(f"unknown health gate(s) {unknown}; known: {sorted(GATES)}")
             fleet = [d for d in device_store.list_devices(conn=conn) if planner.matches(spec.target, d)]
             eligible = [d for d in fleet if d["profile"] in profiles]
+            self._refuse_overlap(conn, spec.model, {d["id"] for d in eligible})
             sizes = planner.wave_sizes(len(eligible), spec.canary_percent, spec.stages)
             waves = planner.assign_waves(rollout_id, [d["id"] for d in eligible], sizes)
             members = [(d["id"], waves[d["id"]], planner.current_version(d, spec.model)) for d in eligible]
@@ -138,13 +139,15 @@ class RolloutEngine:
                 return
             now = self.clock()
             mine = rollout_store.rollouts_of_device(conn=conn, device_id=device_id)
-            for row in rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES]):
+            adopted: set[str] = set()  # one rollout per model: the newest live one that matches
+            for row in reversed(rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])):
                 spec = row["spec"]
                 target = RolloutTarget.model_validate(spec["target"])
-                if row["id"] in mine or device["profile"] not in spec["profiles"]:
+                if row["id"] in mine or device["profile"] not in spec["profiles"] or row["model"] in adopted:
                     continue
                 if not planner.matches(target, device):
                     continue
+                adopted.add(row["model"])
                 members = [(device_id, row["current_wave"], planner.current_version(device, row["model"]))]
                 rollout_store.add_members(conn=conn, now=now, rollout_id=row["id"], members=members)
                 if row["state"] != RolloutState.PAUSED.value:
@@ -163,6 +166,19 @@ class RolloutEngine:
             self.wake.clear()
 
     # ---- internals ------------------------------------------------------------------------------
+    def _refuse_overlap(self, conn: Connection, model: str, device_ids: set[str]) -> None:
+        """Two unfinished rollouts of one model must not steer the same device."""
+        active = [RolloutState.SCHEDULED.value, RolloutState.RUNNING.value, RolloutState.PAUSED.value]
+        for row in rollout_store.list_rollouts(conn=conn, states=active):
+            if row["model"] != model:
+                continue
+            shared = device_ids & {m["device_id"] for m in rollout_store.members(conn=conn, rollout_id=row["id"])}
+            if shared:
+                raise Conflict(
+                    f"{len(shared)} of these devices (e.g. {min(shared)}) are in {row['state']} rollout "
+                    f"{row['id']!r} of {model}; abort or finish it first"
+                )
+
     def _get(self, conn: Connection, rollout_id: str) -> dict[str, Any]:
         row = rollout_store.get(conn=conn, rollout_id=rollout_id)
         if row is None:

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import Engine
 
 from hub.db.engine import make_engine, upgrade
-from hub.errors import InvalidTransition, NotFound
+from hub.errors import Conflict, InvalidTransition, NotFound
 from hub.rollouts.engine import RolloutEngine
 from hub.rollouts.machine import TRANSITIONS, RolloutEvent, RolloutState
-from hub.schemas import RolloutCreate, RolloutScope
+from hub.schemas import RolloutCreate, RolloutScope, RolloutTarget
 from hub.security import mosquitto_hash
 from hub.store import devices as device_store
 from hub.store import events as event_store
@@ -151,3 +151,13 @@ def test_failure_events_of_other_rollouts_do_not_count(db: Engine) -> None:
         states = {m["device_id"]: (m["state"], m["reason"]) for m in rollout_store.members(conn=conn, rollout_id="f")}
     assert states["d0"] == ("healthy", None)
     assert states["d1"] == ("failed", "refused: bad signature")
+
+
+def test_overlapping_unfinished_rollouts_of_one_model_are_refused(db: Engine) -> None:
+    engine = RolloutEngine(engine=db, clock=FakeClock())
+    engine.create(RolloutCreate(id="a", model="m", version=1, target=RolloutTarget(devices=["d0", "d1"])), actor="t")
+    with pytest.raises(Conflict, match="rollout 'a'"):
+        engine.create(RolloutCreate(id="b", model="m", version=1, target=RolloutTarget(devices=["d1"])), actor="t")
+    engine.create(RolloutCreate(id="c", model="m", version=1, target=RolloutTarget(devices=["d2"])), actor="t")
+    engine.command("a", RolloutEvent.ABORT, actor="t")
+    engine.create(RolloutCreate(id="d", model="m", version=1, target=RolloutTarget(devices=["d1"])), actor="t")
