@@ -5,19 +5,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from agent import AGENT_VERSION
 from agent.enroll import ensure_identity
 from agent.errors import AgentError
-from agent.fsutil import atomic_write
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.metrics import AgentMetrics
 from agent.model import LoadedModel
 from agent.mqtt import MqttSession
+from agent.reporting import EventLog, event_for_transition, reported_state
 from agent.serving import ServingRegistry
 from agent.settings import AgentSettings
 from agent.steps import DeviceSteps
@@ -30,27 +28,12 @@ from protocol.messages import (
     DesiredState,
     Event,
     EventKind,
-    ReportedModel,
     ReportedState,
 )
 from protocol.messages import LifecycleState as State
 from protocol.topics import Channel
 
 log = logging.getLogger(__name__)
-
-# Event reported when a record enters a state (None: nothing to report for that step).
-ENTER_EVENTS: dict[State, EventKind | None] = {
-    State.DOWNLOADING: None,  # download_started / download_resumed come from the step itself
-    State.VERIFYING: EventKind.DOWNLOADED,
-    State.STAGED: EventKind.VERIFIED,
-    State.ACTIVATING: EventKind.STAGED,
-    State.SELF_TEST: EventKind.ACTIVATED,
-    State.PROBATION: EventKind.SELF_TEST_PASSED,
-    State.COMMITTED: EventKind.COMMITTED,
-    State.FAILED: EventKind.FAILED,
-    State.ROLLING_BACK: EventKind.FAILED,
-    State.ROLLED_BACK: EventKind.ROLLED_BACK,
-}
 
 
 class Agent:
@@ -70,9 +53,6 @@ class Agent:
             settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait
         )
         self.lifecycle = Lifecycle(settings.data_dir / "lifecycle", self.steps, self._on_transition)
-        self._seq_path = settings.data_dir / "events.seq"
-        self._seq = int(self._seq_path.read_text()) if self._seq_path.exists() else 0
-        self._seq_lock = threading.Lock()
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
         self.applied_generation = 0
@@ -90,6 +70,12 @@ class Agent:
             on_connected=lambda: self._work.put(("report", None)),
             keepalive_s=settings.keepalive_s,
             backoff=(settings.reconnect_min_s, settings.reconnect_max_s),
+        )
+        self.events = EventLog(
+            self.device_id,
+            settings.data_dir / "events.seq",
+            lambda payload: self.mqtt.publish(Channel.EVENTS, payload),
+            self.metrics,
         )
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
@@ -231,13 +217,7 @@ class Agent:
         if after in (State.FAILED, State.ROLLED_BACK) and record.rejected_version is None:
             record.rejected_version = record.target_version
             self.lifecycle.save(record)
-        kind = ENTER_EVENTS.get(after)
-        if after is State.FAILED and event is Ev.REFUSED:
-            kind = EventKind.REFUSED
-        if after is State.ROLLING_BACK:
-            kind = EventKind.SELF_TEST_FAILED if before is State.SELF_TEST else EventKind.FAILED
-            if event is Ev.ROLLBACK_REQUESTED:
-                kind = None
+        kind = event_for_transition(before, event, after)
         if after is State.COMMITTED or after is State.ROLLED_BACK:
             served = self.serving.get(record.name)
             if served is not None:
@@ -270,43 +250,18 @@ class Agent:
         )
 
     def emit(self, kind: EventKind, **fields: Any) -> Event:
-        """Publish one event with the next persisted sequence number."""
-        with self._seq_lock:
-            self._seq += 1
-            atomic_write(self._seq_path, str(self._seq).encode())
-            event = Event(device_id=self.device_id, seq=self._seq, kind=kind, ts=datetime.now(UTC), **fields)
-        self.metrics.events.labels(kind.value).inc()
-        log.info("event %s %s", kind.value, event.reason or "")
-        self.mqtt.publish(Channel.EVENTS, event.to_bytes())
-        return event
+        """Publish one numbered event."""
+        return self.events.emit(kind, **fields)
 
     def reported_state(self) -> ReportedState:
         """What runs now and where each update stands."""
-        models = []
-        for name in sorted(set(self.store.names()) | set(self.lifecycle.names())):
-            record = self.lifecycle.load(name)
-            served = self.serving.get(name)
-            models.append(
-                ReportedModel(
-                    name=name,
-                    active_version=self.store.slot_version(name, "active"),
-                    previous_version=self.store.slot_version(name, "previous"),
-                    target_version=record.target_version,
-                    state=record.state,
-                    reason=record.reason,
-                    serving_since=served.since if served else None,
-                    self_test_passed={State.COMMITTED: True, State.PROBATION: True, State.ROLLED_BACK: False}.get(
-                        record.state
-                    ),
-                )
-            )
-        return ReportedState(
+        return reported_state(
             device_id=self.device_id,
             profile=self.profile.name,
             applied_generation=self.applied_generation,
-            models=models,
-            agent_version=AGENT_VERSION,
-            reported_at=datetime.now(UTC),
+            store=self.store,
+            lifecycle=self.lifecycle,
+            serving=self.serving,
         )
 
     def report(self) -> None:
