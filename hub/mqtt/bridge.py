@@ -119,6 +119,10 @@ class MqttBridge:
             self.client.publish(topic, state.to_bytes(), qos=1, retain=True)
         self.metrics.desired_published.inc(len(states))
 
+    def clear_desired(self, device_id: str) -> None:
+        """Remove a decommissioned device's retained desired state from the broker."""
+        self.client.publish(device_topic(device_id, Channel.DESIRED, self.topic_root), b"", qos=1, retain=True)
+
     # ---- paho callbacks (network thread) --------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:

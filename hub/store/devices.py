@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 
 from hub.db.schema import devices, enrollment_tokens
 from hub.errors import AuthError, Conflict
@@ -172,3 +172,12 @@ def set_desired_many(*, conn: Connection, states: list[tuple[str, dict[str, Any]
         .values(desired=bindparam("b_desired"), desired_generation=bindparam("b_gen"))
     )
     conn.execute(stmt, [{"b_id": d, "b_desired": s, "b_gen": g} for d, s, g in states])
+
+
+def delete_device(*, conn: Connection, device_id: str) -> bool:
+    """Remove a device and its unfinished rollout memberships; False if unknown."""
+    from hub.db.schema import rollout_devices
+
+    unfinished = rollout_devices.c.state.not_in(["healthy", "failed", "rolled_back"])
+    conn.execute(delete(rollout_devices).where(rollout_devices.c.device_id == device_id, unfinished))
+    return conn.execute(delete(devices).where(devices.c.id == device_id)).rowcount == 1

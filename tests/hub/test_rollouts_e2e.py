@@ -153,3 +153,20 @@ def test_broker_killed_mid_rollout_devices_converge(fleet: Fleet) -> None:
     for d in fleet.devices.values():
         with d.changed:
             assert d.changed.wait_for(lambda d=d: d.active == {"digits": 1}, timeout=20), d.id
+
+
+def test_decommissioned_device_loses_token_and_broker_account(fleet: Fleet) -> None:
+    dev = fleet.enroll("gone-1")
+    keep = fleet.enroll("stays-1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (dev.client and dev.client.is_connected()):
+        time.sleep(0.05)
+    assert fleet.api("DELETE", "/api/v1/devices/gone-1").status_code == 204
+    assert fleet.api("DELETE", "/api/v1/devices/gone-1").status_code == 404
+    assert fleet.api("GET", "/api/v1/devices/gone-1").status_code == 404
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and dev.client is not None and dev.client.is_connected():
+        time.sleep(0.05)
+    assert dev.client is not None and not dev.client.is_connected()
+    assert keep.client is not None and keep.client.is_connected()
+    assert "device.decommission" in [e["action"] for e in fleet.api("GET", "/api/v1/audit").json()]

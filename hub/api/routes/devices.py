@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import update
 
 from hub.api.deps import AdminDep, ConnDep, HubDep, PrincipalDep
@@ -97,3 +97,16 @@ def update_device(
         audit.record(conn=conn, now=hub.clock(), actor=actor, action="device.update", target=device_id,
                      details=body.model_dump(exclude_unset=True))  # fmt: skip
     return to_public(_device(conn, device_id))
+
+
+@router.delete("/{device_id}", status_code=204, response_class=Response)
+def decommission_device(device_id: Identifier, hub: HubDep, actor: AdminDep) -> Response:
+    """Revoke the device: its token stops working, its broker account is removed (the broker drops it)."""
+    with hub.engine.begin() as conn:
+        if not device_store.delete_device(conn=conn, device_id=device_id):
+            raise NotFound(f"no device {device_id!r}")
+        hub.sync_broker_auth(conn)
+        audit.record(conn=conn, now=hub.clock(), actor=actor, action="device.decommission", target=device_id)
+    if hub.bridge is not None:
+        hub.bridge.clear_desired(device_id)
+    return Response(status_code=204)
