@@ -121,6 +121,21 @@ def list_devices(group: str | None, url: str, token: str | None) -> None:
     _table("devices", ["id", "profile", "group", "status", "last seen", "current", "desired"], rows)
 
 
+@devices.command("decommission")
+@click.argument("device_id")
+@_options
+def decommission(device_id: str, url: str, token: str | None) -> None:
+    """Revoke a device: its token and broker account stop working."""
+    api = _api(url, token)
+    try:
+        r = api.client.delete(f"/api/v1/devices/{device_id}")
+    except httpx.HTTPError as e:
+        raise click.ClickException(f"cannot reach the hub at {api.client.base_url}: {e}") from e
+    if r.status_code != 204:
+        raise click.ClickException(f"hub said {r.status_code}: {r.json().get('detail', r.text[:200])}")
+    click.echo(f"decommissioned {device_id}")
+
+
 @devices.command("enroll-token")
 @click.option("--uses", type=int, default=1, show_default=True)
 @click.option("--ttl", "ttl_s", type=int, default=86400, show_default=True, help="seconds")

@@ -68,6 +68,9 @@ def test_operator_verbs(hub_url: str, tmp_path: Path) -> None:
     assert code == 0 and "aborted" in out
     code, out = run("rollouts", "list", *auth)
     assert code == 0 and "aborted" in out
+    assert run("devices", "decommission", "cli-1", *auth) == (0, "decommissioned cli-1\n")
+    code, out = run("devices", "decommission", "cli-1", *auth)
+    assert code == 1 and "404" in out
 
 
 def test_errors_are_one_line_and_nonzero(hub_url: str, tmp_path: Path) -> None:
