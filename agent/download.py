@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import DigestMismatch, DownloadError
+from agent.errors import DigestMismatch, DownloadError, RefusedUpdate
 
 Progress = Callable[[int, int, bool], None]  # (bytes on disk, expected length, resumed)
 
@@ -81,7 +81,7 @@ class Downloader:
                 raise DownloadError("server refused the resume range; restarting from zero")
             if response.status_code not in (200, 206):
                 if response.status_code in (401, 403, 404):
-                    raise DigestMismatch(f"{url}: HTTP {response.status_code}")
+                    raise RefusedUpdate(f"{url}: HTTP {response.status_code} (not served to this device)")
                 raise DownloadError(f"{url}: HTTP {response.status_code}")
             mode = "ab" if response.status_code == 206 and have else "wb"
             written = have if mode == "ab" else 0

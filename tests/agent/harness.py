@@ -28,7 +28,10 @@ class Observer:
         self.root = root
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:6]}")
+        # A persistent session: the broker keeps our subscription and queues QoS 1 messages across restarts.
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:6]}", clean_session=False
+        )
         self.client.on_message = self._on_message
         if username:
             self.client.username_pw_set(username, password)

@@ -175,3 +175,19 @@ def test_per_device_credentials_and_acl(tmp_path: Path, unique_root: str, caplog
     finally:
         agent.stop()
         secured.stop()
+
+
+def test_events_emitted_while_offline_are_delivered_after_reconnect(
+    broker: Broker, hub: HubStub, observer: Observer, agent_factory
+) -> None:
+    from protocol.messages import EventKind
+
+    agent = agent_factory()
+    wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
+    broker.stop()
+    wait_for(lambda: not agent.mqtt.connected.is_set(), what="agent noticed the broker is gone")
+    sent = agent.emit(EventKind.FAILED, reason="emitted while offline")
+    broker.start()
+    wait_for(lambda: agent.mqtt.connected.is_set(), timeout=30, what="reconnected")
+    observer.client.reconnect()
+    wait_for(lambda: any(e["seq"] == sent.seq for e in observer.events("failed")), timeout=30, what="offline event")
