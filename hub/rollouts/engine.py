@@ -124,7 +124,10 @@ class RolloutEngine:
         with self._lock:
             with self.engine.connect() as conn:
                 live = rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])
+                unfinished = rollout_store.with_unfinished_members(conn=conn)
             for row in live:
+                if row["state"] == RolloutState.COMPLETED.value and row["id"] not in unfinished:
+                    continue  # nothing left to watch (late devices join through adopt_device)
                 published: list[DesiredState] = []
                 with self.engine.begin() as conn:
                     published = self._advance(conn, row, self.clock())

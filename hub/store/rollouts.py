@@ -130,3 +130,13 @@ def update_members(*, conn: Connection, rollout_id: str, changes: list[dict[str,
             .values({c: bindparam(f"b_{c}") for c in cols})
         )
         conn.execute(stmt, [{f"b_{k}" if k != "device_id" else "b_device": v for k, v in ch.items()} for ch in group])
+
+
+def with_unfinished_members(*, conn: Connection) -> set[str]:
+    """Ids of rollouts that still have a member not yet healthy, failed or rolled back."""
+    q = (
+        select(rollout_devices.c.rollout_id)
+        .where(rollout_devices.c.state.not_in(["healthy", "failed", "rolled_back"]))
+        .distinct()
+    )
+    return {r[0] for r in conn.execute(q)}
