@@ -98,7 +98,12 @@ class Agent:
         self.steps.close()
 
     def _serve_active(self, name: str) -> None:
+        """Serve the active version; mid-update, the one that passed before (the new one is not tested yet)."""
         version = self.store.slot_version(name, "active")
+        record = self.lifecycle.load(name)
+        untested = (State.ACTIVATING, State.SELF_TEST, State.ROLLING_BACK)
+        if record.state in untested and record.from_version is not None:
+            version = record.from_version
         if version is None:
             return
         try:
