@@ -99,3 +99,43 @@ def test_kill9_mid_download_at_seeded_offsets_resumes(
     assert len(resumed) >= 3 and resumed == sorted(resumed)
     for offset in resumed:  # every restart asked the server only for the bytes it did not have
         assert any(f"bytes={offset}-" in r for r in hub.requests), (offset, hub.requests)
+
+
+def test_restart_mid_self_test_serves_the_tested_version(
+    tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    import httpx
+
+    from tests.support.broker import free_port
+
+    port = free_port()
+    data = tmp_path / "device"
+    config = write_config(tmp_path / "agent.toml", data, hub, unique_root, api_enabled=True, api_port=port)
+    log = tmp_path / "agent.log"
+    paused = data / "lifecycle" / "paused-in-self_test"
+    proc = start_agent(config, log, pause="self_test@2")
+    try:
+        observer.desire("dev-1", 1, [("demo", 1, publish(hub, tmp_path, 1), False)])
+        wait_for(lambda: observer.events("committed"), timeout=60, what="v1 committed")
+        observer.desire("dev-1", 2, [("demo", 2, publish(hub, tmp_path, 2), False)])
+        wait_for(paused.exists, timeout=60, what="paused in self_test")
+        kill9(proc)
+        paused.unlink()
+        proc = start_agent(config, log, pause="self_test@2")  # pauses again inside the re-run self-test
+        wait_for(paused.exists, timeout=60, what="re-entered self_test")
+
+        def serving() -> dict[str, int] | None:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["serving"]
+            except httpx.HTTPError:
+                return None
+
+        assert wait_for(serving, timeout=30, what="local API") == {"demo": 1}  # active is v2, untested
+        assert assert_one_complete_active(data / "models", "demo") == 2
+        kill9(proc)
+        paused.unlink()
+        proc = start_agent(config, log)
+        wait_for(lambda: any(e["version"] == 2 for e in observer.events("committed")), timeout=60, what="v2")
+        wait_for(lambda: serving() == {"demo": 2}, timeout=30, what="v2 serving after its self-test")
+    finally:
+        stop(proc)
