@@ -28,14 +28,21 @@ def readable_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _must_exist(*paths: Path) -> None:
+    """One readable line for a missing file (click's own check prints a usage block)."""
+    for path in paths:
+        if not path.is_file():
+            raise click.ClickException(f"{path}: no such file")
+
+
 @click.group()
 def agent() -> None:
     """The device agent: daemon, local inference tools, rollback."""
 
 
 @agent.command()
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save outputs (.npz or .csv)")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
 @readable_errors
@@ -44,6 +51,7 @@ def predict(model_file: Path, inputs: Path, out: Path | None, threads: int) -> N
     from agent.model import LoadedModel
     from agent.offline import read_inputs, write_outputs
 
+    _must_exist(model_file, inputs)
     model = LoadedModel.from_file(model_file, threads=threads)
     outputs = model.predict(read_inputs(inputs, model))
     if out is not None:
@@ -56,8 +64,8 @@ def predict(model_file: Path, inputs: Path, out: Path | None, threads: int) -> N
 
 
 @agent.command()
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npz or .csv")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -69,6 +77,7 @@ def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: i
     from agent.model import LoadedModel
     from agent.offline import read_inputs, run_batches, write_outputs
 
+    _must_exist(model_file, inputs)
     model = LoadedModel.from_file(model_file, threads=threads)
     data = read_inputs(inputs, model)
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

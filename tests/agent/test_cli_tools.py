@@ -87,3 +87,14 @@ def test_agent_cli_never_imports_tensorflow(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout
+
+
+def test_missing_file_and_unknown_format_are_one_line(tmp_path: Path) -> None:
+    np.savez(tmp_path / "in.npz", x=np.ones((1, 4), np.float32))
+    res = CliRunner().invoke(cli, ["agent", "predict", str(tmp_path / "nope.onnx"), str(tmp_path / "in.npz")])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'nope.onnx'}: no such file"
+    (tmp_path / "m.pt").write_bytes(b"torch")
+    res = CliRunner().invoke(
+        cli, ["agent", "batch", str(tmp_path / "m.pt"), str(tmp_path / "in.npz"), "--out", "o.npz"]
+    )
+    assert res.exit_code == 1 and res.output.strip() == "Error: no runtime for format 'pt'; known: tflite, onnx"
