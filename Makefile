@@ -22,7 +22,13 @@ $(MLSERVER_VENV)/bin/mlserver:
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver==1.7.1' 'onnxruntime>=1.20'
 
-setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver
+# amqtt, a broker that speaks only MQTT 3.1.1, proves the hub and agent fall back from MQTT 5.
+AMQTT_VENV := .venv-amqtt
+$(AMQTT_VENV)/bin/amqtt:
+	$(PYTHON) -m venv $(AMQTT_VENV)
+	$(AMQTT_VENV)/bin/python -m pip install --quiet 'amqtt==0.12.1'
+
+setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt
 
 demo: setup
 	$(BIN)/edgefleet demo
@@ -43,4 +49,4 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(AMQTT_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
