@@ -152,3 +152,23 @@ def rollback(model: str, config: Path | None) -> None:
     if response.status_code != 202:
         raise click.ClickException(response.json().get("error", response.text))
     click.echo(f"rollback of {model} queued")
+
+
+@agent.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="agent.toml")
+@readable_errors
+def status(config: Path | None) -> None:
+    """Show what the running daemon serves and where each update stands."""
+    import httpx
+
+    from agent.settings import load_settings
+
+    settings = load_settings(config)
+    url = f"http://{settings.api_host}:{settings.api_port}/v1/models"
+    try:
+        models = httpx.get(url, timeout=10).json()["models"]
+    except httpx.HTTPError as e:
+        raise click.ClickException(f"the agent's local API at {url} does not answer: {e}") from e
+    for m in models:
+        line = f"{m['name']}: active v{m['active_version']} previous v{m['previous_version']} state {m['state']}"
+        click.echo(line + (f" ({m['reason']})" if m.get("reason") else ""))

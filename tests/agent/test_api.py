@@ -91,3 +91,20 @@ def test_unknown_model_404_and_rollback_route(api: tuple[str, Agent]) -> None:
     assert httpx.post(f"{url}/v1/models/demo/rollback").status_code == 202
     wait_for(lambda: agent.serving.get("demo").version == 1, what="rolled back via the local API")  # type: ignore[union-attr]
     assert "edgefleet_agent_prediction_errors_total" in httpx.get(f"{url}/metrics").text
+
+
+def test_status_and_rollback_cli_talk_to_the_local_api(api: tuple[str, Agent], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgefleet.cli import cli
+
+    url, agent = api
+    config = tmp_path / "cli.toml"
+    config.write_text(f'profile = "x86_gateway"\napi_port = {url.rsplit(":", 1)[1]}\n')
+    res = CliRunner().invoke(cli, ["agent", "status", "--config", str(config)])
+    assert res.exit_code == 0 and "demo: active v2 previous v1 state committed" in res.output
+    res = CliRunner().invoke(cli, ["agent", "rollback", "demo", "--config", str(config)])
+    assert res.exit_code == 0 and "rollback of demo queued" in res.output
+    wait_for(lambda: agent.serving.get("demo").version == 1, what="rolled back")  # type: ignore[union-attr]
+    res = CliRunner().invoke(cli, ["agent", "rollback", "nope", "--config", str(config)])
+    assert res.exit_code == 1 and "no model named 'nope'" in res.output
