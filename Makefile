@@ -28,7 +28,13 @@ $(AMQTT_VENV)/bin/amqtt:
 	$(PYTHON) -m venv $(AMQTT_VENV)
 	$(AMQTT_VENV)/bin/python -m pip install --quiet 'amqtt==0.12.1'
 
-setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt
+# Headless Chromium for the dashboard's browser tests: Debian's package, used as Playwright's executable.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "the dashboard tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi
+
+setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(CHROMIUM)
 
 demo: setup
 	$(BIN)/edgefleet demo
