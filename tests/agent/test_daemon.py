@@ -129,3 +129,28 @@ def test_bad_enrollment_token_is_one_readable_line(tmp_path: Path, hub: HubStub,
     assert not (tmp_path / "device" / "identity.json").exists()
     res = CliRunner().invoke(cli, ["agent", "run", "--config", str(tmp_path / "nope.toml")])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_hub_unreachable_then_back_is_retried_with_backoff(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    from tests.support.broker import wait_port
+
+    target = publish_version(hub, tmp_path, 1)
+    agent = make_agent(retry_failed_after_s=1.0, retry_attempts=2)
+    wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
+    hub.stop()
+    wait_for(lambda: _port_closed(hub.port), what="hub down")
+    observer.desire("dev-1", 1, [("demo", 1, target, False)])
+    failed = wait_for(lambda: observer.events("failed"), what="download failure reported")[-1]
+    assert failed["reason"].startswith("DownloadError") and agent.store.slot_version("demo", "active") is None
+    hub.start()
+    wait_port("127.0.0.1", hub.port)
+    wait_for(lambda: committed(observer, 1), what="retried and committed once the hub is back")
+
+
+def _port_closed(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
