@@ -1,0 +1,61 @@
+"""One fleet for every dashboard test: a real hub under uvicorn, a private Mosquitto, simulated devices.
+
+Devices pi-0..pi-3 (raspberry_pi_4, group lab) and gw-0, gw-1 (x86_gateway, group edge; gw-1 fails v2's
+self-test). Rollouts: `r-v1` (v1 to all, completed), `r-edge` (v2 to edge with auto-rollback: rolled
+back), `r-lab` (v2 to lab, a canary on probation for an hour: stays running, for pause/resume).
+gw-0 drops off the network afterwards, so the fleet shows one offline device.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.hub.e2e import Fleet
+
+LAB = [f"pi-{i}" for i in range(4)]
+EDGE = ["gw-0", "gw-1"]
+OFFLINE = "gw-0"
+ROLLOUT_RUNNING = "r-lab"
+
+
+def build(fleet: Fleet) -> None:
+    """Push models, enroll devices, play three rollouts; returns when the fleet is in the state above."""
+    fleet.push("digits", 1, ["raspberry_pi_4", "x86_gateway"])
+    fleet.push("digits", 2, ["raspberry_pi_4", "x86_gateway"])
+    for device_id in LAB:
+        fleet.enroll(device_id, group="lab")
+    fleet.enroll("gw-0", profile="x86_gateway", group="edge")
+    fleet.enroll("gw-1", profile="x86_gateway", group="edge", failing={2})
+    quick = {"model": "digits", "canary_percent": 0, "stages": [100], "probation_s": 0}
+    _create(fleet, {**quick, "id": "r-v1", "version": 1})
+    fleet.wait_rollout("r-v1", "completed")
+    _create(fleet, {**quick, "id": "r-edge", "version": 2, "target": {"group": "edge"}, "auto_rollback": True})
+    fleet.wait_rollout("r-edge", "rolled_back")
+    _wait(lambda: all(fleet.devices[d].active == {"digits": 1} for d in EDGE), "edge back on v1")
+    _create(fleet, {"id": ROLLOUT_RUNNING, "model": "digits", "version": 2, "target": {"group": "lab"},
+                    "canary_percent": 25, "stages": [100], "probation_s": 3600})  # fmt: skip
+    _wait(lambda: _device_state(fleet, ROLLOUT_RUNNING) == {"probation": 1, "pending": 3}, "lab canary on probation")
+    fleet.devices[OFFLINE].crash()
+    _wait(lambda: not fleet.api("GET", f"/api/v1/devices/{OFFLINE}").json()["online"], f"{OFFLINE} offline")
+
+
+def _create(fleet: Fleet, body: dict[str, object]) -> None:
+    r = fleet.api("POST", "/api/v1/rollouts", json=body)
+    assert r.status_code == 201, r.text
+
+
+def _device_state(fleet: Fleet, rollout_id: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in fleet.rollout(rollout_id)["devices"]:
+        counts[d["state"]] = counts.get(d["state"], 0) + 1
+    return counts
+
+
+def _wait(predicate: object, what: str, timeout: float = 30) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {what}")
