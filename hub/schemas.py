@@ -7,6 +7,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hub.telemetry.health import TelemetryLimits
 from protocol.base import Identifier, ModelName, Version
 
 Percent = Annotated[float, Field(gt=0, le=100)]
@@ -94,6 +95,7 @@ class RolloutCreate(Strict):
     probation_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 60.0
     auto_rollback: bool = False
     gates: list[str] = Field(default_factory=lambda: ["self_test"])
+    gate_limits: TelemetryLimits = Field(default_factory=TelemetryLimits)  # telemetry gates (docs/telemetry.md)
     start: bool = True
 
     @model_validator(mode="after")

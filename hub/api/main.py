@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from hub.api.routes import audit, devices, enroll, health, models, rollouts, tokens, tuf
+from hub.api.routes import audit, devices, enroll, health, models, rollouts, telemetry, tokens, tuf
 from hub.dashboard import routes as dashboard
 from hub.errors import HubError
 from hub.schemas import Message
@@ -64,6 +64,7 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
     for module in (health, enroll, tokens, devices, models, rollouts, audit):
         app.include_router(module.router)
     app.include_router(tuf.router)
+    app.include_router(telemetry.router)
     app.include_router(dashboard.router)
     return app
 

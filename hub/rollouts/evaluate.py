@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select
 
 from hub.db.schema import devices, events
-from hub.rollouts.gates import GateInput, Verdict, build_gates
+from hub.rollouts.gates import TELEMETRY_GATES, GateInput, Verdict, build_gates
 from hub.rollouts.machine import TERMINAL_DEVICE_STATES, DeviceState
+from hub.telemetry.health import TelemetryLimits, TelemetryView
 
 FAILURE_EVENTS = ["failed", "self_test_failed", "refused", "rolled_back"]
 # The agent's lifecycle state -> the hub's view of an update in flight.
@@ -30,9 +32,9 @@ def evaluate_members(
     if not live:
         return []
     ids = [m["device_id"] for m in live]
-    reported = {
-        r.id: r.reported for r in conn.execute(select(devices.c.id, devices.c.reported).where(devices.c.id.in_(ids)))
-    }
+    reported, profiles = {}, {}
+    for r in conn.execute(select(devices.c.id, devices.c.reported, devices.c.profile).where(devices.c.id.in_(ids))):
+        reported[r.id], profiles[r.id] = r.reported, r.profile
     failures: dict[str, dict[str, str]] = {}
     # Failures of this rollout; events without a rollout id count if they name this model version.
     this_rollout = or_(
@@ -46,12 +48,16 @@ def evaluate_members(
         failures.setdefault(r.device_id, {})[r.kind] = str((r.payload or {}).get("reason") or r.kind)
     spec = row["spec"]
     gates = build_gates(spec["gates"])
+    limits = TelemetryLimits.model_validate(spec.get("gate_limits") or {})
+    view = TelemetryView(conn, now) if TELEMETRY_GATES & set(spec["gates"]) else None
     probation = timedelta(seconds=spec["probation_s"])
     timeout = timedelta(seconds=spec["timeout_s"])
     changes = []
     for m in live:
         model = _reported_model(reported.get(m["device_id"]), row["model"])
-        state, reason, seen = _device_state(m, model, failures.get(m["device_id"], {}), row, gates, now, probation)
+        context = GateContext(profiles.get(m["device_id"]), limits, view)
+        state, reason, seen = _device_state(m, model, failures.get(m["device_id"], {}), row, gates, now, probation,
+                                            context)  # fmt: skip
         serving = state in TERMINAL_DEVICE_STATES or state is DeviceState.PROBATION
         if not serving and now - m["released_at"] > timeout:
             state, reason = DeviceState.FAILED, f"no healthy report within {spec['timeout_s']:g}s"
@@ -61,6 +67,15 @@ def evaluate_members(
                  "updated_at": now}
             )  # fmt: skip
     return changes
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """What telemetry gates need beyond the reported state: the device's profile, the limits, the tick's view."""
+
+    profile: str | None
+    limits: TelemetryLimits
+    view: TelemetryView | None
 
 
 def _reported_model(reported: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -78,6 +93,7 @@ def _device_state(
     gates: list[Any],
     now: datetime,
     probation: timedelta,
+    context: GateContext,
 ) -> tuple[DeviceState, str | None, datetime | None]:
     version = row["version"]
     if failures and "self_test_failed" not in failures:
@@ -89,7 +105,9 @@ def _device_state(
     if model.get("target_version") == version and agent_state in ("failed", "rolling_back", "rolled_back"):
         return DeviceState.FAILED, model.get("reason") or agent_state, member["serving_seen_at"]
     if model.get("active_version") == version and agent_state not in ("failed", "rolled_back"):
-        data = GateInput(member["device_id"], row["model"], version, model, failures)
+        data = GateInput(member["device_id"], row["model"], version, model, failures, profile=context.profile,
+                         previous_version=member["previous_version"], released_at=member["released_at"],
+                         limits=context.limits, telemetry=context.view)  # fmt: skip
         verdicts = [g.evaluate(data) for g in gates]
         failed = [r for v, r in verdicts if v is Verdict.FAIL]
         if failed:
@@ -97,7 +115,8 @@ def _device_state(
         seen = member["serving_seen_at"] or now
         if all(v is Verdict.PASS for v, _ in verdicts) and now - seen >= probation:
             return DeviceState.HEALTHY, None, seen
-        return DeviceState.PROBATION, None, seen
+        waiting = "; ".join(r for v, r in verdicts if v is Verdict.WAIT and r)
+        return DeviceState.PROBATION, waiting or None, seen
     if "self_test_failed" in failures:
         return (
             DeviceState.FAILED,

@@ -1,0 +1,125 @@
+"""Telemetry health of one canary device against the previous version on comparable devices (same profile).
+
+The rollout gates (hub/rollouts/gates.py: `latency`, `error_rate`, `fallback_rate`, `drift`) ask a
+`TelemetryView`, built once per engine tick, which caches the previous version's cohort so a wave of
+hundreds of devices costs one query per (previous version, profile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection
+
+from hub.telemetry.query import Cohort, baseline_for, merged_telemetry
+from hub.telemetry.stats import quantile_ms
+from protocol.drift import DriftReport, drift_report
+from protocol.telemetry import TelemetrySummary
+
+Positive = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+ROW_LIMIT = 20_000
+
+
+class TelemetryLimits(BaseModel):
+    """Per-rollout limits of the telemetry gates (`gate_limits` in the rollout spec); defaults in docs/telemetry.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_inferences: Annotated[int, Field(ge=1, le=10_000_000)] = 200  # per device, before a verdict
+    latency_p95_ratio: Positive = 1.5  # new p95 <= ratio x previous p95
+    latency_p95_max_ms: Positive | None = None  # absolute cap (also applies without a previous version)
+    error_rate_increase: Share = 0.01  # new error rate <= previous + this
+    fallback_rate_increase: Share = 0.05  # new fallback rate <= previous + this
+    compare_window_s: Annotated[float, Field(gt=0, le=90 * 86400)] = 7 * 86400  # previous version's data
+
+
+@dataclass(frozen=True)
+class CohortHealth:
+    """The numbers the gates compare."""
+
+    n: int
+    p95_ms: float | None
+    error_rate: float
+    fallback_rate: float
+    drift: DriftReport | None
+
+    @classmethod
+    def of(cls, summary: TelemetrySummary, drift: DriftReport | None) -> CohortHealth:
+        return cls(summary.n, quantile_ms(summary.latency_buckets, 0.95), summary.error_rate, summary.fallback_rate,
+                   drift)  # fmt: skip
+
+
+Finding = tuple[bool | None, str | None]  # True pass, False fail, None wait; with a reason
+
+
+@dataclass
+class TelemetryView:
+    """Cached telemetry lookups for one engine tick."""
+
+    conn: Connection
+    now: datetime
+    _cache: dict[tuple[str, int, str | None, str | None], CohortHealth | None] = field(default_factory=dict)
+
+    def device(self, model: str, version: int, device_id: str, profile: str | None,
+               since: datetime | None) -> CohortHealth | None:  # fmt: skip
+        cohort = Cohort(device_ids=frozenset({device_id}), since=since)
+        return self._health(model, version, profile, cohort, ("device", device_id))
+
+    def previous(self, model: str, version: int | None, profile: str | None,
+                 limits: TelemetryLimits) -> CohortHealth | None:  # fmt: skip
+        if version is None or profile is None:
+            return None
+        cohort = Cohort(profile=profile, since=self.now - timedelta(seconds=limits.compare_window_s))
+        return self._health(model, version, profile, cohort, ("profile", profile))
+
+    def _health(self, model: str, version: int, profile: str | None, cohort: Cohort,
+                key: tuple[str, str]) -> CohortHealth | None:  # fmt: skip
+        k = (model, version, *key)
+        if k not in self._cache:
+            merged = merged_telemetry(self.conn, model=model, version=version, cohort=cohort, limit=ROW_LIMIT)
+            s = merged.summary
+            base = baseline_for(self.conn, model=model, version=version, profile=profile)
+            report = drift_report(base[1], s) if s is not None and base is not None and s.n else None
+            self._cache[k] = CohortHealth.of(s, report) if s is not None else None
+        return self._cache[k]
+
+
+def judge(key: str, new: CohortHealth | None, old: CohortHealth | None, limits: TelemetryLimits,
+          where: str) -> Finding:  # fmt: skip
+    """One gate's verdict for a device's new-version telemetry against the previous version's cohort."""
+    if new is None or new.n < limits.min_inferences:
+        return None, f"{key}: waiting for telemetry ({new.n if new else 0}/{limits.min_inferences} inferences)"
+    if key == "latency":
+        if new.p95_ms is None:
+            return None, "latency: no latency recorded yet"
+        if limits.latency_p95_max_ms is not None and new.p95_ms > limits.latency_p95_max_ms:
+            return False, f"latency: p95 {new.p95_ms:.3g} ms > limit {limits.latency_p95_max_ms:g} ms"
+        if old is not None and old.p95_ms is not None and new.p95_ms > limits.latency_p95_ratio * old.p95_ms:
+            return False, (f"latency: p95 {new.p95_ms:.3g} ms > {limits.latency_p95_ratio:g} x "
+                           f"{old.p95_ms:.3g} ms of {where}")  # fmt: skip
+        return True, None
+    if key == "error_rate":
+        base = old.error_rate if old else 0.0
+        if new.error_rate > base + limits.error_rate_increase:
+            return False, f"error_rate: {new.error_rate:.2%} > {base:.2%} of {where} + {limits.error_rate_increase:.2%}"
+        return True, None
+    if key == "fallback_rate":
+        base = old.fallback_rate if old else 0.0
+        if new.fallback_rate > base + limits.fallback_rate_increase:
+            return False, (f"fallback_rate: {new.fallback_rate:.2%} > {base:.2%} of {where} + "
+                           f"{limits.fallback_rate_increase:.2%}")  # fmt: skip
+        return True, None
+    if key == "drift":
+        if new.drift is None:
+            return None, "drift: no baseline in the manifest"
+        old_drift = bool(old and old.drift and old.drift.dataset_drift)
+        if new.drift.dataset_drift and not old_drift:
+            names = ", ".join(new.drift.drifted_features[:5]) or "predicted classes"
+            return False, (f"drift: {len(new.drift.drifted_features)}/{len(new.drift.features)} features drifted "
+                           f"({names}), score {new.drift.score:.2f}; {where} does not drift")  # fmt: skip
+        return True, None
+    raise ValueError(f"not a telemetry gate: {key}")
