@@ -28,3 +28,34 @@ class HubMetrics:
         self.ingest_batch_seconds = Histogram(
             "edgefleet_hub_ingest_batch_seconds", "Time to store one ingest batch", registry=self.registry
         )
+        # Fleet telemetry over the last `telemetry_window_s` (hub/telemetry/monitor.py), per model, version and
+        # profile ("*" = every profile); label sets are bounded by the monitor (MAX_SERIES) and removed when stale.
+        labels = ["model", "version", "profile"]
+        self.telemetry_latency_ms = Gauge(
+            "edgefleet_hub_telemetry_latency_ms", "Inference latency quantile (ms)", [*labels, "quantile"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.telemetry_inferences = Gauge(
+            "edgefleet_hub_telemetry_inferences", "Inferences in the window", labels, registry=self.registry
+        )
+        self.telemetry_error_rate = Gauge(
+            "edgefleet_hub_telemetry_error_rate", "Share of inferences that failed", labels, registry=self.registry
+        )
+        self.telemetry_fallback_rate = Gauge(
+            "edgefleet_hub_telemetry_fallback_rate", "Share answered by the cloud fallback", labels,
+            registry=self.registry,
+        )  # fmt: skip
+        self.telemetry_drift_score = Gauge(
+            "edgefleet_hub_telemetry_drift_score", "Largest JS distance to the baseline", labels, registry=self.registry
+        )
+        self.telemetry_dataset_drift = Gauge(
+            "edgefleet_hub_telemetry_dataset_drift", "1 if the cohort shows dataset drift", labels,
+            registry=self.registry,
+        )  # fmt: skip
+        self.telemetry_accuracy = Gauge(
+            "edgefleet_hub_telemetry_accuracy", "Live accuracy from delayed labels", labels, registry=self.registry
+        )
+        self.drift_alerts = Counter(
+            "edgefleet_hub_drift_alerts", "Drift alerts opened", ["model", "version", "cohort_kind"],
+            registry=self.registry,
+        )  # fmt: skip

@@ -18,6 +18,7 @@ from hub.rollouts.engine import RolloutEngine
 from hub.security import mosquitto_hash, new_password, new_token
 from hub.settings import HubSettings
 from hub.store import devices as device_store
+from hub.telemetry.monitor import TelemetryMonitor
 from hub.tuf_repo import Clock, TufRepository, utcnow
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Hub:
     repo: TufRepository = field(init=False)
     metrics: HubMetrics = field(init=False)
     rollouts: RolloutEngine = field(init=False)
+    telemetry: TelemetryMonitor = field(init=False)
     bridge: MqttBridge | None = field(init=False, default=None)
     auth: MosquittoAuth | None = field(init=False, default=None)
     admin_token: str = field(init=False)
@@ -68,6 +70,8 @@ class Hub:
         self.repo = TufRepository.open_or_create(s.tuf_dir, clock=self.clock)
         self.metrics = HubMetrics()
         self.rollouts = RolloutEngine(engine=self.engine, clock=self.clock)
+        self.telemetry = TelemetryMonitor(engine=self.engine, metrics=self.metrics, clock=self.clock,
+                                          window_s=s.telemetry_window_s, alert_min_n=s.telemetry_alert_min_n)
         if s.mosquitto_password_file and s.mosquitto_acl_file:
             self.auth = MosquittoAuth(
                 password_file=s.mosquitto_password_file,
@@ -120,6 +124,7 @@ class Hub:
             self.bridge.start()
         self._spawn("hub-rollouts", lambda: self.rollouts.run(self._stop, s.rollout_tick_s))
         self._spawn("hub-tuf-refresh", self._refresh_tuf)
+        self._spawn("hub-telemetry", lambda: self.telemetry.run(self._stop, s.telemetry_eval_s))
 
     def stop(self) -> None:
         """Stop background jobs, then the bridge, then the database pool."""

@@ -37,6 +37,10 @@ class HubSettings(BaseSettings):
     # Background jobs.
     rollout_tick_s: float = Field(default=1.0, gt=0)
     tuf_refresh_s: float = Field(default=300.0, gt=0)
+    # Telemetry monitor (docs/telemetry.md): gauges and drift alerts over the last window.
+    telemetry_eval_s: float = Field(default=30.0, gt=0)
+    telemetry_window_s: float = Field(default=3600.0, gt=0)
+    telemetry_alert_min_n: int = Field(default=500, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
 
     def resolved_database_url(self) -> str:
