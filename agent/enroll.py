@@ -64,7 +64,7 @@ def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None)
     finally:
         if own:
             http.close()
-    if response.status_code != 200:
+    if response.status_code not in (200, 201):  # the hub answers 201 Created
         raise EnrollmentError(f"enrollment refused: HTTP {response.status_code}: {response.text[:200]}")
     try:
         identity = EnrollResponse.model_validate_json(response.content)

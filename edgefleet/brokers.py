@@ -1,4 +1,4 @@
-"""A private Mosquitto broker on a free loopback port, for tests (the real binary, never a mock)."""
+"""A private Mosquitto on a free loopback port: the demo's embedded broker and the tests' real broker."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class Broker:
             "log_type error",
             "log_type warning",
             "max_queued_messages 100000",
-            # Run as root under CI so the broker can read pytest's private tmp dirs (0700).
+            # As root, keep root so the broker can read private (0700) work dirs.
             "user root" if _is_root() else "",
             *self.extra_conf,
         ]
@@ -100,7 +100,7 @@ class Broker:
 
 
 def start_broker(workdir: Path, extra_conf: list[str] | None = None, persistence: bool = True) -> Broker:
-    """Start mosquitto on a free port under `workdir` (root runs it as user mosquitto: make files readable)."""
+    """Start mosquitto on a free port under `workdir`."""
     return Broker(workdir=workdir, port=free_port(), extra_conf=list(extra_conf or []), persistence=persistence).start()
 
 

@@ -78,16 +78,21 @@ def models() -> None:
     """Push and list model versions in the hub's registry."""
 
 
+def archive(folder: Path) -> bytes:
+    """A converter output folder as the tar.gz that `POST /api/v1/models` takes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(folder.rglob("*")):
+            tar.add(p, arcname=str(p.relative_to(folder)), recursive=False)
+    return buf.getvalue()
+
+
 @models.command("push")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_options
 def push(folder: Path, url: str, token: str | None) -> None:
     """Upload a converter output folder (every <profile>/manifest.json and artifact)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for p in sorted(folder.rglob("*")):
-            tar.add(p, arcname=str(p.relative_to(folder)), recursive=False)
-    result = _api(url, token).call("POST", "/api/v1/models", files={"archive": ("folder.tar.gz", buf.getvalue())})
+    result = _api(url, token).call("POST", "/api/v1/models", files={"archive": ("folder.tar.gz", archive(folder))})
     rows = [[r["name"], r["version"], r["profile"], r["artifact_size"], r["artifact_sha256"][:12], status]
             for status in ("stored", "unchanged") for r in result[status]]  # fmt: skip
     _table("pushed", ["model", "version", "profile", "bytes", "sha256", "status"], rows)
