@@ -7,7 +7,6 @@ from collections import Counter
 import pytest
 from playwright.sync_api import Page
 
-from tests.dashboard import scenario
 from tests.dashboard.conftest import screenshot
 from tests.hub.e2e import Fleet
 
@@ -26,7 +25,7 @@ def test_fleet_overview_matches_devices_api(signed_in: Page, fleet: Fleet) -> No
     for d in devices:
         row = page.locator(f"[data-testid=devices-table] tr[data-device='{d['id']}']")
         assert row.get_by_test_id("online").inner_text() == ("online" if d["online"] else "offline")
-        shown = ", ".join(f"{n} v{v}" for n, v in sorted(d["current_versions"].items())) or "–"
+        shown = ", ".join(f"{n} v{v}" for n, v in sorted(d["current_versions"].items())) or "\u2013"  # an en dash
         assert row.get_by_test_id("current").inner_text() == shown
     expected: dict[str, Counter[str]] = {}
     for d in devices:
@@ -40,3 +39,69 @@ def test_fleet_overview_matches_devices_api(signed_in: Page, fleet: Fleet) -> No
         assert shown_counts == dict(counts)
     assert expected["raspberry_pi_4"] == {"digits v1": 3, "digits v2": 1}
     screenshot(page, "fleet")
+
+
+def _chips(page: Page, selector: str) -> dict[str, int]:
+    chips = page.locator(selector)
+    return {chips.nth(i).get_attribute("data-state") or "": int(chips.nth(i).get_attribute("data-count") or 0)
+            for i in range(chips.count())}  # fmt: skip
+
+
+def test_rollouts_list_and_rollout_page_match_rollouts_api(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.click("header nav >> text=Rollouts")
+    listed = fleet.api("GET", "/api/v1/rollouts").json()
+    assert {r["id"] for r in listed} == {"r-v1", "r-edge", "r-lab"}
+    for r in listed:
+        row = page.locator(f"[data-testid=rollouts-table] tr[data-rollout='{r['id']}']")
+        assert row.get_by_test_id("state").inner_text() == r["state"].replace("_", " ")
+        healthy = sum(w["counts"].get("healthy", 0) for w in r["waves"])
+        assert row.get_by_test_id("healthy").inner_text() == str(healthy)
+        assert row.get_by_test_id("total").inner_text() == str(sum(w["total"] for w in r["waves"]))
+    screenshot(page, "rollouts")
+    for rollout_id in ("r-edge", "r-lab"):
+        page.goto(f"{base_url}/dashboard/rollouts/{rollout_id}")
+        api = fleet.rollout(rollout_id)
+        assert page.get_by_test_id("rollout-state").inner_text() == api["state"].replace("_", " ")
+        for wave in api["waves"]:
+            row = page.locator(f"[data-testid=waves-table] tr[data-wave='{wave['wave']}']")
+            assert row.get_by_test_id("wave-total").inner_text() == str(wave["total"])
+            assert _chips(page, f"[data-testid=waves-table] tr[data-wave='{wave['wave']}'] .chip") == wave["counts"]
+        for d in api["devices"]:
+            row = page.locator(f"[data-testid=rollout-devices] tr[data-device='{d['device_id']}']")
+            cell = row.get_by_test_id("device-state")
+            assert cell.get_attribute("data-state") == d["state"]
+        screenshot(page, f"rollout-{rollout_id}")
+    # r-edge rolled back automatically: the reason is shown and only rollback-free verbs are offered (none)
+    page.goto(f"{base_url}/dashboard/rollouts/r-edge")
+    assert page.get_by_test_id("rollout-reason").inner_text() == fleet.rollout("r-edge")["reason"]
+    assert page.locator(".actions button").count() == 0
+
+
+def test_models_page_lists_every_registry_version(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.goto(f"{base_url}/dashboard/models")
+    rows = fleet.api("GET", "/api/v1/models").json()
+    assert len(rows) == 4
+    shown = page.locator("[data-testid=models-table] tbody tr")
+    assert shown.count() == len(rows)
+    for r in rows:
+        key = f"[data-model='{r['name']}'][data-version='{r['version']}'][data-profile='{r['profile']}']"
+        row = page.locator(f"tr{key}")
+        assert row.locator("code").get_attribute("title") == r["artifact_sha256"]
+        assert row.locator("[data-size]").get_attribute("data-size") == str(r["artifact_size"])
+    screenshot(page, "models")
+
+
+def test_audit_page_shows_the_audit_api_newest_first(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.goto(f"{base_url}/dashboard/audit")
+    entries = fleet.api("GET", "/api/v1/audit", params={"limit": 50}).json()
+    shown = page.locator("[data-testid=audit-table] tbody tr")
+    assert shown.count() == len(entries)
+    ids = [shown.nth(i).get_attribute("data-id") for i in range(shown.count())]
+    assert ids == [str(e["id"]) for e in entries]
+    actions = [shown.nth(i).get_by_test_id("action").inner_text() for i in range(shown.count())]
+    assert actions == [e["action"] for e in entries]
+    assert actions[0] == "dashboard.login" and "rollout.create" in actions
+    screenshot(page, "audit")
