@@ -223,6 +223,8 @@ class RolloutEngine:
         done = all(m["state"] in TERMINAL_DEVICE_STATES for m in in_wave)
         if n and (failed / n > spec["error_threshold"] or (done and healthy / n < spec["success_threshold"])):
             reason = f"wave {wave}: {failed}/{n} failed, {healthy}/{n} healthy"
+            first = next((m for m in in_wave if m["state"] == DeviceState.FAILED.value and m["reason"]), None)
+            reason += f" (e.g. {first['device_id']}: {first['reason']})" if first else ""
             if spec["auto_rollback"]:
                 self._transition(conn, row, RolloutEvent.AUTO_ROLLBACK, now, reason)
                 return published + membership.rollback_members(conn, row, now)

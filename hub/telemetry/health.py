@@ -34,6 +34,10 @@ class TelemetryLimits(BaseModel):
     latency_p95_max_ms: Positive | None = None  # absolute cap (also applies without a previous version)
     error_rate_increase: Share = 0.01  # new error rate <= previous + this
     fallback_rate_increase: Share = 0.05  # new fallback rate <= previous + this
+    drift_share: Share = 0.5  # share of drifted input features that counts as dataset drift
+    # Predicted-class drift on small samples (chi-squared): stricter than a single window's 0.05, because
+    # the gate re-tests a growing sample on every engine tick (multiple testing).
+    class_drift_p: Share = 0.001
     compare_window_s: Annotated[float, Field(gt=0, le=90 * 86400)] = 7 * 86400  # previous version's data
 
 
@@ -116,10 +120,21 @@ def judge(key: str, new: CohortHealth | None, old: CohortHealth | None, limits: 
     if key == "drift":
         if new.drift is None:
             return None, "drift: no baseline in the manifest"
-        old_drift = bool(old and old.drift and old.drift.dataset_drift)
-        if new.drift.dataset_drift and not old_drift:
-            names = ", ".join(new.drift.drifted_features[:5]) or "predicted classes"
-            return False, (f"drift: {len(new.drift.drifted_features)}/{len(new.drift.features)} features drifted "
-                           f"({names}), score {new.drift.score:.2f}; {where} does not drift")  # fmt: skip
+        drifted, why = drift_verdict(new.drift, limits)
+        if drifted and not (old is not None and old.drift is not None and drift_verdict(old.drift, limits)[0]):
+            return False, f"drift: {why}; {where} does not drift"
         return True, None
     raise ValueError(f"not a telemetry gate: {key}")
+
+
+def drift_verdict(report: DriftReport, limits: TelemetryLimits) -> tuple[bool, str]:
+    """Dataset drift as the drift gate sees it: enough features drift, or the predicted classes clearly do."""
+    names = report.drifted_features
+    features = bool(report.features) and report.drifted_share >= limits.drift_share
+    c = report.classes
+    small_sample_ok = c is not None and c.chi2_p is not None and c.chi2_p < limits.class_drift_p
+    classes = c is not None and c.drifted and (c.method == "js" or small_sample_ok)
+    parts = [f"{len(names)}/{len(report.features)} features drifted" + (f" ({', '.join(names[:5])})" if names else "")]
+    if classes and c is not None:
+        parts.append(f"predicted classes drifted ({c.method}, js {c.js:.2f})")
+    return features or classes, ", ".join(parts) + f", score {report.score:.2f}"

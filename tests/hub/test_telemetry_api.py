@@ -1,0 +1,177 @@
+"""Telemetry API in-process on SQLite and PostgreSQL: summaries stored by the bridge's ingest code are merged
+per cohort and time range, equal the pooled data, and come back with statistics; bad input is a 4xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from hub.api.main import create_app
+from hub.mqtt.ingest import IngestBatch, store_batch
+from hub.services import Hub
+from hub.settings import HubSettings
+from hub.telemetry.stats import quantile_ms
+from protocol.http import ENROLL_PATH
+from protocol.telemetry import TelemetryMessage, TelemetrySummary, merge
+from tests.hub.support import tar_gz
+from tests.hub.test_telemetry_data import baseline, noisy_labels, predict, sample, summarize, write_version
+
+ADMIN = {"Authorization": "Bearer admin-secret-token"}
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+URL = "/api/v1/telemetry/digits/1"
+# device -> (profile, group, tags)
+FLEET = {
+    "pi-0": ("raspberry_pi_4", "lab", {"site": "a"}),
+    "pi-1": ("raspberry_pi_4", "lab", {"site": "a"}),
+    "pi-2": ("raspberry_pi_4", "lab", {"site": "b"}),
+    "gw-0": ("x86_gateway", "edge", {"site": "b"}),
+    "gw-1": ("x86_gateway", "edge", {"site": "b"}),
+}
+
+
+@pytest.fixture
+def client(tmp_path: Path, db_url: str) -> Iterator[TestClient]:
+    settings = HubSettings(data_dir=tmp_path / "data", database_url=db_url, admin_token="admin-secret-token",
+                           mqtt_enabled=False, telemetry_alert_min_n=200)  # fmt: skip
+    with TestClient(create_app(settings, background=False)) as c:
+        folder = write_version(tmp_path / "out", "digits", 1, ["raspberry_pi_4", "x86_gateway"])
+        assert c.post("/api/v1/models", files={"archive": ("o.tar.gz", tar_gz(folder))}, headers=ADMIN).status_code == 201
+        for device_id, (profile, group, tags) in FLEET.items():
+            tok = c.post("/api/v1/enrollment-tokens", json={"group": group, "tags": tags}, headers=ADMIN).json()
+            r = c.post(ENROLL_PATH, json={"enrollment_token": tok["token"], "profile": profile, "device_id": device_id})
+            assert r.status_code == 201, r.text
+        yield c
+
+
+def _store(hub: Hub, summaries: list[tuple[int, TelemetrySummary]]) -> None:
+    batch = IngestBatch(telemetry=[TelemetryMessage(id=i, device_id=s.device_id, summary=s) for i, s in summaries])
+    store_batch(engine=hub.engine, batch=batch, now=datetime.now(UTC))
+
+
+def _windows(rng: np.random.Generator, shift: dict[str, str] | None = None) -> dict[str, list[TelemetrySummary]]:
+    """Two windows per device (T0 and T0 + 1 h) with latency, errors, fallbacks and delayed labels."""
+    base, out = baseline(), {}
+    for k, (device_id, (profile, _g, _t)) in enumerate(FLEET.items()):
+        out[device_id] = []
+        for w in range(2):
+            x = sample(rng, 150 + 40 * k, (shift or {}).get(device_id))
+            lat = rng.lognormal(np.log(3 + 5 * (profile == "x86_gateway")), 0.5, len(x))
+            out[device_id].append(summarize(device_id, profile, "digits", 1, x, lat, base=base, errors=k,
+                                            fallback={"no_model": w, "timeout": 1}, labels=noisy_labels(rng, x),
+                                            start=T0 + timedelta(hours=w)))  # fmt: skip
+    return out
+
+
+def _stats(client: TestClient, **params: object) -> dict[str, object]:
+    r = client.get(URL, params=params, headers=ADMIN)  # type: ignore[arg-type]
+    assert r.status_code == 200, r.text
+    body: dict[str, object] = r.json()
+    return body
+
+
+def test_cohorts_merge_to_the_pooled_summary_with_statistics(client: TestClient) -> None:
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    rng = np.random.default_rng(3)
+    windows = _windows(rng)
+    rows = [(w, s) for per in windows.values() for w, s in enumerate(per)]
+    _store(hub, rows)
+    _store(hub, rows[:4])  # redelivered before the ack arrived: stored once
+    every = [s for per in windows.values() for s in per]
+    pooled = merge(every)
+    fleet = _stats(client)
+    assert fleet["rows"] == 10 and fleet["devices"] == 5 and fleet["truncated"] is False
+    merged = TelemetrySummary.model_validate(fleet["summary"])
+    assert merged.n == pooled.n == sum(s.n for s in every)
+    assert merged.inputs == pooled.inputs and merged.class_counts == pooled.class_counts
+    assert merged.latency_buckets == pooled.latency_buckets and merged.confusion == pooled.confusion
+    assert fleet["errors"] == pooled.errors and fleet["fallback"] == {"no_model": 5, "timeout": 10}
+    assert fleet["fallback_rate"] == pytest.approx(15 / pooled.n)
+    lat = fleet["latency_ms"]
+    assert isinstance(lat, dict) and lat["p95"] == pytest.approx(quantile_ms(pooled.latency_buckets, 0.95))
+    assert lat["p50"] < lat["p95"] <= lat["p99"]
+    # live quality from the confusion matrix equals scikit-learn on the labelled samples
+    conf = np.asarray(pooled.confusion)
+    y_true = np.repeat(np.arange(3), conf.sum(axis=1))
+    y_pred = np.concatenate([np.repeat(np.arange(3), row) for row in conf])
+    p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro")
+    labels = fleet["labels"]
+    assert isinstance(labels, dict) and labels["n"] == pooled.n
+    assert labels["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert (labels["precision"], labels["recall"], labels["f1"]) == pytest.approx((p, r, f1))
+    drift = fleet["drift"]
+    assert isinstance(drift, dict) and drift["dataset_drift"] is False and len(drift["features"]) == 8
+    first = drift["features"][0]
+    assert len(first["edges"]) == len(first["baseline_counts"]) + 1 == len(first["window_counts"]) + 1
+    assert sum(first["window_counts"]) == pooled.n and drift["classes"]["window_counts"] == pooled.class_counts
+
+    pi = _stats(client, profile="raspberry_pi_4")
+    assert pi["devices"] == 3 and pi["drift"]["baseline_profile"] == "raspberry_pi_4"  # type: ignore[index]
+    assert pi["n"] == merge([s for d in ("pi-0", "pi-1", "pi-2") for s in windows[d]]).n
+    site_b = _stats(client, tag="site=b")
+    assert site_b["devices"] == 3 and site_b["n"] == sum(s.n for d in ("pi-2", "gw-0", "gw-1") for s in windows[d])
+    both = _stats(client, tag=["site=b"], group="edge")
+    assert both["devices"] == 2
+    late = _stats(client, since=(T0 + timedelta(minutes=30)).isoformat())
+    assert late["rows"] == 5 and late["n"] == sum(per[1].n for per in windows.values())
+    early = _stats(client, until="2026-11-25T08:30:00")  # no offset: UTC
+    assert early["rows"] == 5 and early["n"] == sum(per[0].n for per in windows.values())
+    newest = _stats(client, limit=3)
+    assert newest["rows"] == 3 and newest["truncated"] is True
+    nobody = _stats(client, group="nowhere")
+    assert nobody["n"] == 0 and nobody["summary"] is None and nobody["latency_ms"] is None
+
+
+def test_bad_requests_get_a_4xx_with_a_message(client: TestClient) -> None:
+    cases = {
+        "/api/v1/telemetry/digits/1?since=2026-11-25T10:00:00Z&until=2026-11-25T09:00:00Z": 422,
+        "/api/v1/telemetry/digits/1?tag=no-equals-sign": 422,
+        "/api/v1/telemetry/digits/1?since=yesterday": 422,
+        "/api/v1/telemetry/digits/1?limit=0": 422,
+        "/api/v1/telemetry/digits/x": 422,
+        "/api/v1/telemetry/digits/9": 404,
+        "/api/v1/telemetry/alerts?state=maybe": 422,
+    }
+    for url, status in cases.items():
+        r = client.get(url, headers=ADMIN)
+        assert r.status_code == status, (url, r.text)
+        assert r.json()["detail"], url
+    assert client.get(URL).status_code == 401
+
+
+def test_monitor_exports_gauges_and_deduplicates_drift_alerts(client: TestClient) -> None:
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    now = T0 + timedelta(minutes=70)
+    hub.telemetry.clock = lambda: now
+    rng = np.random.default_rng(9)
+    windows = _windows(rng, shift={"gw-0": "mean", "gw-1": "mean"})  # the gateways' sensors drifted
+    _store(hub, [(w, s) for per in windows.values() for w, s in enumerate(per)])
+    first = hub.telemetry.run_once()
+    opened = {c.alert_id for c in first if c.action == "opened"}
+    hub.telemetry.run_once()  # the same drift again: refreshed, not reopened
+    alerts = client.get("/api/v1/telemetry/alerts", params={"state": "open"}, headers=ADMIN).json()
+    # half the fleet's inferences moved by one std: the fleet drifts too; the Pis do not
+    assert {a["cohort"] for a in alerts} == {"fleet", "profile:x86_gateway", "group:edge"} and len(opened) == 3
+    assert all(a["n"] >= 200 and "features drifted" in a["reason"] for a in alerts)
+    text = client.get("/metrics").text
+    assert 'edgefleet_hub_drift_alerts_total{cohort_kind="profile",model="digits",version="1"} 1.0' in text
+    assert 'edgefleet_hub_telemetry_dataset_drift{model="digits",profile="x86_gateway",version="1"} 1.0' in text
+    assert 'edgefleet_hub_telemetry_latency_ms{model="digits",profile="*",quantile="0.95",version="1"}' in text
+    assert 'edgefleet_hub_telemetry_accuracy{model="digits",profile="raspberry_pi_4",version="1"}' in text
+    # an hour later the gateways report clean data again: the alerts resolve, nothing new opens
+    now = T0 + timedelta(hours=3)
+    clean = {d: [summarize(d, FLEET[d][0], "digits", 1, sample(rng, 400), np.full(400, 4.0), base=baseline(),
+                           start=now - timedelta(minutes=5))] for d in FLEET}  # fmt: skip
+    _store(hub, [(10, s[0]) for s in clean.values()])
+    changes = hub.telemetry.run_once()
+    assert {c.action for c in changes} <= {"resolved", "none"} and sum(c.action == "resolved" for c in changes) == 3
+    resolved = client.get("/api/v1/telemetry/alerts", params={"model": "digits", "version": 1}, headers=ADMIN).json()
+    assert {a["state"] for a in resolved} == {"resolved"} and len(resolved) == 3
+    text = client.get("/metrics").text
+    assert 'edgefleet_hub_telemetry_dataset_drift{model="digits",profile="x86_gateway",version="1"} 0.0' in text
+    assert "edgefleet_hub_telemetry_accuracy{" not in text  # no labels in this window
