@@ -20,7 +20,7 @@ from hub.telemetry.stats import quantile_ms
 from protocol.http import ENROLL_PATH
 from protocol.telemetry import TelemetryMessage, TelemetrySummary, merge
 from tests.hub.support import tar_gz
-from tests.hub.test_telemetry_data import baseline, noisy_labels, predict, sample, summarize, write_version
+from tests.hub.test_telemetry_data import baseline, noisy_labels, sample, summarize, write_version
 
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -41,7 +41,8 @@ def client(tmp_path: Path, db_url: str) -> Iterator[TestClient]:
                            mqtt_enabled=False, telemetry_alert_min_n=200)  # fmt: skip
     with TestClient(create_app(settings, background=False)) as c:
         folder = write_version(tmp_path / "out", "digits", 1, ["raspberry_pi_4", "x86_gateway"])
-        assert c.post("/api/v1/models", files={"archive": ("o.tar.gz", tar_gz(folder))}, headers=ADMIN).status_code == 201
+        pushed = c.post("/api/v1/models", files={"archive": ("o.tar.gz", tar_gz(folder))}, headers=ADMIN)
+        assert pushed.status_code == 201, pushed.text
         for device_id, (profile, group, tags) in FLEET.items():
             tok = c.post("/api/v1/enrollment-tokens", json={"group": group, "tags": tags}, headers=ADMIN).json()
             r = c.post(ENROLL_PATH, json={"enrollment_token": tok["token"], "profile": profile, "device_id": device_id})

@@ -114,7 +114,8 @@ def test_merging_device_windows_equals_the_pooled_window() -> None:
     base, rng = baseline(), np.random.default_rng(5)
     xs = [sample(rng, n) for n in (120, 300, 75)]
     lats = [rng.uniform(1, 30, len(x)) for x in xs]
-    parts = [summarize(f"d{i}", "p", "m", 1, x, lat, base=base) for i, (x, lat) in enumerate(zip(xs, lats, strict=True))]
+    parts = [summarize(f"d{i}", "p", "m", 1, x, lat, base=base) 
+             for i, (x, lat) in enumerate(zip(xs, lats, strict=True))]
     pooled = summarize("d0", "p", "m", 1, np.concatenate(xs), np.concatenate(lats), base=base)
     merged = merge(parts)
     assert merged.inputs == pooled.inputs and merged.class_counts == pooled.class_counts
