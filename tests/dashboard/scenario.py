@@ -9,7 +9,10 @@ gw-0 drops off the network afterwards, so the fleet shows one offline device.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
+from protocol.telemetry import LATENCY_BUCKETS_MS, FeatureWindow, TelemetryMessage, TelemetrySummary, encode_message
+from protocol.topics import Channel
 from tests.hub.e2e import Fleet
 
 LAB = [f"pi-{i}" for i in range(4)]
@@ -35,8 +38,33 @@ def build(fleet: Fleet) -> None:
     _create(fleet, {"id": ROLLOUT_RUNNING, "model": "digits", "version": 2, "target": {"group": "lab"},
                     "canary_percent": 25, "stages": [100], "probation_s": 3600})  # fmt: skip
     _wait(lambda: _device_state(fleet, ROLLOUT_RUNNING) == {"probation": 1, "pending": 3}, "lab canary on probation")
+    send_telemetry(fleet)
     fleet.devices[OFFLINE].crash()
     _wait(lambda: not fleet.api("GET", f"/api/v1/devices/{OFFLINE}").json()["online"], f"{OFFLINE} offline")
+
+
+# device -> (inferences, errors, fallbacks, latency bucket, counts of feature x over the baseline's 2 bins)
+TELEMETRY = {"pi-0": (200, 4, 10, 6, [100, 100]), "pi-2": (100, 0, 0, 9, [10, 90]), "gw-1": (50, 1, 0, 5, [25, 25])}
+CONFUSION = {"pi-0": [[40, 10], [5, 45]]}  # delayed labels arrived on pi-0 only
+
+
+def send_telemetry(fleet: Fleet) -> None:
+    """Each device in TELEMETRY uploads one window of digits v1 over MQTT, as the agent's outbox does."""
+    end = datetime.now(UTC)
+    for seq, (device_id, (n, errors, fallbacks, bucket, counts)) in enumerate(TELEMETRY.items(), start=1):
+        latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        latency[bucket] = n
+        device = fleet.devices[device_id]
+        summary = TelemetrySummary(
+            device_id=device_id, model="digits", version=1, profile=device.profile,
+            window_start=end - timedelta(minutes=5), window_end=end, n=n, errors=errors,
+            fallback={"no_model": fallbacks} if fallbacks else {}, latency_buckets=latency,
+            inputs=[FeatureWindow(name="x", counts=counts)], confusion=CONFUSION.get(device_id),
+        )  # fmt: skip
+        assert device.client is not None
+        message = TelemetryMessage(id=seq, device_id=device_id, summary=summary)
+        device.client.publish(device.topic(Channel.TELEMETRY), encode_message(message), qos=1).wait_for_publish(10)
+    _wait(lambda: fleet.api("GET", "/api/v1/telemetry/digits/1").json()["rows"] == len(TELEMETRY), "telemetry stored")
 
 
 def _create(fleet: Fleet, body: dict[str, object]) -> None:

@@ -1,0 +1,59 @@
+"""The telemetry page of a model version shows what the hub's telemetry API merged, for any cohort."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page
+
+from tests.dashboard import scenario
+from tests.dashboard.conftest import screenshot
+from tests.hub.e2e import Fleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def test_telemetry_page_matches_the_telemetry_api(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.goto(f"{base_url}/dashboard/telemetry/digits/1")
+    s = fleet.api("GET", "/api/v1/telemetry/digits/1").json()
+    assert s["n"] == sum(t[0] for t in scenario.TELEMETRY.values()) == 350
+    assert page.get_by_test_id("inferences").inner_text() == str(s["n"])
+    assert page.get_by_test_id("error-rate").inner_text() == pct(s["error_rate"])
+    assert page.get_by_test_id("fallback-rate").inner_text() == pct(s["fallback_rate"])
+    for q in ("p50", "p95", "p99"):
+        assert page.get_by_test_id(q).inner_text() == f"{s['latency_ms'][q]:.2f}"
+    assert page.get_by_test_id("accuracy").inner_text() == pct(s["labels"]["accuracy"]) == "85.0%"
+    assert page.get_by_test_id("drift-score").inner_text() == f"{s['drift']['score']:.3f}"
+    for f in s["drift"]["features"]:
+        card = page.locator(f".feature[data-feature='{f['name']}']")
+        assert card.get_attribute("data-drifted") == ("yes" if f["drifted"] else "no")
+        assert card.get_by_test_id("psi").inner_text() == f"{f['psi']:.3f}"
+        assert card.get_by_test_id("js").inner_text() == f"{f['js']:.3f}"
+        shares = [float(card.locator("rect.win").nth(i).get_attribute("data-share") or "nan")
+                  for i in range(card.locator("rect.win").count())]  # fmt: skip
+        total = sum(f["window_counts"])
+        assert shares == pytest.approx([c / total for c in f["window_counts"]], abs=1e-4)
+    assert page.locator("[data-testid=latency-hist] rect.win").count() > 0
+    screenshot(page, "telemetry-digits-v1")
+
+
+def test_telemetry_cohort_filter_and_empty_and_unknown_versions(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.goto(f"{base_url}/dashboard/telemetry/digits/1")
+    page.select_option("select[name=profile]", "x86_gateway")
+    page.click("form.cohort button")
+    page.wait_for_url(lambda url: "profile=x86_gateway" in url)
+    cohort = fleet.api("GET", "/api/v1/telemetry/digits/1", params={"profile": "x86_gateway"}).json()
+    assert page.get_by_test_id("inferences").inner_text() == str(cohort["n"]) == "50"
+    assert page.get_by_test_id("accuracy").inner_text() == "no labels"
+    page.goto(f"{base_url}/dashboard/telemetry/digits/2")
+    assert fleet.api("GET", "/api/v1/telemetry/digits/2").json()["n"] == 0
+    assert page.get_by_test_id("no-telemetry").is_visible()
+    response = page.goto(f"{base_url}/dashboard/telemetry/digits/9")
+    assert response is not None and response.status == 404
+    detail = fleet.api("GET", "/api/v1/telemetry/digits/9").json()["detail"]
+    assert page.get_by_test_id("error").inner_text() == detail
