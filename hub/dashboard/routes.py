@@ -81,6 +81,18 @@ async def overview(request: Request, api: Api, hub: HubDep, session: Session) ->
     }, session=session)  # fmt: skip
 
 
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+async def device_detail(request: Request, device_id: str, api: Api, hub: HubDep, session: Session) -> Response:
+    """One device: its record (versions, generations, tags) and its newest events."""
+    try:
+        device, events = await asyncio.gather(
+            api.get(f"/api/v1/devices/{device_id}"), api.get(f"/api/v1/devices/{device_id}/events", limit=50)
+        )
+    except ApiFailure as e:
+        return failure_page(request, e, session)
+    return page(request, "device.html", {"d": device, "events": events, "now": hub.clock()}, session=session)
+
+
 @router.get("/rollouts", response_class=HTMLResponse)
 async def rollouts_list(request: Request, api: Api, session: Session) -> Response:
     rollouts = await api.get("/api/v1/rollouts")

@@ -105,3 +105,20 @@ def test_audit_page_shows_the_audit_api_newest_first(signed_in: Page, fleet: Fle
     assert actions == [e["action"] for e in entries]
     assert actions[0] == "dashboard.login" and "rollout.create" in actions
     screenshot(page, "audit")
+
+
+def test_device_page_shows_its_record_and_events(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.locator("[data-testid=devices-table] tr[data-device='gw-1'] a").click()
+    page.wait_for_url(lambda url: url.endswith("/dashboard/devices/gw-1"))
+    device = fleet.api("GET", "/api/v1/devices/gw-1").json()
+    events = fleet.api("GET", "/api/v1/devices/gw-1/events", params={"limit": 50}).json()
+    assert page.get_by_test_id("online").inner_text() == ("online" if device["online"] else "offline")
+    row = page.locator("[data-testid=device-models] tr[data-model='digits']")
+    assert row.get_by_test_id("current").inner_text() == f"v{device['current_versions']['digits']}" == "v1"
+    kinds = page.locator("[data-testid=events-table] [data-testid=kind]")
+    assert [kinds.nth(i).inner_text() for i in range(kinds.count())] == [e["kind"] for e in events]
+    assert "self_test_failed" in [e["kind"] for e in events]  # gw-1 failed v2's self-test
+    screenshot(page, "device-gw-1")
+    missing = page.goto(f"{base_url}/dashboard/devices/nope")
+    assert missing is not None and missing.status == 404
