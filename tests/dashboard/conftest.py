@@ -51,13 +51,22 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 
 @pytest.fixture
-def signed_in(page: Page, base_url: str) -> Page:
-    """A page whose browser context holds a dashboard session (signed in through the login form)."""
+def signed_in(page: Page, base_url: str) -> Iterator[Page]:
+    """A page signed in through the login form; afterwards, no console errors (e.g. a CSP violation) allowed."""
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "response", lambda r: errors.append(f"{r.status} {r.url}") if "/static/" in r.url and r.status >= 400 else None
+    )
     page.goto(f"{base_url}/dashboard/login")
     page.fill("input[name=token]", ADMIN_TOKEN)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base_url}/dashboard")
-    return page
+    yield page
+    # a page answered with 404/409 on purpose logs "Failed to load resource"; static files are checked above
+    unexpected = [e for e in errors if not e.startswith("Failed to load resource: the server responded")]
+    assert not unexpected, unexpected
 
 
 def screenshot(page: Page, name: str) -> Path:
