@@ -11,9 +11,11 @@ from sqlalchemy import Connection, and_, or_, select
 from hub.db.schema import devices, events
 from hub.rollouts.gates import TELEMETRY_GATES, GateInput, Verdict, build_gates
 from hub.rollouts.machine import TERMINAL_DEVICE_STATES, DeviceState
-from hub.telemetry.health import TelemetryLimits, TelemetryView
+from hub.telemetry.health import CohortCache, TelemetryLimits, TelemetryView
 
 FAILURE_EVENTS = ["failed", "self_test_failed", "refused", "rolled_back"]
+# The previous versions' telemetry cohorts, shared across ticks (one engine tick thread; TTL-bounded).
+PREVIOUS_COHORTS = CohortCache()
 # The agent's lifecycle state -> the hub's view of an update in flight.
 IN_FLIGHT = {
     "downloading": DeviceState.DOWNLOADING,
@@ -49,7 +51,7 @@ def evaluate_members(
     spec = row["spec"]
     gates = build_gates(spec["gates"])
     limits = TelemetryLimits.model_validate(spec.get("gate_limits") or {})
-    view = TelemetryView(conn, now) if TELEMETRY_GATES & set(spec["gates"]) else None
+    view = TelemetryView(conn, now, PREVIOUS_COHORTS) if TELEMETRY_GATES & set(spec["gates"]) else None
     probation = timedelta(seconds=spec["probation_s"])
     timeout = timedelta(seconds=spec["timeout_s"])
     changes = []

@@ -21,7 +21,8 @@ from protocol.telemetry import TelemetrySummary
 
 Positive = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
-ROW_LIMIT = 20_000
+ROW_LIMIT = 5_000  # newest windows per cohort: plenty for a p95 or a rate, cheap enough for every tick
+PREVIOUS_TTL_S = 60.0  # the previous version's cohort changes slowly: recomputed at most once a minute
 
 
 class TelemetryLimits(BaseModel):
@@ -60,13 +61,37 @@ class CohortHealth:
 Finding = tuple[bool | None, str | None]  # True pass, False fail, None wait; with a reason
 
 
+CacheKey = tuple[str, int, str, str]
+
+
+@dataclass
+class CohortCache:
+    """The previous versions' cohorts across ticks (keyed by database too: tests run several hubs per process)."""
+
+    ttl_s: float = PREVIOUS_TTL_S
+    max_entries: int = 512
+    entries: dict[tuple[str, CacheKey], tuple[datetime, CohortHealth | None]] = field(default_factory=dict)
+
+    def get(self, key: tuple[str, CacheKey], now: datetime) -> tuple[bool, CohortHealth | None]:
+        hit = self.entries.get(key)
+        if hit is None or (now - hit[0]).total_seconds() > self.ttl_s:
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: tuple[str, CacheKey], now: datetime, value: CohortHealth | None) -> None:
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        self.entries[key] = (now, value)
+
+
 @dataclass
 class TelemetryView:
-    """Cached telemetry lookups for one engine tick."""
+    """Telemetry lookups for one engine tick: devices fresh, previous-version cohorts through `shared`."""
 
     conn: Connection
     now: datetime
-    _cache: dict[tuple[str, int, str | None, str | None], CohortHealth | None] = field(default_factory=dict)
+    shared: CohortCache | None = None
+    _cache: dict[CacheKey, CohortHealth | None] = field(default_factory=dict)
 
     def device(self, model: str, version: int, device_id: str, profile: str | None,
                since: datetime | None) -> CohortHealth | None:  # fmt: skip
@@ -78,11 +103,19 @@ class TelemetryView:
         if version is None or profile is None:
             return None
         cohort = Cohort(profile=profile, since=self.now - timedelta(seconds=limits.compare_window_s))
-        return self._health(model, version, profile, cohort, ("profile", profile))
+        key = (str(self.conn.engine.url), (model, version, f"profile:{limits.compare_window_s:g}", profile))
+        if self.shared is not None:
+            found, value = self.shared.get(key, self.now)
+            if found:
+                return value
+        value = self._health(model, version, profile, cohort, ("profile", profile))
+        if self.shared is not None:
+            self.shared.put(key, self.now, value)
+        return value
 
     def _health(self, model: str, version: int, profile: str | None, cohort: Cohort,
                 key: tuple[str, str]) -> CohortHealth | None:  # fmt: skip
-        k = (model, version, *key)
+        k: CacheKey = (model, version, *key)
         if k not in self._cache:
             merged = merged_telemetry(self.conn, model=model, version=version, cohort=cohort, limit=ROW_LIMIT)
             s = merged.summary

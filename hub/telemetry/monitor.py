@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, select
 from hub.db.schema import telemetry
 from hub.metrics import HubMetrics
 from hub.telemetry import alerts
-from hub.telemetry.query import DEFAULT_LIMIT, Cohort, baseline_for, device_cohorts, load_rows, merge_summaries
+from hub.telemetry.query import DEFAULT_LIMIT, Cohort, baseline_for, device_cohorts, load_rows, merged_from
 from hub.telemetry.stats import quantile_ms
 from hub.tuf_repo import Clock
 from protocol.drift import drift_report
@@ -74,16 +74,16 @@ class TelemetryMonitor:
     def _version(self, conn: Connection, now: datetime, model: str, version: int, cohort: Cohort,
                  series: set[tuple[str, str, str]]) -> list[alerts.AlertChange]:  # fmt: skip
         rows, _truncated = load_rows(conn, model=model, version=version, cohort=cohort, limit=self.limit)
-        groups = {d: g for d, (_p, g) in device_cohorts(conn, {s.device_id for s in rows}).items()}
-        parts: dict[str, list[TelemetrySummary]] = {"fleet": rows}
+        groups = {d: g for d, (_p, g) in device_cohorts(conn, {s["device_id"] for s in rows}).items()}
+        parts: dict[str, list[dict[str, Any]]] = {"fleet": rows}
         for s in rows:
-            parts.setdefault(f"profile:{s.profile}", []).append(s)
-            if groups.get(s.device_id):
-                parts.setdefault(f"group:{groups[s.device_id]}", []).append(s)
+            parts.setdefault(f"profile:{s['profile']}", []).append(s)
+            if groups.get(s["device_id"]):
+                parts.setdefault(f"group:{groups[s['device_id']]}", []).append(s)
         baselines: dict[str | None, tuple[str, BaselineStats] | None] = {}
         changes = []
         for key, part in parts.items():
-            merged, _skipped = merge_summaries(part)
+            merged = merged_from(part).summary
             if merged is None:
                 continue
             profile = key.removeprefix("profile:") if key.startswith("profile:") else None

@@ -2,24 +2,25 @@
 
 Rows are read newest first; at most `limit` of them, so a query over a long range answers from the
 newest windows and says so (`truncated`). Summaries whose bins differ from the newest row's (a
-re-binned baseline) are skipped and counted rather than failing the whole cohort.
+re-binned baseline) are skipped and counted rather than failing the whole cohort (accumulate.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, select
 
 from hub.db.schema import devices, model_versions, telemetry
+from hub.telemetry.accumulate import Accumulator
 from protocol.manifest import BaselineStats, Manifest
-from protocol.telemetry import TelemetrySummary, merge
+from protocol.telemetry import TelemetrySummary
 
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
-MERGE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def device_ids(conn: Connection, cohort: Cohort) -> set[str]:
 
 def load_rows(
     conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT
-) -> tuple[list[TelemetrySummary], bool]:
-    """Summaries of the cohort whose windows overlap [since, until], newest first; and whether `limit` cut them."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """Summaries (JSON) whose windows overlap [since, until], newest first; and whether `limit` cut them."""
     q = select(telemetry.c.summary).where(telemetry.c.model == model, telemetry.c.version == version)
     if cohort.since is not None:
         q = q.where(telemetry.c.window_end >= cohort.since)
@@ -77,31 +78,16 @@ def load_rows(
         q = q.where(telemetry.c.device_id.in_(sorted(ids)))
     q = q.order_by(telemetry.c.window_end.desc(), telemetry.c.id.desc()).limit(limit + 1)
     raw = [r.summary for r in conn.execute(q)]
-    return [TelemetrySummary.model_validate(s) for s in raw[:limit]], len(raw) > limit
+    return raw[:limit], len(raw) > limit
 
 
-def merge_summaries(summaries: Sequence[TelemetrySummary]) -> tuple[TelemetrySummary | None, int]:
-    """Merge chunk by chunk; returns (merged or None, rows skipped because their bins do not match)."""
-    acc: TelemetrySummary | None = None
-    seen: set[str] = set()
-    skipped = 0
-    for start in range(0, len(summaries), MERGE_CHUNK):
-        chunk = list(summaries[start : start + MERGE_CHUNK])
-        try:
-            acc = merge([acc, *chunk] if acc is not None else chunk)
-            seen.update(s.device_id for s in chunk)
-            continue
-        except ValueError:
-            pass
-        for s in chunk:  # some row does not fit: add them one by one, skipping the misfits
-            try:
-                acc = merge([acc, s]) if acc is not None else s
-                seen.add(s.device_id)
-            except ValueError:
-                skipped += 1
-    if acc is None:
-        return None, skipped
-    return acc.model_copy(update={"devices": len(seen - {"*"}) or acc.devices}), skipped
+def merged_from(rows: Iterable[dict[str, Any]], truncated: bool = False) -> Merged:
+    """Add up stored summaries (JSON) into a `Merged`."""
+    acc = Accumulator()
+    for row in rows:
+        acc.add(row)
+    summary = acc.result()
+    return Merged(summary, acc.rows + acc.skipped, truncated, acc.skipped, summary.devices if summary else 0)
 
 
 def merged_telemetry(
@@ -110,12 +96,6 @@ def merged_telemetry(
     """The cohort's telemetry of one model version, merged."""
     rows, truncated = load_rows(conn, model=model, version=version, cohort=cohort, limit=limit)
     return merged_from(rows, truncated)
-
-
-def merged_from(rows: Sequence[TelemetrySummary], truncated: bool = False) -> Merged:
-    """Merge already loaded rows into a `Merged`."""
-    summary, skipped = merge_summaries(rows)
-    return Merged(summary, len(rows), truncated, skipped, summary.devices if summary else 0)
 
 
 def baseline_for(

@@ -120,3 +120,16 @@ def test_merging_device_windows_equals_the_pooled_window() -> None:
     merged = merge(parts)
     assert merged.inputs == pooled.inputs and merged.class_counts == pooled.class_counts
     assert merged.latency_buckets == pooled.latency_buckets and merged.n == 495 and merged.devices == 3
+
+
+def test_the_hubs_accumulator_equals_protocol_merge_and_skips_misfits() -> None:
+    from hub.telemetry.query import merged_from
+
+    base, rng = baseline(), np.random.default_rng(8)
+    parts = [summarize(f"d{i % 3}", "p", "m", 1, sample(rng, 50 + i), rng.uniform(0.5, 80, 50 + i), base=base,
+                       errors=i, fallback={"timeout": i % 2}, labels=noisy_labels(rng, sample(rng, 50 + i)) if i % 2
+                       else None) for i in range(7)]  # fmt: skip
+    odd = parts[0].model_copy(update={"inputs": parts[0].inputs[:3]})  # another binning: left out, counted
+    got = merged_from([s.model_dump(mode="json") for s in [*parts, odd]])
+    assert got.summary == merge(parts).model_copy(update={"devices": 3})
+    assert (got.rows, got.skipped, got.devices) == (8, 1, 3)
