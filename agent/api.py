@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.errors import InputError, ModelLoadError
+from agent.fallback import FallbackError, FallbackTimeout, FallbackUnavailable
+from agent.inference import InferenceService, NotServing
 from agent.metrics import AgentMetrics
 from agent.serving import ServingRegistry
+from protocol.drift import DriftReport
+from protocol.telemetry import TelemetrySummary
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -25,50 +29,102 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def drift_view(window: str, summary: TelemetrySummary, report: DriftReport) -> dict[str, Any]:
+    """A drift report as JSON: which window, its accuracy from labels, every statistic per feature."""
+    return {
+        "model": summary.model,
+        "version": summary.version,
+        "window": window,
+        "window_start": summary.window_start.isoformat(),
+        "window_end": summary.window_end.isoformat(),
+        "n": summary.n,
+        "accuracy": summary.accuracy(),
+        "score": report.score,
+        "dataset_drift": report.dataset_drift,
+        "drifted_share": report.drifted_share,
+        "drifted_features": report.drifted_features,
+        "missing_share": report.missing_share,
+        "out_of_range_share": report.out_of_range_share,
+        "features": [asdict(f) for f in report.features],
+        "classes": asdict(report.classes) if report.classes else None,
+    }
+
+
 def build_app(
     serving: ServingRegistry,
     metrics: AgentMetrics,
     models_view: Callable[[], list[dict[str, Any]]],
     health_view: Callable[[], dict[str, Any]],
     request_rollback: Callable[[str], None] | None = None,
+    inference: InferenceService | None = None,
 ) -> Starlette:
     """The local API over a serving registry; the views supply store/lifecycle and health state."""
 
-    async def predict(request: Request) -> Response:
-        name = request.path_params["name"]
-        served = serving.get(name)
-        if served is None:
-            return _error(404, f"no model named {name!r} is serving")
+    service = inference or InferenceService(serving, metrics)
+
+    async def read_json(request: Request, name: str) -> Any:
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            raise _Refused(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
-            payload = json.loads(body)
+            return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             metrics.prediction_errors.labels(name, "bad_json").inc()
-            return _error(400, f"body is not JSON: {e}")
+            raise _Refused(400, f"body is not JSON: {e}") from e
+
+    async def predict(request: Request) -> Response:
+        name = request.path_params["name"]
+        if serving.get(name) is None and not service.has_fallback(name):
+            return _error(404, f"no model named {name!r} is serving")
+        try:
+            payload = await read_json(request, name)
+        except _Refused as e:
+            return _error(e.status, str(e))
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), dict):
             metrics.prediction_errors.labels(name, "bad_request").inc()
             return _error(422, 'body must be {"inputs": {"<tensor name>": [...]}}')
-        start = time.perf_counter()
         try:
-            outputs = served.model.predict(payload["inputs"])
-        except InputError as e:
-            metrics.prediction_errors.labels(name, "bad_input").inc()
+            if service.has_fallback(name):  # may wait on the network: keep the event loop free
+                answer = await run_in_threadpool(service.predict, name, payload["inputs"])
+            else:
+                answer = service.predict(name, payload["inputs"])
+        except NotServing as e:
+            return _error(404, str(e))
+        except FallbackError as e:
+            status = 503 if isinstance(e, FallbackUnavailable) else 504 if isinstance(e, FallbackTimeout) else 502
+            return JSONResponse({"error": f"cloud fallback failed: {e}", "fallback_reason": e.reason}, status)
+        except (InputError, ModelLoadError) as e:  # ModelLoadError: the runtime refused inputs that passed validation
             return _error(422, str(e))
-        except ModelLoadError as e:  # the runtime refused inputs that passed validation
-            served.errors += 1
-            metrics.prediction_errors.labels(name, "runtime").inc()
-            return _error(422, str(e))
-        metrics.latency.labels(name).observe(time.perf_counter() - start)
-        served.requests += 1
-        metrics.predictions.labels(name).inc()
-        body_out = {
-            "model": name,
-            "version": served.version,
-            "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()},
-        }
-        return JSONResponse(body_out)
+        return JSONResponse(answer.to_json())
+
+    async def feedback(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            payload = await read_json(request, name)
+        except _Refused as e:
+            return _error(e.status, str(e))
+        if (
+            not isinstance(payload, dict)
+            or not isinstance(payload.get("prediction_id"), str)
+            or type(payload.get("label")) is not int
+        ):
+            return _error(422, 'body must be {"prediction_id": "<id from predict>", "label": <int class>}')
+        if not service.feedback(name, payload["prediction_id"], payload["label"]):
+            return _error(404, f"unknown or expired prediction id {payload['prediction_id']!r}, or label out of range")
+        return JSONResponse({"accepted": True, "model": name, "prediction_id": payload["prediction_id"]})
+
+    async def drift(request: Request) -> Response:
+        name = request.path_params["name"]
+        found = service.recorders.drift(name) if service.recorders is not None else None
+        if found is None:
+            return _error(404, f"no telemetry window for {name!r} yet")
+        return JSONResponse(drift_view(*found))
 
     async def healthz(_: Request) -> Response:
         health = health_view()
@@ -92,6 +148,8 @@ def build_app(
     routes = [
         Route("/v1/models/{name}/rollback", rollback, methods=["POST"]),
         Route("/v1/models/{name}/predict", predict, methods=["POST"]),
+        Route("/v1/models/{name}/feedback", feedback, methods=["POST"]),
+        Route("/v1/models/{name}/drift", drift, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),

@@ -115,7 +115,12 @@ def run(config: Path | None) -> None:
     try:
         if settings.api_enabled:
             app = build_app(
-                daemon.serving, daemon.metrics, daemon.models_view, daemon.health_view, daemon.request_rollback
+                daemon.serving,
+                daemon.metrics,
+                daemon.models_view,
+                daemon.health_view,
+                daemon.request_rollback,
+                inference=daemon.inference,
             )
             where: dict[str, Any] = (
                 {"uds": str(settings.api_uds)}

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from agent.enroll import ensure_identity
 from agent.errors import AgentError
+from agent.inference import InferenceService, Prediction
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.metrics import AgentMetrics
 from agent.model import LoadedModel
@@ -20,9 +21,14 @@ from agent.serving import ServingRegistry
 from agent.settings import AgentSettings
 from agent.steps import DeviceSteps
 from agent.store import ModelStore
+from agent.telemetry.recorders import Recorders
+from agent.telemetry.uplink import TelemetryUplink
 from firmware_profiles import get_profile
+from protocol.drift import drift_report
+from protocol.manifest import Manifest
 from protocol.messages import (
     MAX_PAYLOAD_BYTES,
+    Ack,
     Command,
     CommandKind,
     DesiredState,
@@ -31,6 +37,7 @@ from protocol.messages import (
     ReportedState,
 )
 from protocol.messages import LifecycleState as State
+from protocol.telemetry import TelemetrySummary
 from protocol.topics import Channel
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,10 @@ class Agent:
         self.metrics = AgentMetrics()
         self.store = ModelStore(settings.data_dir / "models")
         self.serving = ServingRegistry()
+        tele = settings.telemetry
+        self.recorders = Recorders(
+            self.device_id, self.profile.name, window_size=tele.window_size, window_seconds=tele.window_s
+        )
         self._stop = threading.Event()
         self.steps = DeviceSteps(
             settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait
@@ -67,7 +78,7 @@ class Agent:
             password=mqtt.password or None,
             root=settings.topic_root,
             on_message=self._on_message,
-            on_connected=lambda: self._work.put(("report", None)),
+            on_connected=self._on_connected,
             keepalive_s=settings.keepalive_s,
             backoff=(settings.reconnect_min_s, settings.reconnect_max_s),
         )
@@ -76,6 +87,25 @@ class Agent:
             settings.data_dir / "events.seq",
             lambda payload: self.mqtt.publish(Channel.EVENTS, payload),
             self.metrics,
+        )
+        self.inference = InferenceService(
+            self.serving,
+            self.metrics,
+            self.recorders,
+            endpoints=settings.fallback,
+            policies=settings.fallback_policy,
+            online=self.mqtt.connected.is_set,
+            self_test_failed=self._self_test_failed,
+            manifest_of=self._manifest_of,
+        )
+        self.uplink = TelemetryUplink(
+            tele,
+            self.recorders,
+            outbox_path=settings.data_dir / "outbox.sqlite",
+            device_id=self.device_id,
+            publish=lambda payload: self.mqtt.publish(Channel.TELEMETRY, payload),
+            connected=self.mqtt.connected.is_set,
+            on_closed=self._on_window_closed,
         )
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
@@ -88,12 +118,14 @@ class Agent:
             if self.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume", name))
         self._worker.start()
+        self.uplink.start()
         self.mqtt.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._work.put(("stop", None))
         self._worker.join(timeout=10)
+        self.uplink.stop()  # open windows go to the outbox; they are sent after the next start
         self.mqtt.stop()
         self.steps.close()
 
@@ -116,12 +148,19 @@ class Agent:
         self.metrics.active_version.labels(name).set(version)
 
     # ---- incoming messages (MQTT thread: validate, count, enqueue; never raise) -------------------
+    def _on_connected(self) -> None:
+        self._work.put(("report", None))
+        self.uplink.reconnected()
+
     def _on_message(self, channel: Channel, payload: bytes) -> None:
-        if channel is Channel.ACK:
-            return
         try:
             if len(payload) > MAX_PAYLOAD_BYTES:
                 raise ValueError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
+            if channel is Channel.ACK:
+                ack = Ack.from_json(payload)
+                if ack.channel == "telemetry":
+                    self.uplink.ack(ack.ids)
+                return  # events are numbered and deduplicated by seq; they are not kept in the outbox
             if channel is Channel.DESIRED:
                 if not payload:
                     return  # retained message cleared
@@ -202,6 +241,8 @@ class Agent:
                 self.emit(EventKind.FAILED, reason="rollback command names no model")
                 return
             self.manual_rollback(command.model, f"manual rollback (command {command.command_id})")
+        elif command.kind is CommandKind.FLUSH_TELEMETRY:
+            self.uplink.flush()
 
     def manual_rollback(self, name: str, reason: str) -> UpdateRecord:
         """Return to the previous version of `name` through the lifecycle's rollback state."""
@@ -272,6 +313,8 @@ class Agent:
     def report(self) -> None:
         self.mqtt.publish(Channel.REPORTED, self.reported_state().to_bytes(), retain=True)
         self.metrics.mqtt_connected.set(1 if self.mqtt.connected.is_set() else 0)
+        for what, value in self.uplink.stats.items():
+            self.metrics.outbox.labels(what).set(value)
 
     def models_view(self) -> list[dict[str, Any]]:
         return [m.model_dump(mode="json") for m in self.reported_state().models]
@@ -283,4 +326,45 @@ class Agent:
             "mqtt_connected": self.mqtt.connected.is_set(),
             "serving": {s.name: s.version for s in self.serving.all()},
             "rejected_messages": self.rejected,
+            "telemetry": self.uplink.view(),
         }
+
+    # ---- serving and telemetry -----------------------------------------------------------------
+    def predict(self, name: str, inputs: dict[str, Any]) -> Prediction:
+        """In-process prediction: the same path as the local API (fallback, telemetry)."""
+        return self.inference.predict(name, inputs)
+
+    def _manifest_of(self, name: str) -> Manifest | None:
+        """The newest manifest this device knows for `name`: active, else the one being downloaded."""
+        record = self.lifecycle.load(name)
+        for version in (self.store.slot_version(name, "active"), record.target_version):
+            if version is None:
+                continue
+            try:
+                return self.store.manifest(name, version)
+            except (AgentError, OSError, ValueError):
+                path = self.steps.workdir(record) / "manifest.json"
+                if version == record.target_version and path.is_file():
+                    try:
+                        return Manifest.from_json(path.read_bytes())
+                    except ValueError:
+                        return None
+        return None
+
+    def _self_test_failed(self, name: str) -> bool:
+        """No version serves because the only one failed its self-test (no previous one to return to)."""
+        record = self.lifecycle.load(name)
+        return record.state in TERMINAL and (record.reason or "").startswith("self-test failed")
+
+    def _on_window_closed(self, summary: TelemetrySummary) -> None:
+        """Drift and accuracy gauges of the window that just closed (telemetry thread)."""
+        served = self.serving.get(summary.model)
+        if served is None or served.model.manifest is None or served.version != summary.version:
+            return
+        report = drift_report(served.model.manifest.baseline, summary)
+        self.metrics.drift_score.labels(summary.model).set(report.score)
+        self.metrics.drifted_features.labels(summary.model).set(len(report.drifted_features))
+        self.metrics.dataset_drift.labels(summary.model).set(1 if report.dataset_drift else 0)
+        accuracy = summary.accuracy()
+        if accuracy is not None:
+            self.metrics.window_accuracy.labels(summary.model).set(accuracy)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -13,7 +14,25 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.fallback.config import EndpointConfig, FallbackPolicy
 from protocol.topics import ROOT
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # protocol.base.ModelName
+
+
+class TelemetrySettings(BaseModel):
+    """The `[telemetry]` table: window closing and the outbox's caps and policy (docs/agent.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_size: int = Field(default=1000, ge=1)  # close a window after this many inferences...
+    window_s: float = Field(default=60.0, gt=0)  # ...or this many seconds, whichever comes first
+    outbox_max_bytes: int = Field(default=50 * 2**20, ge=4096)
+    outbox_max_age_s: float = Field(default=7 * 86400, gt=0)
+    policy: Literal["drop_oldest", "refuse_newest"] = "drop_oldest"
+    max_inflight: int = Field(default=100, ge=1, le=10_000)  # unacknowledged messages on the wire
+    ack_timeout_s: float = Field(default=30.0, gt=0)  # resend from the oldest unacked row after this
+    tick_s: float = Field(default=1.0, gt=0, le=60)  # how often windows and acks are looked at
 
 
 class AgentSettings(BaseSettings):
@@ -52,6 +71,18 @@ class AgentSettings(BaseSettings):
     api_port: int = Field(default=8470, ge=0, le=65535)
     api_uds: Path | None = None  # serve on this unix socket instead of api_host:api_port
     log_level: str = "INFO"
+    # Telemetry and cloud fallback (per model: `[fallback.NAME]`, `[fallback_policy.NAME]`; docs/fallback.md).
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    fallback: dict[str, EndpointConfig] = Field(default_factory=dict)
+    fallback_policy: dict[str, FallbackPolicy] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fallback_names(self) -> AgentSettings:
+        for table in ("fallback", "fallback_policy"):
+            for name in getattr(self, table):
+                if not MODEL_NAME_RE.match(name):
+                    raise ValueError(f"[{table}.{name}]: {name!r} is not a valid model name")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -30,7 +30,7 @@ class OutputShape:
     """What the answer must look like: per-sample dims (None = any) for one named output."""
 
     name: str
-    sample_shape: tuple[int | None, ...]
+    sample_shape: tuple[int | None, ...] | None  # None: no manifest yet, only the batch size is checked
 
 
 class CloudClient:
@@ -133,6 +133,10 @@ def _error_text(resp: httpx.Response) -> str:
 
 
 def _check_shape(arr: np.ndarray, spec: OutputShape, batch: int, url: str) -> None:
+    if spec.sample_shape is None:
+        if arr.ndim < 1 or arr.shape[0] != batch:
+            raise FallbackBadResponse(f"{url}: output {spec.name!r} has shape {list(arr.shape)}, expected {batch} rows")
+        return
     want = (batch, *spec.sample_shape)
     if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape, strict=True)):
         shown = ", ".join("?" if d is None else str(d) for d in want)

@@ -14,7 +14,9 @@ from agent.errors import AgentError
 
 
 class FallbackError(AgentError):
-    """The cloud copy could not answer."""
+    """The cloud copy could not answer; `reason` is why the cloud was asked (set by the router)."""
+
+    reason: str | None = None
 
 
 class FallbackUnavailable(FallbackError):

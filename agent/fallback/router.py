@@ -126,15 +126,18 @@ class FallbackRouter:
         return local_answer
 
     def _cloud(self, inputs: Arrays, reason: FallbackReason, allowed: bool, why: str) -> Answer:
-        if not allowed:
-            raise FallbackUnavailable(f"{why}; fallback for {reason.value} is off")
-        if self.client is None:
-            raise FallbackUnavailable(f"{why}; no cloud endpoint configured")
+        if not allowed or self.client is None:
+            refused = FallbackUnavailable(
+                f"{why}; fallback for {reason.value} is off" if not allowed else f"{why}; no cloud endpoint configured"
+            )
+            refused.reason = reason.value
+            raise refused
         start = time.perf_counter()
         try:
             outputs = self.client.predict({k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()})
-        except FallbackError:
+        except FallbackError as e:
             self.stats.record(reason, False, (time.perf_counter() - start) * 1000)
+            e.reason = reason.value
             raise
         self.stats.record(reason, True, (time.perf_counter() - start) * 1000)
         return Answer(outputs, "cloud", self.cloud_version, reason, why or None)

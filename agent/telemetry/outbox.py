@@ -140,11 +140,12 @@ class Outbox:
         self._bump("bytes", -size)
         self._bump("rows", -len(ids))
 
-    def pending(self, limit: int = 100, channel: str | None = None) -> list[OutboxRow]:
-        """The oldest rows, in order."""
-        where, args = ("WHERE channel = ?", [channel]) if channel else ("", [])
+    def pending(self, limit: int = 100, channel: str | None = None, after: int = 0) -> list[OutboxRow]:
+        """The oldest rows with an id above `after`, in order (an index range scan, whatever the backlog)."""
+        where, args = ("AND channel = ?", [channel]) if channel else ("", [])
         rows = self.db.execute(
-            f"SELECT id, channel, payload, created FROM rows {where} ORDER BY id LIMIT ?", [*args, limit]
+            f"SELECT id, channel, payload, created FROM rows WHERE id > ? {where} ORDER BY id LIMIT ?",
+            [after, *args, limit],
         ).fetchall()
         return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
 

@@ -69,7 +69,7 @@ class _Binner:
         flat = np.where(finite, flat, self.counts.size)  # NaN/inf go to a discard slot
         self.counts += np.bincount(flat.ravel(), minlength=self.counts.size + 1)[:-1].reshape(self.counts.shape)
 
-    def take(self) -> list[FeatureWindow]:
+    def take(self, reset: bool = True) -> list[FeatureWindow]:
         self.flush()
         out = [
             FeatureWindow(
@@ -81,8 +81,9 @@ class _Binner:
             )
             for i, n in enumerate(self.names)
         ]
-        for arr in (self.counts, self.missing, self.below, self.above):
-            arr[...] = 0
+        if reset:
+            for arr in (self.counts, self.missing, self.below, self.above):
+                arr[...] = 0
         return out
 
 
@@ -201,31 +202,39 @@ class WindowRecorder:
             if self.n == 0 and not self.fallback and (self._confusion is None or not self._confusion.any()):
                 self._start = self._clock()
                 return None
-            lat = np.bincount(
-                np.searchsorted(LATENCY_BUCKETS_MS, self._lat, side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
-            )
-            summary = TelemetrySummary(
-                device_id=self.device_id,
-                model=self.manifest.name,
-                version=self.manifest.version,
-                profile=self.manifest.profile,
-                window_start=_ts(self._start),
-                window_end=_ts(self._clock()),
-                n=self.n,
-                errors=self.errors,
-                fallback=dict(self.fallback),
-                latency_buckets=[int(c) for c in lat],
-                inputs=[f for _, _, b in self._inputs for f in b.take()],
-                class_counts=[int(c) for c in self._classes] if self.classifier else None,
-                outputs=self._out_binner.take() if self._out_binner else [],
-                confusion=self._confusion.tolist() if self._confusion is not None else None,
-            )
+            summary = self._summary(reset=True)
             self._classes[:] = 0
             if self._confusion is not None:
                 self._confusion[:] = 0
             self._lat = []
             self._reset()
             return summary
+
+    def snapshot(self) -> TelemetrySummary:
+        """The open window so far, without closing it (for the local drift view)."""
+        with self._lock:
+            return self._summary(reset=False)
+
+    def _summary(self, reset: bool) -> TelemetrySummary:
+        lat = np.bincount(
+            np.searchsorted(LATENCY_BUCKETS_MS, self._lat, side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
+        )
+        return TelemetrySummary(
+            device_id=self.device_id,
+            model=self.manifest.name,
+            version=self.manifest.version,
+            profile=self.manifest.profile,
+            window_start=_ts(self._start),
+            window_end=_ts(max(self._clock(), self._start)),
+            n=self.n,
+            errors=self.errors,
+            fallback=dict(self.fallback),
+            latency_buckets=[int(c) for c in lat],
+            inputs=[f for _, _, b in self._inputs for f in b.take(reset)],
+            class_counts=[int(c) for c in self._classes] if self.classifier else None,
+            outputs=self._out_binner.take(reset) if self._out_binner else [],
+            confusion=self._confusion.tolist() if self._confusion is not None else None,
+        )
 
 
 def _ts(t: float) -> datetime:

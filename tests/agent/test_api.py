@@ -37,7 +37,14 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
     )
     wait_for(lambda: agent.serving.get("multi"), what="multi served")
     port = free_port()
-    app = build_app(agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback)
+    app = build_app(
+        agent.serving,
+        agent.metrics,
+        agent.models_view,
+        agent.health_view,
+        agent.request_rollback,
+        inference=agent.inference,
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     threading.Thread(target=server.run, daemon=True).start()
     wait_port("127.0.0.1", port)

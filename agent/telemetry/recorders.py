@@ -1,0 +1,136 @@
+"""The recorders of every model version this device serves (or falls back for), and their last windows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from agent.telemetry.recorder import WindowRecorder
+from protocol.drift import DriftReport, drift_report
+from protocol.manifest import Manifest
+from protocol.telemetry import TelemetrySummary
+
+Key = tuple[str, int]
+
+
+class _NoModelWindow:
+    """Fallback answers for a model with no local version: counts by reason, closed like a window."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.start = clock()
+        self.fallback: dict[str, int] = {}
+        self.errors = 0
+
+    @property
+    def n(self) -> int:
+        return sum(self.fallback.values())
+
+
+class Recorders:
+    """Thread-safe (model, version) -> WindowRecorder; windows close by size or age, or on flush."""
+
+    def __init__(
+        self,
+        device_id: str,
+        profile: str,
+        *,
+        window_size: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.device_id = device_id
+        self.profile = profile
+        self.window_size = window_size
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._live: dict[Key, WindowRecorder] = {}
+        self._current: dict[str, int] = {}  # model -> version serving now
+        self._no_model: dict[Key, _NoModelWindow] = {}
+        self.last: dict[str, tuple[Manifest, TelemetrySummary]] = {}
+
+    def get(self, manifest: Manifest) -> WindowRecorder:
+        """The recorder of this version (created on its first prediction)."""
+        key = (manifest.name, manifest.version)
+        rec = self._live.get(key)  # lock-free fast path: dict reads are atomic
+        if rec is not None:
+            return rec
+        with self._lock:
+            rec = self._live.get(key)
+            if rec is None:
+                rec = WindowRecorder(
+                    manifest,
+                    self.device_id,
+                    window_size=self.window_size,
+                    window_seconds=self.window_seconds,
+                    clock=self._clock,
+                )
+                self._live[key] = rec
+            self._current[manifest.name] = manifest.version
+            return rec
+
+    def current(self, name: str) -> WindowRecorder | None:
+        version = self._current.get(name)
+        return None if version is None else self._live.get((name, version))
+
+    def find(self, name: str, version: int) -> WindowRecorder | None:
+        return self._live.get((name, version))
+
+    def record_no_model(self, name: str, version: int, reason: str, ok: bool) -> None:
+        """A fallback answer (or failure) while no local version of `name` serves."""
+        with self._lock:
+            window = self._no_model.setdefault((name, version), _NoModelWindow(self._clock))
+            window.fallback[reason] = window.fallback.get(reason, 0) + 1
+            window.errors += 0 if ok else 1
+
+    def close(self, all_windows: bool = False) -> list[TelemetrySummary]:
+        """Summaries of every due window (every open one when `all_windows`); retires replaced versions."""
+        out: list[TelemetrySummary] = []
+        with self._lock:
+            live = list(self._live.items())
+            current = dict(self._current)
+            no_model = list(self._no_model.items())
+        for (name, version), rec in live:
+            retired = current.get(name) != version
+            if all_windows or retired or rec.due():
+                summary = rec.close_window()
+                if summary is not None:
+                    out.append(summary)
+                    self.last[name] = (rec.manifest, summary)
+            if retired:
+                with self._lock:
+                    self._live.pop((name, version), None)
+        now = self._clock()
+        for (name, version), window in no_model:
+            if all_windows or window.n >= self.window_size or now - window.start >= self.window_seconds:
+                with self._lock:
+                    self._no_model.pop((name, version), None)
+                out.append(self._no_model_summary(name, version, window, now))
+        return out
+
+    def _no_model_summary(self, name: str, version: int, window: _NoModelWindow, now: float) -> TelemetrySummary:
+        return TelemetrySummary(
+            device_id=self.device_id,
+            model=name,
+            version=version,
+            profile=self.profile,
+            window_start=datetime.fromtimestamp(window.start, UTC),
+            window_end=datetime.fromtimestamp(max(now, window.start), UTC),
+            n=window.n,
+            errors=window.errors,
+            fallback=dict(window.fallback),
+        )
+
+    def drift(self, name: str) -> tuple[str, TelemetrySummary, DriftReport] | None:
+        """Drift of the open window when it has data, else of the last closed one."""
+        rec = self.current(name)
+        if rec is not None:
+            snap = rec.snapshot()
+            if snap.n:
+                return "current", snap, drift_report(rec.manifest.baseline, snap)
+        if name in self.last:
+            manifest, summary = self.last[name]
+            return "last", summary, drift_report(manifest.baseline, summary)
+        return None

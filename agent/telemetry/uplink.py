@@ -1,0 +1,167 @@
+"""The telemetry uplink: close windows into the outbox, send pending rows in order, delete them on ack.
+
+One thread owns the outbox (its SQLite connection is used from that thread only). The serving path
+only touches in-memory recorders; closing windows, writing the outbox, publishing and deleting acked
+rows all happen here, so a backlog of any size costs inference nothing and start-up reads two counters.
+
+Sending: rows go out in id order, at most `max_inflight` unacknowledged at a time. After a reconnect,
+or when the oldest unacked row waited longer than `ack_timeout_s`, sending restarts from the oldest
+pending row (the hub stores each id once). `dropped_before` carries `Outbox.unreported_drops()` on the
+first row sent after drops; it is marked reported only when that row is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from agent.settings import TelemetrySettings
+from agent.telemetry.outbox import Outbox
+from agent.telemetry.recorders import Recorders
+from protocol.telemetry import TelemetryMessage, TelemetrySummary, encode_message
+
+log = logging.getLogger(__name__)
+CHANNEL = "telemetry"
+
+
+class TelemetryUplink:
+    """Outbox owner and sender thread for one device."""
+
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        recorders: Recorders,
+        *,
+        outbox_path: Path,
+        device_id: str,
+        publish: Callable[[bytes], None],
+        connected: Callable[[], bool],
+        on_closed: Callable[[TelemetrySummary], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.outbox_path = outbox_path
+        self.recorders = recorders
+        self.device_id = device_id
+        self._publish = publish
+        self._connected = connected
+        self._on_closed = on_closed
+        self._clock = clock
+        self._acks: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush = threading.Event()
+        self._restart = True  # send from the oldest pending row
+        self._sent_upto = 0
+        self._inflight: dict[int, float] = {}
+        self._carried: dict[int, int] = {}
+        self.sent = 0
+        self.acked = 0
+        self.stats: dict[str, int] = {}
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+
+    # ---- called from other threads ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """The hub stored these ids (MQTT thread): delete them from the outbox soon."""
+        self._acks.put(list(ids))
+        self._wake.set()
+
+    def reconnected(self) -> None:
+        """A new MQTT connection: resend everything still unacknowledged, in order."""
+        self._restart = True
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Close every open window and send now (the `flush_telemetry` command)."""
+        self._flush.set()
+        self._wake.set()
+
+    # ---- the thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        s = self.settings
+        outbox = Outbox(self.outbox_path, max_bytes=s.outbox_max_bytes, max_age_s=s.outbox_max_age_s, policy=s.policy)
+        self.stats = outbox.stats()
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(s.tick_s)
+                self._wake.clear()
+                try:
+                    self._step(outbox, final=self._stop.is_set())
+                except Exception:  # a failing step must not end telemetry; it is logged with its traceback
+                    log.exception("telemetry step failed")
+        finally:
+            outbox.close()
+
+    def _step(self, outbox: Outbox, final: bool = False) -> None:
+        self._apply_acks(outbox)
+        flush = self._flush.is_set() or final
+        self._flush.clear()
+        summaries = self.recorders.close(all_windows=flush)
+        if summaries:
+            payloads = [(CHANNEL, s.to_json()) for s in summaries]
+            outbox.put_many(payloads)
+            for summary in summaries:
+                if self._on_closed is not None:
+                    self._on_closed(summary)
+        if self._connected() and not final:
+            self._send(outbox)
+        self.stats = outbox.stats()
+
+    def _apply_acks(self, outbox: Outbox) -> None:
+        ids: list[int] = []
+        while True:
+            try:
+                ids += self._acks.get_nowait()
+            except queue.Empty:
+                break
+        if not ids:
+            return
+        self.acked += outbox.ack(ids)
+        reported = sum(self._carried.pop(i, 0) for i in ids)
+        if reported:
+            outbox.mark_reported(reported)
+        for i in ids:
+            self._inflight.pop(i, None)
+
+    def _send(self, outbox: Outbox) -> None:
+        now = self._clock()
+        oldest = min(self._inflight.values(), default=now)
+        if self._restart or now - oldest > self.settings.ack_timeout_s:
+            self._restart = False
+            self._sent_upto = 0
+            self._inflight.clear()
+            self._carried.clear()
+        room = self.settings.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for row in outbox.pending(limit=room, after=self._sent_upto, channel=CHANNEL):
+            dropped = outbox.unreported_drops() - sum(self._carried.values())
+            if dropped > 0:
+                self._carried[row.id] = dropped
+            summary = TelemetrySummary.model_validate_json(row.payload)
+            message = TelemetryMessage(
+                id=row.id, device_id=self.device_id, summary=summary, dropped_before=max(dropped, 0)
+            )
+            self._publish(encode_message(message))
+            self._inflight[row.id] = now
+            self._sent_upto = row.id
+            self.sent += 1
+
+    def view(self) -> dict[str, Any]:
+        """Outbox counters for /healthz and metrics."""
+        return {**self.stats, "inflight": len(self._inflight), "sent": self.sent, "acked": self.acked}
