@@ -70,14 +70,15 @@ def logout() -> RedirectResponse:
 
 @router.get("", response_class=HTMLResponse)
 async def overview(request: Request, api: Api, hub: HubDep, session: Session) -> Response:
-    """Fleet: online/offline, versions per profile, every device with its last-seen time."""
-    devices, rollouts, health = await asyncio.gather(
-        api.get("/api/v1/devices", limit=10000), api.get("/api/v1/rollouts"), api.get("/healthz")
-    )
+    """Fleet: online/offline, versions per profile, open drift alerts, every device with its last-seen time."""
+    devices, rollouts, health, alerts = await asyncio.gather(
+        api.get("/api/v1/devices", limit=10000), api.get("/api/v1/rollouts"), api.get("/healthz"),
+        api.get("/api/v1/telemetry/alerts", state="open", limit=100),
+    )  # fmt: skip
     active = [r for r in rollouts if r["state"] in ("running", "paused", "scheduled")]
     return page(request, "overview.html", {
         "summary": views.fleet_summary(devices), "profiles": views.versions_by_profile(devices),
-        "devices": devices, "active_rollouts": active, "health": health, "now": hub.clock(),
+        "devices": devices, "active_rollouts": active, "health": health, "alerts": alerts, "now": hub.clock(),
     }, session=session)  # fmt: skip
 
 

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from hub.api.deps import HubDep
 from hub.dashboard.auth import Session
 from hub.dashboard.client import Api, ApiFailure
 from hub.dashboard.render import failure_page, page
 
 router = APIRouter()
 CHART_W, CHART_H = 300.0, 100.0
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}  # else: all time
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,16 @@ def features(drift: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 @router.get("/telemetry/{model}/{version}", response_class=HTMLResponse)
 async def telemetry(
-    request: Request, model: str, version: int, api: Api, session: Session,
-    profile: str | None = None, group: str | None = None,
+    request: Request, model: str, version: int, api: Api, hub: HubDep, session: Session,
+    profile: str | None = None, group: str | None = None, tag: str | None = None, period: str | None = None,
 ) -> Response:  # fmt: skip
-    """One version's merged telemetry for the whole fleet, one profile or one group."""
-    profile, group = profile or None, group or None
+    """One version's merged telemetry for the whole fleet, a profile, a group or a tag, over a time range."""
+    profile, group, tag = profile or None, group or None, (tag or "").strip() or None
+    since = (hub.clock() - RANGES[period]).isoformat() if period in RANGES else None
+    cohort = {"profile": profile, "group": group, "tag": tag, "since": since}
     try:
         stats, alerts, devices = await asyncio.gather(
-            api.get(f"/api/v1/telemetry/{model}/{version}", profile=profile, group=group),
+            api.get(f"/api/v1/telemetry/{model}/{version}", **cohort),
             api.get("/api/v1/telemetry/alerts", model=model, version=version, limit=20),
             api.get("/api/v1/devices", limit=10000),
         )
@@ -92,6 +97,7 @@ async def telemetry(
         return failure_page(request, e, session)
     return page(request, "telemetry.html", {
         "model": model, "version": version, "s": stats, "alerts": alerts, "profile": profile, "group": group,
+        "tag": tag, "period": period if period in RANGES else "all", "periods": ["all", *RANGES],
         "profiles": sorted({d["profile"] for d in devices}),
         "groups": sorted({d["group"] for d in devices if d["group"]}),
         "features": features(stats["drift"]), "latency": latency_bars(stats["latency_ms"]),

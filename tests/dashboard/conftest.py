@@ -25,7 +25,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = f"edgefleet-dash-{uuid.uuid4().hex[:8]}/v1"
     workdir = tmp_path_factory.mktemp("dashboard-fleet")
     f = Fleet(workdir=workdir, root=root, db_url=f"sqlite:///{workdir / 'hub.db'}")
-    f.start_broker()
+    f.start_broker(**scenario.MONITOR)
     f.start_hub()
     try:
         scenario.build(f)

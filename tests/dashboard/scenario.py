@@ -43,8 +43,11 @@ def build(fleet: Fleet) -> None:
     _wait(lambda: not fleet.api("GET", f"/api/v1/devices/{OFFLINE}").json()["online"], f"{OFFLINE} offline")
 
 
+# The hub's monitor runs every 0.5 s and alerts from 50 inferences on (conftest), so group edge (gw-1 alone,
+# every value in the upper bin) opens a drift alert while the fleet as a whole does not drift.
+MONITOR = {"telemetry_eval_s": 0.5, "telemetry_alert_min_n": 50}
 # device -> (inferences, errors, fallbacks, latency bucket, counts of feature x over the baseline's 2 bins)
-TELEMETRY = {"pi-0": (200, 4, 10, 6, [100, 100]), "pi-2": (100, 0, 0, 9, [10, 90]), "gw-1": (50, 1, 0, 5, [25, 25])}
+TELEMETRY = {"pi-0": (200, 4, 10, 6, [100, 100]), "pi-2": (100, 0, 0, 9, [10, 90]), "gw-1": (50, 1, 0, 5, [0, 50])}
 CONFUSION = {"pi-0": [[40, 10], [5, 45]]}  # delayed labels arrived on pi-0 only
 
 
@@ -65,6 +68,7 @@ def send_telemetry(fleet: Fleet) -> None:
         message = TelemetryMessage(id=seq, device_id=device_id, summary=summary)
         device.client.publish(device.topic(Channel.TELEMETRY), encode_message(message), qos=1).wait_for_publish(10)
     _wait(lambda: fleet.api("GET", "/api/v1/telemetry/digits/1").json()["rows"] == len(TELEMETRY), "telemetry stored")
+    _wait(lambda: fleet.api("GET", "/api/v1/telemetry/alerts", params={"state": "open"}).json(), "a drift alert")
 
 
 def _create(fleet: Fleet, body: dict[str, object]) -> None:

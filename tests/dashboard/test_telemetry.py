@@ -57,3 +57,27 @@ def test_telemetry_cohort_filter_and_empty_and_unknown_versions(signed_in: Page,
     assert response is not None and response.status == 404
     detail = fleet.api("GET", "/api/v1/telemetry/digits/9").json()["detail"]
     assert page.get_by_test_id("error").inner_text() == detail
+
+
+def test_drift_alerts_on_the_fleet_page_and_the_drifting_cohort(signed_in: Page, fleet: Fleet, base_url: str) -> None:
+    page = signed_in
+    page.reload()  # the monitor may have opened more alerts since sign-in
+    open_alerts = fleet.api("GET", "/api/v1/telemetry/alerts", params={"state": "open"}).json()
+    assert {a["cohort"] for a in open_alerts} >= {"group:edge"}  # gw-1 alone, every value in the upper bin
+    assert "fleet" not in {a["cohort"] for a in open_alerts}
+    assert page.get_by_test_id("alerts-open").inner_text() == str(len(open_alerts))
+    rows = page.locator("[data-testid=alerts-table] tbody tr")
+    assert rows.count() == len(open_alerts)
+    edge = next(a for a in open_alerts if a["cohort"] == "group:edge")
+    page.locator(f"tr[data-alert='{edge['id']}'] a").click()
+    page.wait_for_url(lambda url: url.endswith("/dashboard/telemetry/digits/1?group=edge"))
+    cohort = fleet.api("GET", "/api/v1/telemetry/digits/1", params={"group": "edge"}).json()
+    assert cohort["drift"]["dataset_drift"] is True
+    assert page.locator(".feature[data-feature='x']").get_attribute("data-drifted") == "yes"
+    assert page.get_by_test_id("drift-score").inner_text() == f"{cohort['drift']['score']:.3f}"
+    assert page.locator(f"[data-testid=alerts-table] tr[data-alert='{edge['id']}']").count() == 1
+    page.select_option("select[name=period]", "1h")
+    page.click("form.cohort button")
+    page.wait_for_url(lambda url: "period=1h" in url)
+    assert page.get_by_test_id("inferences").inner_text() == str(cohort["n"])  # every window is minutes old
+    screenshot(page, "telemetry-digits-v1-edge")
