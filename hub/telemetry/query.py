@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from hub.db.schema import devices, model_versions, telemetry
 from hub.telemetry.accumulate import Accumulator
@@ -122,3 +122,22 @@ def device_cohorts(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str,
     """Device id -> (profile, group) for registered devices."""
     q = select(devices.c.id, devices.c.profile, devices.c.group_name).where(devices.c.id.in_(sorted(set(ids))))
     return {r.id: (r.profile, r.group_name) for r in conn.execute(q)}
+
+
+def active_versions(conn: Connection, *, since: datetime, until: datetime | None, model: str | None = None,
+                    limit: int = 200) -> list[dict[str, Any]]:  # fmt: skip
+    """Model versions with telemetry in the range: stored windows, distinct devices, first and last window."""
+    t = telemetry.c
+    q = (
+        select(t.model, t.version, func.count().label("rows"), func.count(t.device_id.distinct()).label("devices"),
+               func.min(t.window_start).label("window_start"), func.max(t.window_end).label("window_end"))
+        .where(t.window_end >= since)
+        .group_by(t.model, t.version)
+        .order_by(t.model, t.version.desc())
+        .limit(limit)
+    )  # fmt: skip
+    if until is not None:
+        q = q.where(t.window_start <= until)
+    if model is not None:
+        q = q.where(t.model == model)
+    return [dict(r._mapping) for r in conn.execute(q)]

@@ -79,6 +79,7 @@ class TelemetryStats(BaseModel):
     version: int
     profile: str | None
     group: str | None
+    device: str | None
     tags: dict[str, str]
     since: datetime | None
     until: datetime | None
@@ -113,3 +114,14 @@ class DriftAlertPublic(BaseModel):
     n: int
     drifted_features: list[str]
     reason: str
+
+
+class TelemetryVersionPublic(BaseModel):
+    """A model version with telemetry in the range (the overview list)."""
+
+    model: str
+    version: int
+    rows: int
+    devices: int
+    window_start: datetime
+    window_end: datetime

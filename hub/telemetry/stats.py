@@ -114,7 +114,9 @@ def cohort_stats(*, model: str, version: int, cohort: Cohort, merged: Merged,
     n = s.n if s else 0
     fallback = dict(s.fallback) if s else {}
     return TelemetryStats(
-        model=model, version=version, profile=cohort.profile, group=cohort.group, tags=dict(cohort.tags),
+        model=model, version=version, profile=cohort.profile, group=cohort.group,
+        device=next(iter(cohort.device_ids)) if cohort.device_ids and len(cohort.device_ids) == 1 else None,
+        tags=dict(cohort.tags),
         since=cohort.since, until=cohort.until, rows=merged.rows, truncated=merged.truncated,
         skipped=merged.skipped, devices=merged.devices,
         window_start=s.window_start if s else None, window_end=s.window_end if s else None,

@@ -124,6 +124,10 @@ def test_cohorts_merge_to_the_pooled_summary_with_statistics(client: TestClient)
     assert early["rows"] == 5 and early["n"] == sum(per[0].n for per in windows.values())
     newest = _stats(client, limit=3)
     assert newest["rows"] == 3 and newest["truncated"] is True
+    one = _stats(client, device="gw-1")
+    assert one["device"] == "gw-1" and one["devices"] == 1 and one["n"] == merge(windows["gw-1"]).n
+    listed = client.get("/api/v1/telemetry", params={"since": T0.isoformat()}, headers=ADMIN).json()
+    assert [(v["model"], v["version"], v["rows"], v["devices"]) for v in listed] == [("digits", 1, 10, 5)]
     nobody = _stats(client, group="nowhere")
     assert nobody["n"] == 0 and nobody["summary"] is None and nobody["latency_ms"] is None
 
@@ -137,6 +141,8 @@ def test_bad_requests_get_a_4xx_with_a_message(client: TestClient) -> None:
         "/api/v1/telemetry/digits/x": 422,
         "/api/v1/telemetry/digits/9": 404,
         "/api/v1/telemetry/alerts?state=maybe": 422,
+        "/api/v1/telemetry?since=2026-11-25T10:00:00Z&until=2026-11-25T09:00:00Z": 422,
+        "/api/v1/telemetry/digits/1?device=no%20spaces": 422,
     }
     for url, status in cases.items():
         r = client.get(url, headers=ADMIN)

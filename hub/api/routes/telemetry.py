@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from hub.api.deps import AdminDep, ConnDep
+from hub.api.deps import AdminDep, ConnDep, HubDep
 from hub.errors import InvalidInput, NotFound
 from hub.schemas import Message
 from hub.telemetry import alerts as alert_store
-from hub.telemetry.query import DEFAULT_LIMIT, MAX_LIMIT, Cohort, baseline_for, merged_telemetry, version_exists
-from hub.telemetry.schemas import DriftAlertPublic, TelemetryStats
+from hub.telemetry.query import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Cohort,
+    active_versions,
+    baseline_for,
+    merged_telemetry,
+    version_exists,
+)
+from hub.telemetry.schemas import DriftAlertPublic, TelemetryStats, TelemetryVersionPublic
 from hub.telemetry.stats import cohort_stats
 from protocol.base import Identifier, ModelName, Version
 from protocol.http import API_PREFIX
@@ -42,6 +50,30 @@ def _tags(values: list[str]) -> dict[str, str]:
     return tags
 
 
+def _range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and since > until:
+        raise InvalidInput("since must not be after until")
+    return since, until
+
+
+@router.get("", response_model=list[TelemetryVersionPublic])
+def list_versions(
+    conn: ConnDep,
+    hub: HubDep,
+    _actor: AdminDep,
+    model: ModelName | None = None,
+    since: Annotated[datetime | None, Query(description="default: 24 hours ago")] = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[TelemetryVersionPublic]:
+    """Model versions that sent telemetry in the range, with how many windows and devices."""
+    since, until = _range(since, until)
+    start = since or hub.clock() - timedelta(days=1)
+    rows = active_versions(conn, since=start, until=until, model=model, limit=limit)
+    return [TelemetryVersionPublic.model_validate(r) for r in rows]
+
+
 @router.get("/alerts", response_model=list[DriftAlertPublic])
 def list_drift_alerts(
     conn: ConnDep,
@@ -64,18 +96,18 @@ def version_stats(
     _actor: AdminDep,
     profile: Identifier | None = None,
     group: Identifier | None = None,
+    device: Annotated[Identifier | None, Query(description="one device")] = None,
     tag: Annotated[list[str] | None, Query(max_length=20, description="key=value; repeatable")] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="newest summaries merged at most")] = DEFAULT_LIMIT,
 ) -> TelemetryStats:
     """Merged counts and statistics (latency, errors, fallback, labels, drift with histograms) for a cohort."""
-    since, until = _utc(since), _utc(until)
-    if since is not None and until is not None and since > until:
-        raise InvalidInput("since must not be after until")
+    since, until = _range(since, until)
     if not version_exists(conn, model=model, version=version):
         raise NotFound(f"model {model} version {version} is not in the registry")
-    cohort = Cohort(profile=profile, group=group, tags=_tags(tag or []), since=since, until=until)
+    ids = frozenset({device}) if device else None
+    cohort = Cohort(profile=profile, group=group, tags=_tags(tag or []), device_ids=ids, since=since, until=until)
     merged = merged_telemetry(conn, model=model, version=version, cohort=cohort, limit=limit)
     baseline = baseline_for(conn, model=model, version=version, profile=profile)
     return cohort_stats(model=model, version=version, cohort=cohort, merged=merged, baseline=baseline)
