@@ -97,6 +97,7 @@ class Agent:
             online=self.mqtt.connected.is_set,
             self_test_failed=self._self_test_failed,
             manifest_of=self._manifest_of,
+            on_window_full=lambda: self.uplink.wake(),
         )
         self.uplink = TelemetryUplink(
             tele,

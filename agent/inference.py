@@ -86,6 +86,7 @@ class InferenceService:
         online: Callable[[], bool] = lambda: True,
         self_test_failed: Callable[[str], bool] = lambda _name: False,
         manifest_of: Callable[[str], Manifest | None] = lambda _name: None,
+        on_window_full: Callable[[], None] = lambda: None,
     ) -> None:
         self.serving = serving
         self.metrics = metrics
@@ -95,6 +96,7 @@ class InferenceService:
         self._online = online
         self._self_test_failed = self_test_failed
         self._manifest_of = manifest_of
+        self._on_window_full = on_window_full
         self._routers: dict[str, tuple[int | None, FallbackRouter]] = {}
         self._lock = threading.Lock()
 
@@ -182,7 +184,11 @@ class InferenceService:
         served.requests += 1
         if self.recorders is None or served.model.manifest is None:
             return []
-        return self.recorders.get(served.model.manifest).record(arrays, outputs, ms, keep_ids=True)
+        rec = self.recorders.get(served.model.manifest)
+        ids = rec.record(arrays, outputs, ms, keep_ids=True)
+        if rec.n >= rec.window_size:
+            self._on_window_full()  # the uplink closes it now instead of at its next tick
+        return ids
 
     def _count(self, name: str, ms: float) -> None:
         self.metrics.latency.labels(name).observe(ms / 1000)

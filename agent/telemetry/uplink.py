@@ -85,6 +85,10 @@ class TelemetryUplink:
         self._restart = True
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the windows now (one is full)."""
+        self._wake.set()
+
     def flush(self) -> None:
         """Close every open window and send now (the `flush_telemetry` command)."""
         self._flush.set()

@@ -1,0 +1,113 @@
+"""Telemetry end to end: the daemon's predictions -> windows -> outbox -> real broker -> the real hub bridge.
+
+The hub side is hub/mqtt's MqttBridge on SQLite (it stores each outbox id once and acks it); a plain
+MQTT subscriber (Observer) sees what went over the wire, duplicates included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from agent.daemon import Agent
+from tests.agent.harness import Observer, agent_settings, wait_for
+from tests.agent.hubstub import HubStub
+from tests.agent.telemetry_support import (
+    hub_engine,
+    install_classifier,
+    observed,
+    start_bridge,
+    stored_ids,
+    stored_summaries,
+)
+from tests.support.broker import Broker
+
+pytestmark = pytest.mark.integration
+X = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return hub_engine(tmp_path / "hub.db")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> Iterator[Agent]:
+    telemetry: dict[str, Any] = {"window_size": 4, "tick_s": 0.05, "ack_timeout_s": 2.0, "outbox_max_bytes": 8192}
+    a = Agent(agent_settings(tmp_path / "device", hub, unique_root, telemetry=telemetry))
+    a.start()
+    install_classifier(hub, observer, tmp_path)
+    wait_for(lambda: a.serving.get("demo"), what="classifier serving")
+    yield a
+    a.stop()
+
+
+def predict_windows(agent: Agent, windows: int) -> None:
+    """Fill `windows` windows of 4 predictions each, waiting for each to close (one outbox row each)."""
+    for _ in range(windows):
+        for _ in range(4):
+            answer = agent.predict("demo", {"x": X})
+            assert answer.source == "device" and answer.version == 1
+        wait_for(lambda: (rec := agent.recorders.current("demo")) is not None and rec.n == 0, what="window closed")
+
+
+def test_summaries_arrive_in_order_are_deleted_on_ack_and_resent_after_broker_restart(
+    agent: Agent, broker: Broker, engine: Engine, observer: Observer, unique_root: str
+) -> None:
+    bridge = start_bridge(engine, broker, unique_root)
+    try:
+        predict_windows(agent, 3)
+        wait_for(lambda: len(stored_ids(engine)) == 3 and agent.uplink.stats.get("rows") == 0, what="3 acked")
+    finally:
+        bridge.stop()
+    # The hub is down: two more windows go out and stay unacknowledged in the outbox.
+    predict_windows(agent, 2)
+    wait_for(lambda: agent.uplink.sent >= 5, what="two more sent")
+    assert agent.uplink.stats["rows"] == 2 and len(stored_ids(engine)) == 3
+    broker.restart()
+    bridge = start_bridge(engine, broker, unique_root)
+    try:  # resent after the reconnect (or the ack timeout), stored once, acked, deleted
+        wait_for(
+            lambda: len(stored_ids(engine)) == 5 and agent.uplink.stats.get("rows") == 0, what="resent", timeout=40
+        )
+    finally:
+        bridge.stop()
+    ids = stored_ids(engine)
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    summaries = stored_summaries(engine)
+    assert [s["n"] for s in summaries] == [4] * 5
+    assert all(s["model"] == "demo" and s["version"] == 1 and s["device_id"] == "dev-1" for s in summaries)
+    assert [s["window_start"] for s in summaries] == sorted(s["window_start"] for s in summaries)
+    sent = [m.id for m in observed(observer)]
+    assert set(sent) == set(ids) and len(sent) >= 5  # duplicates on the wire are fine; the hub stored each once
+
+
+def test_long_offline_outbox_stays_capped_counts_drops_and_drains_in_order(
+    agent: Agent, broker: Broker, engine: Engine, observer: Observer, unique_root: str
+) -> None:
+    bridge = start_bridge(engine, broker, unique_root)
+    try:
+        broker.stop()
+        wait_for(lambda: not agent.mqtt.connected.is_set(), what="offline")
+        predict_windows(agent, 20)  # ~20 x 1.4 kB against an 8 kB cap
+        stats = agent.uplink.stats
+        assert stats["bytes"] <= 8192 and stats["dropped"] > 0 and stats["rows"] + stats["dropped"] == 20
+        kept, dropped = stats["rows"], stats["dropped"]
+        broker.start()
+        wait_for(
+            lambda: len(stored_ids(engine)) == kept and agent.uplink.stats["rows"] == 0, what="drained", timeout=40
+        )
+    finally:
+        bridge.stop()
+    ids = stored_ids(engine)
+    assert ids == sorted(ids) and len(set(ids)) == kept and ids[0] == dropped + 1  # the oldest were dropped
+    messages = observed(observer)
+    first = [m for m in messages if m.id == ids[0]]
+    assert first and first[0].dropped_before == dropped  # reported with the first message after the drops
+    assert all(m.dropped_before == 0 for m in messages if m.id != ids[0])
+    assert agent.uplink.view()["dropped"] == dropped
