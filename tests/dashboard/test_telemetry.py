@@ -53,6 +53,10 @@ def test_telemetry_cohort_filter_and_empty_and_unknown_versions(signed_in: Page,
     page.goto(f"{base_url}/dashboard/telemetry/digits/2")
     assert fleet.api("GET", "/api/v1/telemetry/digits/2").json()["n"] == 0
     assert page.get_by_test_id("no-telemetry").is_visible()
+    bad_tag = page.goto(f"{base_url}/dashboard/telemetry/digits/1?tag=no-equals-sign")
+    assert bad_tag is not None and bad_tag.status == 422
+    api_detail = fleet.api("GET", "/api/v1/telemetry/digits/1", params={"tag": "no-equals-sign"}).json()["detail"]
+    assert page.get_by_test_id("error").inner_text() == api_detail
     response = page.goto(f"{base_url}/dashboard/telemetry/digits/9")
     assert response is not None and response.status == 404
     detail = fleet.api("GET", "/api/v1/telemetry/digits/9").json()["detail"]
