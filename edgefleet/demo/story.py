@@ -1,0 +1,206 @@
+"""The story the demo plays: v1 everywhere, v2 by canary, v3 caught by a health gate and rolled back.
+
+Along the way one device drops off mid-rollout and converges when it returns, and the application
+keeps getting answers from the cloud while devices have no model yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Group
+from rich.table import Table
+
+from edgefleet.demo.cloud import CloudServer
+from edgefleet.demo.environment import TOPIC_ROOT, DemoEnvironment, DemoError
+from edgefleet.demo.fleet import AgentProcess
+from edgefleet.demo.models import NAME, PROFILES, build_versions
+from edgefleet.demo.traffic import Traffic
+from protocol import layout
+
+Say = Callable[[str], None]
+FINAL = ("completed", "aborted", "rolled_back")
+
+
+@dataclass
+class StoryResult:
+    """What happened, as the hub's API and the application saw it."""
+
+    rollouts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    offline_device: str | None = None
+    offline_converged: bool = False
+    answers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
+    cloud_calls: int = 0
+
+
+@dataclass
+class Story:
+    root: Path
+    devices: int
+    say: Say
+    env: DemoEnvironment = field(init=False)
+    agents: list[AgentProcess] = field(default_factory=list)
+    cloud: CloudServer | None = None
+    traffic: Traffic | None = None
+    result: StoryResult = field(default_factory=StoryResult)
+
+    def __post_init__(self) -> None:
+        self.env = DemoEnvironment(self.root / "env")
+
+    # --- set-up -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.say("training digits CNNs (v1, v2, v3) and converting them for " + ", ".join(PROFILES))
+        data, outs = build_versions(self.root / "models")
+        self.data, self.outs = data, outs
+        self.env.root.mkdir(parents=True, exist_ok=True)
+        self.env.start()
+        self.say(f"hub at {self.env.hub_url} with {self.env.broker_kind}")
+        from hub.ops_cli import archive
+
+        for out in outs.values():
+            self.env.api("POST", "/api/v1/models", files={"archive": ("out.tar.gz", archive(out))})
+        self.say("pushed v1, v2, v3 to the hub (TUF-signed targets)")
+        onnx = {(NAME, v): out / layout.TRITON_DIR / NAME / str(v) / "model.onnx" for v, out in outs.items()}
+        self.cloud = CloudServer(onnx).start()
+        token = self.env.api("POST", "/api/v1/enrollment-tokens", json={"uses": self.devices + 1})["token"]
+        settings = {"hub_url": self.env.hub_url, "enrollment_token": token, "topic_root": TOPIC_ROOT,
+                    "probation_s": 2.0, "latency_basis": "host", "log_level": "WARNING",
+                    "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
+        from agent.settings import AgentSettings
+
+        if "fallback" in AgentSettings.model_fields:
+            settings["fallback"] = {NAME: {"type": "kserve", "url": self.cloud.url, "model": NAME, "version": 1}}
+        for i in range(self.devices):
+            profile = PROFILES[i % len(PROFILES)]
+            agent = AgentProcess(f"dev-{i:02d}", profile, self.root / "fleet" / f"dev-{i:02d}",
+                                 {**settings, "tags": {"site": "north" if i % 2 else "south"}})
+            agent.start()
+            self.agents.append(agent)
+        self._wait(lambda: len(self.env.api("GET", "/api/v1/devices")) >= self.devices, 90, "devices to enroll")
+        self.say(f"{self.devices} real agents enrolled (LiteRT on raspberry_pi_4, onnxruntime on x86_gateway)")
+        self.traffic = Traffic(self.agents, data, NAME)
+        self.traffic.start()
+
+    # --- the story ----------------------------------------------------------------------------
+    def play(self) -> StoryResult:
+        if self._fallback_configured():
+            self._wait(lambda: self._answers("cloud") > 0, 60, "the first cloud answers")
+            self.say("no model on the devices yet: the application's requests are answered by the cloud")
+        self._rollout(1, canary=10, stages=[50, 100], gates=["self_test"])
+        self._rollout(2, canary=20, stages=[100], gates=self._gates(), drop_one=True)
+        self._rollout(3, canary=20, stages=[100], gates=self._gates(), auto_rollback=True)
+        self.result.answers = self.traffic.answers if self.traffic else Counter()
+        self.result.cloud_calls = self.cloud.calls if self.cloud else 0
+        with httpx.Client() as client:
+            for a in self.agents:
+                for m in a.models(client):
+                    self.result.versions[f"v{m.get('active_version')}"] += 1
+        return self.result
+
+    def _fallback_configured(self) -> bool:
+        from agent.settings import AgentSettings
+
+        return "fallback" in AgentSettings.model_fields
+
+    def _gates(self) -> list[str]:
+        from hub.rollouts.gates import GATES
+
+        return [g for g in ("self_test", "error_rate", "latency", "drift") if g in GATES]
+
+    def _rollout(self, version: int, *, canary: float, stages: list[float], gates: list[str],
+                 drop_one: bool = False, auto_rollback: bool = False) -> None:
+        spec = {"id": f"digits-v{version}", "model": NAME, "version": version, "canary_percent": canary,
+                "stages": stages, "probation_s": 6.0, "timeout_s": 120.0, "gates": gates,
+                "auto_rollback": auto_rollback, "success_threshold": 1.0, "error_threshold": 0.0}
+        self.env.api("POST", "/api/v1/rollouts", json=spec)
+        self.say(f"rollout v{version}: canary {canary:g}%, then {stages}, gates {', '.join(gates)}")
+        dropped: AgentProcess | None = None
+        if drop_one:
+            dropped = self.agents[-1]
+            dropped.kill()
+            self.result.offline_device = dropped.device_id
+            self.say(f"{dropped.device_id} lost power mid-rollout (kill -9)")
+        deadline = time.monotonic() + 240
+        restarted = False
+        while time.monotonic() < deadline:
+            ro = self.env.api("GET", f"/api/v1/rollouts/digits-v{version}")
+            if dropped is not None and not restarted and ro["current_wave"] >= 1:
+                time.sleep(3)
+                dropped.start()
+                restarted = True
+                self.say(f"{dropped.device_id} is back")
+            if ro["state"] in FINAL:
+                self.result.rollouts[version] = ro
+                self.say(f"rollout v{version}: {ro['state']}" + (f" ({ro['reason']})" if ro.get("reason") else ""))
+                break
+            time.sleep(0.5)
+        else:
+            raise DemoError(f"rollout v{version} did not finish in 240 s; logs under {self.root}")
+        if dropped is not None:
+            back = dropped.device_id
+            self._wait(lambda: self._device_version(back) == version, 90, f"{back} to converge")
+            self.result.offline_converged = True
+            self.say(f"{dropped.device_id} converged to v{version}")
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _device_version(self, device_id: str) -> int | None:
+        device = self.env.api("GET", f"/api/v1/devices/{device_id}")
+        version = device.get("current_versions", {}).get(NAME)
+        return int(version) if version is not None else None
+
+    def _answers(self, source: str) -> int:
+        if self.traffic is None:
+            return 0
+        return sum(n for (s, _), n in self.traffic.answers.items() if s == source)
+
+    def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.5)
+        raise DemoError(f"timed out after {timeout:g}s waiting for {what}; logs under {self.root}")
+
+    def view(self) -> Group:
+        """The live terminal view: devices and their versions, rollouts, answers by source."""
+        devices = Table(title="fleet", expand=False)
+        for col in ("device", "profile", "online", "version", "desired"):
+            devices.add_column(col)
+        try:
+            for d in self.env.api("GET", "/api/v1/devices"):
+                devices.add_row(d["id"], d["profile"], "yes" if d["online"] else "[red]no[/]",
+                                str(d["current_versions"].get(NAME)), str(d["desired_versions"].get(NAME)))
+            rollouts = Table(title="rollouts")
+            for col in ("rollout", "state", "wave", "devices by state", "reason"):
+                rollouts.add_column(col)
+            for ro in self.env.api("GET", "/api/v1/rollouts"):
+                counts = Counter[str]()
+                for w in ro["waves"]:
+                    counts.update(w["counts"])
+                rollouts.add_row(ro["id"], ro["state"], str(ro["current_wave"]),
+                                 ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ro.get("reason") or "")
+        except (DemoError, httpx.HTTPError):
+            return Group(devices)
+        answers = Table(title="application answers")
+        answers.add_column("source")
+        answers.add_column("version")
+        answers.add_column("calls", justify="right")
+        for (source, version), n in sorted((self.traffic.answers if self.traffic else Counter()).items()):
+            answers.add_row(source, version, str(n))
+        return Group(devices, rollouts, answers)
+
+    def stop(self) -> None:
+        if self.traffic is not None:
+            self.traffic.stop()
+        for a in self.agents:
+            a.stop()
+        if self.cloud is not None:
+            self.cloud.stop()
+        self.env.stop()
