@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, false, func, literal, select, union_all
 
 from hub.db.schema import devices, model_versions, telemetry
 from hub.telemetry.accumulate import Accumulator
+from hub.telemetry.tables import telemetry_hourly
 from protocol.manifest import BaselineStats, Manifest
 from protocol.telemetry import TelemetrySummary
 
@@ -62,23 +63,96 @@ def device_ids(conn: Connection, cohort: Cohort) -> set[str]:
     return {r.id for r in conn.execute(q) if all((r.tags or {}).get(k) == v for k, v in cohort.tags.items())}
 
 
-def load_rows(
-    conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT
-) -> tuple[list[dict[str, Any]], bool]:
-    """Summaries (JSON) whose windows overlap [since, until], newest first; and whether `limit` cut them."""
-    q = select(telemetry.c.summary).where(telemetry.c.model == model, telemetry.c.version == version)
+def _raw(model: str, version: int, cohort: Cohort) -> Select[Any]:
+    """Raw windows of the version that overlap [since, until] (device filters applied by the caller)."""
+    q = select(telemetry.c.summary, telemetry.c.window_end, literal(1).label("rows"), literal(0).label("skipped"))
+    q = q.where(telemetry.c.model == model, telemetry.c.version == version)
     if cohort.since is not None:
         q = q.where(telemetry.c.window_end >= cohort.since)
     if cohort.until is not None:
         q = q.where(telemetry.c.window_start <= cohort.until)
+    return q
+
+
+def load_rows(
+    conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT
+) -> tuple[list[dict[str, Any]], bool]:
+    """Raw summaries (JSON) whose windows overlap [since, until], newest first; and whether `limit` cut them."""
+    q = _raw(model, version, cohort)
     if cohort.filters_devices:
         ids = device_ids(conn, cohort)
         if not ids:
             return [], False
         q = q.where(telemetry.c.device_id.in_(sorted(ids)))
-    q = q.order_by(telemetry.c.window_end.desc(), telemetry.c.id.desc()).limit(limit + 1)
+    q = q.order_by(telemetry.c.window_end.desc()).limit(limit + 1)
     raw = [r.summary for r in conn.execute(q)]
     return raw[:limit], len(raw) > limit
+
+
+def _whole_hours(cohort: Cohort) -> tuple[datetime | None, datetime | None]:
+    """[first, end) of the hours lying wholly inside [since, until] (None = unbounded)."""
+    first = None
+    if cohort.since is not None:
+        floor = cohort.since.replace(minute=0, second=0, microsecond=0)
+        first = floor if floor == cohort.since else floor + timedelta(hours=1)
+    end = cohort.until.replace(minute=0, second=0, microsecond=0) if cohort.until is not None else None
+    return first, end
+
+
+def merged_telemetry(
+    conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT
+) -> Merged:
+    """The cohort's telemetry of one model version, merged.
+
+    Fleet and profile cohorts read whole hours from the hourly rollups and raw windows only for the
+    edges of the range and for rows not rolled up yet, in one statement (one snapshot, so a rollup
+    committing meanwhile is seen either before or after, never twice). Other cohorts read raw windows.
+    """
+    if cohort.group is not None or cohort.tags or cohort.device_ids is not None:
+        rows, truncated = load_rows(conn, model=model, version=version, cohort=cohort, limit=limit)
+        return merged_from(rows, truncated)
+    h = telemetry_hourly.c
+    first, end = _whole_hours(cohort)
+    hourly = select(h.summary, h.window_end, h.rows, h.skipped).where(h.model == model, h.version == version)
+    raw = _raw(model, version, cohort)
+    in_hours: list[ColumnElement[bool]] = [telemetry.c.rolled_up.is_(True)]
+    if first is not None:
+        hourly = hourly.where(h.hour >= first)
+        in_hours.append(telemetry.c.window_start >= first)
+    if end is not None:
+        hourly = hourly.where(h.hour < end)
+        in_hours.append(telemetry.c.window_start < end)
+    raw = raw.where(~and_(*in_hours))
+    if cohort.profile is not None:
+        hourly = hourly.where(h.profile == cohort.profile)
+        ids = device_ids(conn, cohort)
+        raw = raw.where(telemetry.c.device_id.in_(sorted(ids))) if ids else raw.where(false())
+    both = union_all(hourly, raw).subquery()
+    q = select(both).order_by(both.c.window_end.desc()).limit(limit + 1)
+    found = conn.execute(q).all()
+    acc = Accumulator()
+    windows = skipped = 0
+    for r in found[:limit]:
+        windows += r.rows
+        skipped += r.skipped + (not acc.add(r.summary))
+    summary = acc.result()
+    devices = count_devices(conn, model=model, version=version, cohort=cohort) if summary else 0
+    if summary is not None:
+        summary = summary.model_copy(update={"devices": devices})
+    return Merged(summary, windows, len(found) > limit, skipped, devices)
+
+
+def count_devices(conn: Connection, *, model: str, version: int, cohort: Cohort) -> int:
+    """Distinct devices with windows in the range (raw rows: rollups do not keep device ids)."""
+    q = select(func.count(telemetry.c.device_id.distinct())).where(telemetry.c.model == model,
+                                                                   telemetry.c.version == version)  # fmt: skip
+    if cohort.since is not None:
+        q = q.where(telemetry.c.window_end >= cohort.since)
+    if cohort.until is not None:
+        q = q.where(telemetry.c.window_start <= cohort.until)
+    if cohort.filters_devices:
+        q = q.where(telemetry.c.device_id.in_(sorted(device_ids(conn, cohort)) or [""]))
+    return int(conn.execute(q).scalar_one())
 
 
 def merged_from(rows: Iterable[dict[str, Any]], truncated: bool = False) -> Merged:
@@ -88,14 +162,6 @@ def merged_from(rows: Iterable[dict[str, Any]], truncated: bool = False) -> Merg
         acc.add(row)
     summary = acc.result()
     return Merged(summary, acc.rows + acc.skipped, truncated, acc.skipped, summary.devices if summary else 0)
-
-
-def merged_telemetry(
-    conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT
-) -> Merged:
-    """The cohort's telemetry of one model version, merged."""
-    rows, truncated = load_rows(conn, model=model, version=version, cohort=cohort, limit=limit)
-    return merged_from(rows, truncated)
 
 
 def baseline_for(

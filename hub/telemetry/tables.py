@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Index, Integer, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Float, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy.sql import false
 
 from hub.db.schema import UtcDateTime, metadata, telemetry
 
@@ -26,3 +27,25 @@ drift_alerts = Table(
     Column("reason", Text, nullable=False),
 )
 Index("ix_drift_alerts_key", drift_alerts.c.model, drift_alerts.c.version, drift_alerts.c.cohort, drift_alerts.c.state)
+
+# Migration 0005: raw rows remember they were folded into `telemetry_hourly` (the column lives here, with the
+# rollups, so the ingest path stays untouched: inserts leave it to its server default).
+telemetry.append_column(Column("rolled_up", Boolean, nullable=False, server_default=false()))
+Index("ix_telemetry_rolled_up", telemetry.c.rolled_up, telemetry.c.id)
+
+telemetry_hourly = Table(
+    "telemetry_hourly",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile", String(64), nullable=False),  # the summaries' profile
+    Column("hour", UtcDateTime(), nullable=False),  # windows whose window_start falls in [hour, hour + 1 h)
+    Column("window_start", UtcDateTime(), nullable=False),
+    Column("window_end", UtcDateTime(), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False),
+    Column("summary", JSON, nullable=False),
+    UniqueConstraint("model", "version", "profile", "hour", name="uq_telemetry_hourly"),
+)
+Index("ix_telemetry_hourly_version_hour", telemetry_hourly.c.model, telemetry_hourly.c.version, telemetry_hourly.c.hour)

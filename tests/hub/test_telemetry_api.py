@@ -182,3 +182,38 @@ def test_monitor_exports_gauges_and_deduplicates_drift_alerts(client: TestClient
     text = client.get("/metrics").text
     assert 'edgefleet_hub_telemetry_dataset_drift{model="digits",profile="x86_gateway",version="1"} 0.0' in text
     assert "edgefleet_hub_telemetry_accuracy{" not in text  # no labels in this window
+
+
+def test_hourly_rollups_answer_exactly_like_the_raw_windows(client: TestClient) -> None:
+    from hub.telemetry.rollup import roll_up
+
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    windows = _windows(np.random.default_rng(6))
+    _store(hub, [(w, s) for per in windows.values() for w, s in enumerate(per)])
+    ranges = [{}, {"profile": "x86_gateway"}, {"since": "2026-11-25T08:00:00Z"}, {"since": "2026-11-25T08:00:30Z"},
+              {"until": "2026-11-25T09:00:00Z"}, {"since": "2026-11-25T07:00:00Z", "until": "2026-11-25T08:59:00Z"},
+              {"profile": "raspberry_pi_4", "since": "2026-11-25T09:00:00Z"}]  # fmt: skip
+    keys = ("n", "rows", "devices", "errors", "fallback", "latency_ms", "labels", "window_start", "window_end")
+
+    def answers() -> list[tuple[object, ...]]:
+        out = []
+        for params in ranges:
+            body = _stats(client, **params)
+            summary = dict(body["summary"] or {})  # type: ignore[call-overload]
+            out.append((*(body[k] for k in keys), summary.get("inputs"), summary.get("class_counts")))
+        return out
+
+    raw = answers()
+    with hub.engine.begin() as conn:
+        assert roll_up(conn, batch=3) == 3  # partly rolled up: rollups and raw windows together
+    assert answers() == raw
+    with hub.engine.begin() as conn:
+        assert roll_up(conn) == 7
+        assert roll_up(conn) == 0
+    assert answers() == raw
+    late = summarize("pi-0", "raspberry_pi_4", "digits", 1, sample(np.random.default_rng(1), 90), np.full(90, 3.0),
+                     base=baseline(), start=T0 + timedelta(minutes=20))  # fmt: skip
+    _store(hub, [(99, late)])  # a late window for an hour that is already rolled up
+    with hub.engine.begin() as conn:
+        assert roll_up(conn) == 1
+    assert _stats(client)["n"] == raw[0][0] + 90 and _stats(client)["rows"] == 11  # type: ignore[operator]
