@@ -138,6 +138,8 @@ def test_bad_requests_get_a_4xx_with_a_message(client: TestClient) -> None:
         "/api/v1/telemetry/digits/1?tag=no-equals-sign": 422,
         "/api/v1/telemetry/digits/1?since=yesterday": 422,
         "/api/v1/telemetry/digits/1?limit=0": 422,
+        "/api/v1/telemetry/digits/1?until=9999-12-31T23:59:59Z": 422,
+        "/api/v1/telemetry/digits/1?since=0001-01-01T00:00:00%2B01:00": 422,
         "/api/v1/telemetry/digits/x": 422,
         "/api/v1/telemetry/digits/9": 404,
         "/api/v1/telemetry/alerts?state=maybe": 422,
@@ -217,3 +219,33 @@ def test_hourly_rollups_answer_exactly_like_the_raw_windows(client: TestClient) 
     with hub.engine.begin() as conn:
         assert roll_up(conn) == 1
     assert _stats(client)["n"] == raw[0][0] + 90 and _stats(client)["rows"] == 11  # type: ignore[operator]
+
+
+def test_any_query_on_stored_telemetry_is_answered_without_a_server_error(client: TestClient) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    _store(hub, [(w, s) for per in _windows(np.random.default_rng(2)).values() for w, s in enumerate(per)])
+    with hub.engine.begin() as conn:
+        from hub.telemetry.rollup import roll_up
+
+        roll_up(conn, batch=4)
+    stamps = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                          timezones=st.one_of(st.none(), st.timezones()))  # fmt: skip
+    text = st.text(max_size=12)
+    params = st.fixed_dictionaries({}, optional={
+        "since": stamps.map(datetime.isoformat), "until": stamps.map(datetime.isoformat),
+        "profile": st.one_of(st.sampled_from(["raspberry_pi_4", "x86_gateway"]), text),
+        "group": st.one_of(st.just("lab"), text), "tag": st.lists(text, max_size=3), "device": text,
+        "limit": st.integers(-5, 200_000),
+    })  # fmt: skip
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(params)
+    def check(query: dict[str, object]) -> None:
+        r = client.get(URL, params=query, headers=ADMIN)  # type: ignore[arg-type]
+        assert r.status_code in (200, 422), (query, r.text)
+        assert r.status_code == 422 or r.json()["n"] >= 0
+
+    check()

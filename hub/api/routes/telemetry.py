@@ -33,11 +33,21 @@ router = APIRouter(
 TagQuery = Annotated[str, Query(max_length=321, description="key=value; repeat for several tags")]
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """Timestamps without an offset are taken as UTC."""
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """Timestamps without an offset are taken as UTC; refuses dates the hour arithmetic cannot hold."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as e:
+        raise InvalidInput(f"{name}: out of range") from e
+    if not EARLIEST <= value < LATEST:
+        raise InvalidInput(f"{name}: must lie between 1970 and 9999")
+    return value
 
 
 def _tags(values: list[str]) -> dict[str, str]:
@@ -51,7 +61,7 @@ def _tags(values: list[str]) -> dict[str, str]:
 
 
 def _range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
-    since, until = _utc(since), _utc(until)
+    since, until = _utc(since, "since"), _utc(until, "until")
     if since is not None and until is not None and since > until:
         raise InvalidInput("since must not be after until")
     return since, until
