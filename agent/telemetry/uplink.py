@@ -62,6 +62,7 @@ class TelemetryUplink:
         self._carried: dict[int, int] = {}
         self.sent = 0
         self.acked = 0
+        self.corrupt = 0
         self.stats: dict[str, int] = {}
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
@@ -153,14 +154,21 @@ class TelemetryUplink:
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0:
             return
+        dropped = outbox.unreported_drops() - sum(self._carried.values())
         for row in outbox.pending(limit=room, after=self._sent_upto, channel=CHANNEL):
-            dropped = outbox.unreported_drops() - sum(self._carried.values())
-            if dropped > 0:
+            if dropped > 0:  # carried by the first row sent after the loss
                 self._carried[row.id] = dropped
-            summary = TelemetrySummary.model_validate_json(row.payload)
+            try:
+                summary = TelemetrySummary.model_validate_json(row.payload)
+            except ValueError as e:  # a row we cannot parse would block the queue forever: drop and count it
+                log.error("outbox row %d is not a telemetry summary, deleted: %s", row.id, str(e).splitlines()[0])
+                outbox.ack([row.id])
+                self.corrupt += 1
+                continue
             message = TelemetryMessage(
                 id=row.id, device_id=self.device_id, summary=summary, dropped_before=max(dropped, 0)
             )
+            dropped = 0
             self._publish(encode_message(message))
             self._inflight[row.id] = now
             self._sent_upto = row.id
@@ -168,4 +176,10 @@ class TelemetryUplink:
 
     def view(self) -> dict[str, Any]:
         """Outbox counters for /healthz and metrics."""
-        return {**self.stats, "inflight": len(self._inflight), "sent": self.sent, "acked": self.acked}
+        return {
+            **self.stats,
+            "inflight": len(self._inflight),
+            "sent": self.sent,
+            "acked": self.acked,
+            "corrupt": self.corrupt,
+        }

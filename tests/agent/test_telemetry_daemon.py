@@ -6,7 +6,9 @@ MQTT subscriber (Observer) sees what went over the wire, duplicates included.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ import pytest
 from sqlalchemy import Engine
 
 from agent.daemon import Agent
+from agent.telemetry import Outbox
+from protocol.telemetry import TelemetrySummary
+from protocol.topics import Channel
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
 from tests.agent.telemetry_support import (
@@ -111,3 +116,35 @@ def test_long_offline_outbox_stays_capped_counts_drops_and_drains_in_order(
     assert first and first[0].dropped_before == dropped  # reported with the first message after the drops
     assert all(m.dropped_before == 0 for m in messages if m.id != ids[0])
     assert agent.uplink.view()["dropped"] == dropped
+
+
+def test_a_large_backlog_blocks_neither_start_up_nor_inference(
+    tmp_path: Path, hub: HubStub, observer: Observer, broker: Broker, engine: Engine, unique_root: str
+) -> None:
+    now = datetime.now(UTC)
+    summary = TelemetrySummary(device_id="dev-1", model="demo", version=1, profile="x86_gateway",
+                               window_start=now, window_end=now, n=1).to_json()  # fmt: skip
+    backlog = Outbox(tmp_path / "device" / "outbox.sqlite")
+    backlog.put_many([("telemetry", summary)] * 20_000)
+    backlog.close()
+    bridge = start_bridge(engine, broker, unique_root)
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root, telemetry={"tick_s": 0.05}))
+    try:
+        start = time.perf_counter()
+        agent.start()
+        assert time.perf_counter() - start < 2.0
+        install_classifier(hub, observer, tmp_path)
+        wait_for(lambda: agent.serving.get("demo"), what="classifier serving")
+        observer.publish("dev-1", Channel.ACK, b"{not an ack")  # malformed: logged and counted, no crash
+        started = time.perf_counter()
+        for _ in range(50):
+            assert agent.predict("demo", {"x": X}).source == "device"
+        assert time.perf_counter() - started < 2.0
+        assert agent.uplink.stats["rows"] > 10_000  # still draining while inference ran
+        wait_for(lambda: len(stored_ids(engine)) >= 500, what="draining", timeout=60)
+        ids = stored_ids(engine)
+        assert ids[:500] == list(range(1, 501))  # oldest first, in order
+        wait_for(lambda: agent.rejected == 1, what="malformed ack counted")
+    finally:
+        agent.stop()
+        bridge.stop()
