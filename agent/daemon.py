@@ -10,22 +10,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.enroll import ensure_identity
-from agent.errors import AgentError
-from agent.inference import InferenceService, Prediction
+from agent.inference import Prediction
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.metrics import AgentMetrics
-from agent.model import LoadedModel
 from agent.mqtt import MqttSession
 from agent.reporting import EventLog, event_for_transition, reported_state
 from agent.serving import ServingRegistry
+from agent.servingcontext import ServingContext, serving_path
 from agent.settings import AgentSettings
 from agent.steps import DeviceSteps
 from agent.store import ModelStore
-from agent.telemetry.recorders import Recorders
-from agent.telemetry.uplink import TelemetryUplink
 from firmware_profiles import get_profile
-from protocol.drift import drift_report
-from protocol.manifest import Manifest
 from protocol.messages import (
     MAX_PAYLOAD_BYTES,
     Ack,
@@ -37,7 +32,6 @@ from protocol.messages import (
     ReportedState,
 )
 from protocol.messages import LifecycleState as State
-from protocol.telemetry import TelemetrySummary
 from protocol.topics import Channel
 
 log = logging.getLogger(__name__)
@@ -55,10 +49,6 @@ class Agent:
         self.metrics = AgentMetrics()
         self.store = ModelStore(settings.data_dir / "models")
         self.serving = ServingRegistry()
-        tele = settings.telemetry
-        self.recorders = Recorders(
-            self.device_id, self.profile.name, window_size=tele.window_size, window_seconds=tele.window_s
-        )
         self._stop = threading.Event()
         self.steps = DeviceSteps(
             settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait
@@ -88,25 +78,9 @@ class Agent:
             lambda payload: self.mqtt.publish(Channel.EVENTS, payload),
             self.metrics,
         )
-        self.inference = InferenceService(
-            self.serving,
-            self.metrics,
-            self.recorders,
-            endpoints=settings.fallback,
-            policies=settings.fallback_policy,
-            online=self.mqtt.connected.is_set,
-            self_test_failed=self._self_test_failed,
-            manifest_of=self._manifest_of,
-            on_window_full=lambda: self.uplink.wake(),
-        )
-        self.uplink = TelemetryUplink(
-            tele,
-            self.recorders,
-            outbox_path=settings.data_dir / "outbox.sqlite",
-            device_id=self.device_id,
-            publish=lambda payload: self.mqtt.publish(Channel.TELEMETRY, payload),
-            connected=self.mqtt.connected.is_set,
-            on_closed=self._on_window_closed,
+        self.context = ServingContext(self.store, self.lifecycle, self.serving, self.metrics, self.steps.workdir)
+        self.recorders, self.inference, self.uplink = serving_path(
+            settings, self.device_id, self.profile.name, self.mqtt, self.context
         )
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
@@ -114,7 +88,7 @@ class Agent:
     def start(self) -> None:
         """Serve what is active, finish interrupted updates, then connect."""
         for name in self.store.names():
-            self._serve_active(name)
+            self.context.serve_active(name, self.profile.threads)
         for name in self.lifecycle.names():
             if self.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume", name))
@@ -129,24 +103,6 @@ class Agent:
         self.uplink.stop()  # open windows go to the outbox; they are sent after the next start
         self.mqtt.stop()
         self.steps.close()
-
-    def _serve_active(self, name: str) -> None:
-        """Serve the active version; mid-update, the one that passed before (the new one is not tested yet)."""
-        version = self.store.slot_version(name, "active")
-        record = self.lifecycle.load(name)
-        untested = (State.ACTIVATING, State.SELF_TEST, State.ROLLING_BACK)
-        if record.state in untested and record.from_version is not None:
-            version = record.from_version
-        if version is None:
-            return
-        try:
-            manifest = self.store.manifest(name, version)
-            model = LoadedModel.from_file(self.store.artifact(name, version), self.profile.threads, manifest)
-        except AgentError as e:
-            log.error("cannot serve %s v%s: %s", name, version, e)
-            return
-        self.serving.install(name, version, model)
-        self.metrics.active_version.labels(name).set(version)
 
     # ---- incoming messages (MQTT thread: validate, count, enqueue; never raise) -------------------
     def _on_connected(self) -> None:
@@ -334,38 +290,3 @@ class Agent:
     def predict(self, name: str, inputs: dict[str, Any]) -> Prediction:
         """In-process prediction: the same path as the local API (fallback, telemetry)."""
         return self.inference.predict(name, inputs)
-
-    def _manifest_of(self, name: str) -> Manifest | None:
-        """The newest manifest this device knows for `name`: active, else the one being downloaded."""
-        record = self.lifecycle.load(name)
-        for version in (self.store.slot_version(name, "active"), record.target_version):
-            if version is None:
-                continue
-            try:
-                return self.store.manifest(name, version)
-            except (AgentError, OSError, ValueError):
-                path = self.steps.workdir(record) / "manifest.json"
-                if version == record.target_version and path.is_file():
-                    try:
-                        return Manifest.from_json(path.read_bytes())
-                    except ValueError:
-                        return None
-        return None
-
-    def _self_test_failed(self, name: str) -> bool:
-        """No version serves because the only one failed its self-test (no previous one to return to)."""
-        record = self.lifecycle.load(name)
-        return record.state in TERMINAL and (record.reason or "").startswith("self-test failed")
-
-    def _on_window_closed(self, summary: TelemetrySummary) -> None:
-        """Drift and accuracy gauges of the window that just closed (telemetry thread)."""
-        served = self.serving.get(summary.model)
-        if served is None or served.model.manifest is None or served.version != summary.version:
-            return
-        report = drift_report(served.model.manifest.baseline, summary)
-        self.metrics.drift_score.labels(summary.model).set(report.score)
-        self.metrics.drifted_features.labels(summary.model).set(len(report.drifted_features))
-        self.metrics.dataset_drift.labels(summary.model).set(1 if report.dataset_drift else 0)
-        accuracy = summary.accuracy()
-        if accuracy is not None:
-            self.metrics.window_accuracy.labels(summary.model).set(accuracy)
