@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from pydantic import ValidationError
 
 from agent import AGENT_VERSION
@@ -12,6 +12,9 @@ from agent.errors import ConfigError, EnrollmentError
 from agent.fsutil import atomic_write
 from agent.settings import AgentSettings
 from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse
+
+if TYPE_CHECKING:
+    import httpx
 
 IDENTITY_FILE = "identity.json"
 
@@ -51,6 +54,8 @@ def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None)
         tags=settings.tags,
         agent_version=AGENT_VERSION,
     )
+    import httpx  # first start only: the steady-state daemon does not load it
+
     own = client is None
     http = client or httpx.Client(timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s))
     try:

@@ -16,7 +16,9 @@ from typing import Any, Literal
 import numpy as np
 
 from agent.errors import AgentError, InputError
-from agent.fallback import CloudClient, EndpointConfig, FallbackError, FallbackPolicy, FallbackRouter, OutputShape
+from agent.fallback.config import EndpointConfig, FallbackPolicy
+from agent.fallback.errors import FallbackError
+from agent.fallback.router import FallbackRouter
 from agent.metrics import AgentMetrics
 from agent.model import LoadedModel
 from agent.serving import ServedModel, ServingRegistry
@@ -106,6 +108,8 @@ class InferenceService:
 
     def router(self, name: str, manifest: Manifest | None) -> FallbackRouter:
         """The model's router, rebuilt when a (new) manifest names its outputs."""
+        from agent.fallback.client import CloudClient, OutputShape  # httpx: loaded only with an endpoint
+
         key = manifest.version if manifest else None
         with self._lock:
             cached = self._routers.get(name)

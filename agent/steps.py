@@ -8,11 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 from pydantic import ValidationError
 
-from agent.download import Downloader, RetryPolicy
 from agent.errors import (
     AgentError,
     DigestMismatch,
@@ -30,6 +28,9 @@ from agent.settings import AgentSettings
 from agent.store import ModelStore
 
 if TYPE_CHECKING:
+    import httpx
+
+    from agent.download import Downloader
     from agent.tufclient import TufClient
 from firmware_profiles import FirmwareProfile
 from protocol.http import EnrollResponse, artifact_target
@@ -59,13 +60,32 @@ class DeviceSteps:
         self.serving = serving
         self.notify = notify or _ignore
         self.wait = wait or _sleep  # returns True when asked to stop
-        timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
-        self.http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {identity.device_token}"})
-        retry = RetryPolicy(attempts=settings.retry_attempts, base_s=settings.retry_base_s)
-        self.downloader = Downloader(self.http, bandwidth_bps=settings.bandwidth_bps, retry=retry)
+        self._http: httpx.Client | None = None
+        self._downloader: Downloader | None = None
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
+
+    @property
+    def http(self) -> httpx.Client:
+        """The hub client, created on the first update (httpx stays out of a steady-state daemon's memory)."""
+        if self._http is None:
+            import httpx
+
+            timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
+            headers = {"Authorization": f"Bearer {self.identity.device_token}"}
+            self._http = httpx.Client(timeout=timeout, headers=headers)
+        return self._http
+
+    @property
+    def downloader(self) -> Downloader:
+        if self._downloader is None:
+            from agent.download import Downloader, RetryPolicy
+
+            retry = RetryPolicy(attempts=self.settings.retry_attempts, base_s=self.settings.retry_base_s)
+            self._downloader = Downloader(self.http, bandwidth_bps=self.settings.bandwidth_bps, retry=retry)
+        return self._downloader
 
     def workdir(self, record: UpdateRecord) -> Path:
         return self.settings.data_dir / "downloads" / record.name / str(record.target_version)

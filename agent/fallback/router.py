@@ -8,15 +8,17 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from agent.errors import AgentError, InputError
-from agent.fallback.client import CloudClient
 from agent.fallback.config import FallbackPolicy
 from agent.fallback.errors import FallbackError, FallbackUnavailable
 from agent.fallback.protocols import Arrays
+
+if TYPE_CHECKING:  # the client module imports httpx: only a daemon with an endpoint loads it
+    from agent.fallback.client import CloudClient
 
 
 class FallbackReason(StrEnum):

@@ -44,3 +44,39 @@ def test_int8_tflite_self_test_and_speed_factor(tflite_paths: dict[str, Path]) -
     with pytest.raises(SelfTestFailed, match="x speed factor 8"):
         run_self_test(manifest, tflite_paths["int8"], tight, "host")
     assert model.predict(manifest.golden.cases[0].inputs)[manifest.outputs[0].name].shape == (1, 3)
+
+
+def test_telemetry_and_fallback_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'profile = "raspberry_pi_4"\n[telemetry]\nwindow_size = 200\npolicy = "refuse_newest"\n'
+        '[fallback.digits]\ntype = "torchserve"\nurl = "https://models.example.com"\nmodel = "digits"\nversion = 3\n'
+        "[fallback_policy.digits]\nmin_confidence = 0.6\non_data_quality = false\n"
+    )
+    monkeypatch.setenv("EDGEFLEET_AGENT_TELEMETRY__WINDOW_S", "15")
+    settings = load_settings(config)
+    assert (settings.telemetry.window_size, settings.telemetry.window_s, settings.telemetry.policy) == (
+        200, 15.0, "refuse_newest",
+    )  # fmt: skip
+    endpoint, policy = settings.fallback["digits"], settings.fallback_policy["digits"]
+    assert (endpoint.type, endpoint.version, endpoint.verify_tls, endpoint.timeout_s) == ("torchserve", 3, True, 2.0)
+    assert (policy.min_confidence, policy.on_data_quality, policy.on_no_model) == (0.6, False, True)
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ('[fallback.digits]\ntype = "grpc"\nurl = "http://a"\nmodel = "d"\n', "type"),
+        ('[fallback.digits]\ntype = "kserve"\nurl = "ftp://a"\nmodel = "d"\n', "url"),
+        ('[fallback.digits]\ntype = "kserve"\nurl = "http://a"\nmodel = "d"\ntimeout = 3\n', "timeout"),
+        ('[fallback."Not A Model"]\ntype = "kserve"\nurl = "http://a"\nmodel = "d"\n', "valid model name"),
+        ("[fallback_policy.digits]\nmin_confidence = 1.5\n", "min_confidence"),
+        ('[telemetry]\npolicy = "keep_all"\n', "policy"),
+        ("[telemetry]\noutbox_max_bytes = 10\n", "outbox_max_bytes"),
+    ],
+)
+def test_bad_telemetry_or_fallback_config_fails_loudly(tmp_path: Path, table: str, match: str) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('profile = "raspberry_pi_4"\n' + table)
+    with pytest.raises(ValidationError, match=match):
+        load_settings(config)
