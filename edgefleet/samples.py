@@ -19,6 +19,7 @@ class Digits:
 
     def write(self, folder: Path, calibration_samples: int = 200) -> tuple[Path, Path]:
         """`calib.npy` (inputs) and `val.npz` (`x`, `y`) as `edgefleet convert` reads them."""
+        folder.mkdir(parents=True, exist_ok=True)
         calib, val = folder / "calib.npy", folder / "val.npz"
         np.save(calib, self.x_train[:calibration_samples])
         np.savez(val, x=self.x_val, y=self.y_val)

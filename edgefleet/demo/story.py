@@ -75,6 +75,8 @@ class Story:
                     "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
         from agent.settings import AgentSettings
 
+        if "telemetry" in AgentSettings.model_fields:
+            settings["telemetry"] = {"window_s": 5.0}  # short windows: the gates see data within seconds
         if "fallback" in AgentSettings.model_fields:
             settings["fallback"] = {NAME: {"type": "kserve", "url": self.cloud.url, "model": NAME, "version": 1}}
         for i in range(self.devices):
@@ -123,7 +125,11 @@ class Story:
         self.say(f"rollout v{version}: canary {canary:g}%, then {stages}, gates {', '.join(gates)}")
         dropped: AgentProcess | None = None
         if drop_one:
-            dropped = self.agents[-1]
+            # A device of the last wave: the canary must not wait for it; the last wave does.
+            plan = self.env.api("GET", f"/api/v1/rollouts/digits-v{version}")
+            last = max(d["wave"] for d in plan["devices"])
+            victim = next(d["device_id"] for d in plan["devices"] if d["wave"] == last)
+            dropped = next(a for a in self.agents if a.device_id == victim)
             dropped.kill()
             self.result.offline_device = dropped.device_id
             self.say(f"{dropped.device_id} lost power mid-rollout (kill -9)")

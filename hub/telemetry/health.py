@@ -31,7 +31,8 @@ class TelemetryLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_inferences: Annotated[int, Field(ge=1, le=10_000_000)] = 200  # per device, before a verdict
-    latency_p95_ratio: Positive = 1.5  # new p95 <= ratio x previous p95
+    latency_p95_ratio: Positive = 1.5  # new p95 <= ratio x previous p95 ...
+    latency_p95_slack_ms: Annotated[float, Field(ge=0, le=60_000)] = 1.0  # ... or within this many ms of it
     latency_p95_max_ms: Positive | None = None  # absolute cap (also applies without a previous version)
     error_rate_increase: Share = 0.01  # new error rate <= previous + this
     fallback_rate_increase: Share = 0.05  # new fallback rate <= previous + this
@@ -135,7 +136,8 @@ def judge(key: str, new: CohortHealth | None, old: CohortHealth | None, limits: 
             return None, "latency: no latency recorded yet"
         if limits.latency_p95_max_ms is not None and new.p95_ms > limits.latency_p95_max_ms:
             return False, f"latency: p95 {new.p95_ms:.3g} ms > limit {limits.latency_p95_max_ms:g} ms"
-        if old is not None and old.p95_ms is not None and new.p95_ms > limits.latency_p95_ratio * old.p95_ms:
+        if (old is not None and old.p95_ms is not None and new.p95_ms > limits.latency_p95_ratio * old.p95_ms
+                and new.p95_ms - old.p95_ms > limits.latency_p95_slack_ms):
             return False, (f"latency: p95 {new.p95_ms:.3g} ms > {limits.latency_p95_ratio:g} x "
                            f"{old.p95_ms:.3g} ms of {where}")  # fmt: skip
         return True, None

@@ -112,6 +112,8 @@ def _health(n: int = 500, p95: float | None = 4.0, errors: float = 0.0, fallback
 @pytest.mark.parametrize(("key", "new", "old", "limits", "verdict", "words"), [
     ("latency", _health(p95=6.9), _health(p95=4.7), {}, True, None),
     ("latency", _health(p95=7.1), _health(p95=4.7), {}, False, "1.5 x 4.7 ms of v1"),
+    ("latency", _health(p95=0.675), _health(p95=0.35), {}, True, None),  # 1.9x, but within the 1 ms slack
+    ("latency", _health(p95=0.675), _health(p95=0.35), {"latency_p95_slack_ms": 0}, False, "1.5 x 0.35 ms"),
     ("latency", _health(p95=30.0), None, {"latency_p95_max_ms": 25}, False, "> limit 25 ms"),
     ("latency", _health(p95=30.0), None, {}, True, None),
     ("error_rate", _health(errors=0.02), _health(errors=0.015), {}, True, None),
