@@ -22,7 +22,8 @@ from starlette.staticfiles import StaticFiles
 from hub.tuf_repo import TufRepository
 from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse, MqttCredentials, artifact_target, manifest_target
 from protocol.manifest import Manifest
-from tests.support.broker import free_port, wait_port
+from tests.agent.ports import listen_port
+from tests.support.broker import wait_port
 
 TOKEN = "device-token-123"
 ENROLL_TOKEN = "enroll-me-please"
@@ -34,7 +35,7 @@ class HubStub:
 
     repo: TufRepository
     mqtt_port: int
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=listen_port)
     requests: list[str] = field(default_factory=list)
     server: uvicorn.Server | None = None
     mqtt_username: str = ""

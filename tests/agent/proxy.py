@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from tests.support.broker import free_port
+from tests.agent.ports import listen_port
 
 
 class CuttingProxy:
@@ -15,7 +15,7 @@ class CuttingProxy:
     def __init__(self, target_port: int, cut_after: int | None) -> None:
         self.target_port = target_port
         self.cut_after = cut_after
-        self.port = free_port()
+        self.port = listen_port()
         self.connections = 0
         self.cuts = 0
         self._server = socket.create_server(("127.0.0.1", self.port))

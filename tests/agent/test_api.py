@@ -15,7 +15,8 @@ from agent.daemon import Agent
 from tests.agent.builders import make_manifest, onnx_linear, onnx_multi
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
-from tests.support.broker import free_port, wait_port
+from tests.agent.ports import listen_port
+from tests.support.broker import wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
         [("demo", 2, target, False), ("multi", 1, hub.publish(make_manifest(multi, name="multi"), multi), False)],
     )
     wait_for(lambda: agent.serving.get("multi"), what="multi served")
-    port = free_port()
+    port = listen_port()
     app = build_app(
         agent.serving,
         agent.metrics,

@@ -10,6 +10,7 @@ import pytest
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, wait_for
 from tests.agent.hubstub import HubStub
+from tests.agent.ports import listen_port
 from tests.agent.procs import assert_one_complete_active, kill9, start_agent, stop, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -106,9 +107,7 @@ def test_restart_mid_self_test_serves_the_tested_version(
 ) -> None:
     import httpx
 
-    from tests.support.broker import free_port
-
-    port = free_port()
+    port = listen_port()
     data = tmp_path / "device"
     config = write_config(tmp_path / "agent.toml", data, hub, unique_root, api_enabled=True, api_port=port)
     log = tmp_path / "agent.log"

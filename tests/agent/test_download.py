@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from agent.download import Downloader, RetryPolicy
 from agent.errors import DigestMismatch, DownloadError
+from tests.agent.ports import listen_port
 from tests.agent.proxy import CuttingProxy
 from tests.support.broker import free_port, wait_port
 
@@ -30,7 +31,7 @@ def file_server(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
     payload = random.Random(7).randbytes(SIZE)
     (tmp_path / "srv").mkdir()
     (tmp_path / "srv" / "blob.bin").write_bytes(payload)
-    port = free_port()
+    port = listen_port()
     app = Starlette(routes=[Mount("/", StaticFiles(directory=tmp_path / "srv"))])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     threading.Thread(target=server.run, daemon=True).start()

@@ -16,8 +16,9 @@ from agent.daemon import Agent
 from protocol.messages import CommandKind
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
+from tests.agent.ports import listen_port
 from tests.agent.telemetry_support import install_classifier, observed
-from tests.support.broker import free_port, wait_port
+from tests.support.broker import wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
     agent.start()
     install_classifier(hub, observer, tmp_path)
     wait_for(lambda: agent.serving.get("demo"), what="classifier serving")
-    port = free_port()
+    port = listen_port()
     app = build_app(
         agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
         inference=agent.inference,

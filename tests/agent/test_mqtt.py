@@ -15,8 +15,9 @@ from agent.daemon import Agent
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
+from tests.agent.ports import listen_port
 from tests.agent.procs import kill9, start_agent, stop, write_config
-from tests.support.broker import Broker, free_port
+from tests.support.broker import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ class Mqtt311Gate:
 
     def __init__(self, broker_port: int) -> None:
         self.broker_port = broker_port
-        self.port = free_port()
+        self.port = listen_port()
         self.refused_v5 = 0
         self._server = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()

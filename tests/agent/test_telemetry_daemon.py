@@ -154,7 +154,7 @@ def test_a_large_backlog_blocks_neither_start_up_nor_inference(
         wait_for(lambda: len(stored_ids(engine)) >= 500, what="draining", timeout=60)
         ids = stored_ids(engine)
         assert len(set(ids)) == len(ids) and set(range(1, 501)) <= set(ids)  # oldest first, each stored once
-        wire = first_seen(observer, 500)
+        wire = wait_for(lambda: (seen := first_seen(observer, 500)) and len(seen) == 500 and seen, what="on the wire")
         assert wire == list(range(1, 501)), wire[:40]  # sent in outbox order
         wait_for(lambda: agent.rejected == 1, what="malformed ack counted")
     finally:

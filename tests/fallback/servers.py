@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,29 +17,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from tests.support.broker import free_port, wait_port
+from tests.agent.ports import listen_port
+from tests.support.broker import wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_VENV = Path(os.environ.get("EDGEFLEET_MLSERVER_VENV", ROOT / ".venv-mlserver"))
-
-
-def server_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+).
-
-    TorchServe's JVM binds ~1 s after we pick its ports; on a host with heavy connection churn
-    (tens of thousands of sockets in TIME_WAIT from other test suites) an outgoing connection can
-    take an ephemeral port in between, and the server dies with "Address already in use".
-    """
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -60,13 +40,13 @@ def torchserve(workdir: Path, mar: Path, name: str) -> Iterator[str]:
     store = workdir / "model-store"
     store.mkdir(parents=True)
     shutil.copy(mar, store / mar.name)
-    inf, mgmt, met = server_port(), server_port(), server_port()
+    inf, mgmt, met = listen_port(), listen_port(), listen_port()
     (workdir / "config.properties").write_text(
         f"inference_address=http://127.0.0.1:{inf}\nmanagement_address=http://127.0.0.1:{mgmt}\n"
-        f"metrics_address=http://127.0.0.1:{met}\ngrpc_inference_port={server_port()}\n"
-        f"grpc_management_port={server_port()}\ndefault_workers_per_model=1\n"
+        f"metrics_address=http://127.0.0.1:{met}\ngrpc_inference_port={listen_port()}\n"
+        f"grpc_management_port={listen_port()}\ndefault_workers_per_model=1\n"
         # Workers talk over /tmp/.ts.sock.<port>, 9000 by default: two TorchServes on one host would share it.
-        f"initial_worker_port={server_port()}\n"
+        f"initial_worker_port={listen_port()}\n"
         "disable_token_authorization=true\nenable_envvars_config=false\ninstall_py_dep_per_model=false\n"
     )
     log = (workdir / "torchserve.log").open("wb")
@@ -114,9 +94,9 @@ def mlserver(workdir: Path, onnx_model: Path, name: str, version: int) -> Iterat
         "name": name, "implementation": "edgefleet_onnx.OnnxModel",
         "parameters": {"uri": "./model.onnx", "version": str(version)},
     }))
-    http_port = server_port()
+    http_port = listen_port()
     (workdir / "models" / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": server_port(), "metrics_port": server_port(),
+        "host": "127.0.0.1", "http_port": http_port, "grpc_port": listen_port(), "metrics_port": listen_port(),
         "parallel_workers": 0,
     }))
     log = (workdir / "mlserver.log").open("wb")
@@ -145,7 +125,7 @@ class ServerThread:
     """Any ASGI app under a real uvicorn on a free loopback port, in a thread."""
 
     def __init__(self, app: object) -> None:
-        self.port = server_port()
+        self.port = listen_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -23,6 +23,7 @@ from protocol.manifest import Manifest
 from tests.agent.conftest import hub, observer  # noqa: F401 - fixtures: a real TUF hub stub, an MQTT observer
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
+from tests.agent.ports import listen_port
 from tests.fallback.servers import torchserve
 from tests.support.broker import Broker, free_port, wait_port
 from tests.support.converted import Converted
@@ -32,7 +33,7 @@ NAME = "digits-torch"
 
 
 def _serve_api(agent: Agent) -> tuple[str, uvicorn.Server]:
-    port = free_port()
+    port = listen_port()
     app = build_app(
         agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
         inference=agent.inference,
