@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgefleet.demo.environment import TOPIC_ROOT, DemoEnvironment
 from edgefleet.demo.fleet import AgentProcess
 from edgefleet.samples import digits, train_keras_cnn
-from edgefleet.simulate import SimulatedFleet
 
 SIZES = tuple(int(n) for n in os.environ.get("EDGEFLEET_BENCH_SIZES", "100,1000").split(","))
 REAL_AGENTS = 3
@@ -57,7 +57,7 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
     env = DemoEnvironment(folder)
     env.start()
     agents: list[AgentProcess] = []
-    sims = []
+    sim: subprocess.Popen[bytes] | None = None
     try:
         assert env.hub is not None
         env.api("POST", "/api/v1/models", files={"archive": ("o.tar.gz", archive(model_out))})
@@ -69,16 +69,17 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
             agent.start()
             agents.append(agent)
         t0 = time.perf_counter()
-        sims = SimulatedFleet(env.hub_url, env.admin_token, TOPIC_ROOT).enroll(
-            size, prefix="sim", profile="x86_gateway", group=None, tags={}, failing=set())
-        for d in sims:
-            d.connect()
-        enroll_s = time.perf_counter() - t0
+        # `edgefleet simulate` shards big fleets over processes (paho's select() loop caps one process).
+        sim = subprocess.Popen([sys.executable, "-m", "edgefleet", "simulate", "--devices", str(size), "--hub",
+                                env.hub_url, "--profile", "x86_gateway", "--prefix", "sim", "--topic-root", TOPIC_ROOT],
+                               env={**os.environ, "EDGEFLEET_HUB_ADMIN_TOKEN": env.admin_token},
+                               stdout=subprocess.DEVNULL, stderr=(folder / "simulate.log").open("wb"))
         deadline = time.monotonic() + 300
         while sum(1 for d in env.api("GET", "/api/v1/devices") if d["online"]) < size + REAL_AGENTS:
-            if time.monotonic() > deadline:
-                raise TimeoutError("devices did not come online")
+            if time.monotonic() > deadline or sim.poll() is not None:
+                raise TimeoutError(f"devices did not come online: {(folder / 'simulate.log').read_text()[-500:]}")
             time.sleep(0.5)
+        enroll_s = time.perf_counter() - t0
         cpu0, t0 = _proc_cpu_s(env.hub.pid), time.perf_counter()
         env.api("POST", "/api/v1/rollouts", json={"id": "scale", "model": "digits", "version": 1,
                                                   "canary_percent": 10, "stages": [100], "probation_s": 1.0,
@@ -96,8 +97,9 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
                 "rollout_s": round(time.perf_counter() - t0, 2), "hub_cpu_s": round(_proc_cpu_s(env.hub.pid) - cpu0, 2),
                 "hub_rss_mb": round(rss, 1), "enroll_connect_s": round(enroll_s, 1)}
     finally:
-        for d in sims:
-            d.disconnect()
+        if sim is not None and sim.poll() is None:
+            sim.terminate()
+            sim.wait(30)
         for a in agents:
             a.stop()
         env.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -14,6 +15,21 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range (32768+).
+
+    A port the kernel hands out for `bind(0)` is an ephemeral one: on a busy host an outgoing
+    connection can take it between this check and the server's own bind. Outgoing connections never
+    use ports below the ephemeral range, so servers started here pick from 20000-32000.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

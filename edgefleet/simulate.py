@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +18,37 @@ from rich.table import Table
 from edgefleet.simdevice import SimDevice
 from protocol.http import ENROLL_PATH, EnrollResponse
 from protocol.topics import ROOT
+
+# paho's network loop uses select(), which cannot watch file descriptors above 1023: one process
+# holds at most a few hundred clients, so larger fleets run in several processes.
+SHARD = 250
+
+
+def _run_shards(count: int, options: list[str], admin_token: str, prefix: str, duration: float | None) -> None:
+    """Start ceil(count / SHARD) child `edgefleet simulate` processes, each with its own id prefix."""
+    procs = []
+    env = {**os.environ, "EDGEFLEET_HUB_ADMIN_TOKEN": admin_token}  # never on a command line
+    for k, start in enumerate(range(0, count, SHARD)):
+        n = min(SHARD, count - start)
+        cmd = [sys.executable, "-m", "edgefleet", "simulate", *options, "--devices", str(n), "--prefix", f"{prefix}{k}"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
+    Console().print(f"{count} simulated devices in {len(procs)} processes ({prefix}0-* .. {prefix}{len(procs) - 1}-*)")
+    try:
+        deadline = time.monotonic() + duration if duration else None
+        while deadline is None or time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                raise click.ClickException("a simulator process failed; see its output above")
+            if all(p.poll() == 0 for p in procs):
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait(15)
 
 
 @dataclass
@@ -85,6 +119,13 @@ def simulate(count: int, hub_url: str, admin_token: str, profile: str, group: st
         tag_map = dict(t.split("=", 1) for t in tags)
     except ValueError:
         raise click.BadParameter("use key=value", param_hint="--tag") from None
+    if count > SHARD:
+        options = ["--hub", hub_url, "--profile", profile, "--topic-root", topic_root]
+        options += [x for t in tags for x in ("--tag", t)] + [x for v in failing for x in ("--failing-version", str(v))]
+        options += (["--group", group] if group else []) + (["--mqtt-host", mqtt_host] if mqtt_host else [])
+        options += ["--duration", str(duration)] if duration else []
+        _run_shards(count, options, admin_token, prefix, duration)
+        return
     fleet = SimulatedFleet(hub_url.rstrip("/"), admin_token, topic_root)
     try:
         devices = fleet.enroll(count, prefix=prefix, profile=profile, group=group, tags=tag_map,

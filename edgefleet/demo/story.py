@@ -98,6 +98,9 @@ class Story:
         self._rollout(1, canary=10, stages=[50, 100], gates=["self_test"])
         self._rollout(2, canary=20, stages=[100], gates=self._gates(), drop_one=True)
         self._rollout(3, canary=20, stages=[100], gates=self._gates(), auto_rollback=True)
+        if self.result.rollouts[3]["state"] == "rolled_back":
+            self._wait(lambda: self._fleet_versions() == {2}, 120, "the canary devices to return to v2")
+            self.say("the canary devices are back on v2")
         self.result.answers = self.traffic.answers if self.traffic else Counter()
         self.result.cloud_calls = self.cloud.calls if self.cloud else 0
         with httpx.Client() as client:
@@ -156,6 +159,9 @@ class Story:
             self.say(f"{dropped.device_id} converged to v{version}")
 
     # --- helpers ------------------------------------------------------------------------------
+    def _fleet_versions(self) -> set[int | None]:
+        return {d["current_versions"].get(NAME) for d in self.env.api("GET", "/api/v1/devices")}
+
     def _device_version(self, device_id: str) -> int | None:
         device = self.env.api("GET", f"/api/v1/devices/{device_id}")
         version = device.get("current_versions", {}).get(NAME)
