@@ -1,29 +1,69 @@
-"""`edgefleet demo --once` runs the stages that exist and reports them honestly."""
+"""`edgefleet demo --once --devices 10`: the whole chain, and a summary that matches the hub's API."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
-from click.testing import CliRunner
 
-from edgefleet.cli import cli
-from protocol import layout
-from protocol.manifest import Manifest
+from edgefleet.brokers import free_port
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_once(tmp_path: Path) -> None:
-    res = CliRunner().invoke(cli, ["demo", "--once", "--workdir", str(tmp_path)], terminal_width=200)
-    assert res.exit_code == 0, res.output
-    report = json.loads((tmp_path / "out" / layout.REPORT_JSON).read_text())
-    for entry in report["profiles"]:
-        m = Manifest.from_json((tmp_path / "out" / entry["profile"] / layout.MANIFEST_FILE).read_text())
-        assert entry["chosen"] == m.kind
-        # The table shows the converter's accuracy and the agent runtime's; both come from real runs.
-        acc = f"{(m.report.chosen.accuracy or 0) * 100:.2f}%"
-        row = next(line for line in res.output.splitlines() if entry["profile"] in line)
-        assert row.count(acc) == 2, row
-    assert "not yet:" in res.output
+def _hub_api(data_dir: Path, token: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The demo's hub, started again on its data dir (MQTT off) to read what it recorded."""
+    port = free_port()
+    env = {**os.environ, "EDGEFLEET_HUB_DATA_DIR": str(data_dir), "EDGEFLEET_HUB_ADMIN_TOKEN": token,
+           "EDGEFLEET_HUB_MQTT_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "hub", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code < 500:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("hub did not restart")
+
+
+def test_demo_once_ten_devices(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "edgefleet", "demo", "--once", "--devices", "10", "--workdir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "160"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "EdgeFleet demo: summary" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rollouts"]["1"]["state"] == "completed"
+    assert summary["rollouts"]["2"]["state"] == "completed"
+    assert summary["rollouts"]["3"]["state"] == "rolled_back"
+    assert "drift" in summary["rollouts"]["3"]["reason"] or "self-test" in summary["rollouts"]["3"]["reason"]
+    assert summary["offline_converged"] is True
+    assert summary["answers"].get("cloud:1", 0) > 0  # answered by the cloud while devices had no model
+    assert summary["versions"] == {"v2": 10}
+
+    from edgefleet.demo.environment import DemoEnvironment
+
+    proc, url = _hub_api(tmp_path / "env" / "hub", DemoEnvironment(tmp_path).admin_token)
+    try:
+        headers = {"Authorization": f"Bearer {DemoEnvironment(tmp_path).admin_token}"}
+        rollouts = {r["version"]: r for r in httpx.get(f"{url}/api/v1/rollouts", headers=headers).json()}
+        for version, entry in summary["rollouts"].items():
+            assert rollouts[int(version)]["state"] == entry["state"]
+            assert rollouts[int(version)]["reason"] == entry["reason"]
+        devices = httpx.get(f"{url}/api/v1/devices", headers=headers).json()
+        assert len(devices) == 10
+        assert {d["current_versions"]["digits"] for d in devices} == {2}
+        assert next(d for d in devices if d["id"] == summary["offline_device"])["current_versions"]["digits"] == 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
