@@ -24,10 +24,12 @@ from edgefleet.samples import digits
 
 RUNS = 500
 PROFILES = {
-    "bench_tflite": ('runtimes = ["litert"]\nformats = ["tflite"]\n'
-                     'quantizations = ["fp32", "fp16", "dynamic_int8", "int8"]\n'),
-    "bench_onnx": ('runtimes = ["onnxruntime"]\nformats = ["onnx"]\n'
-                   'quantizations = ["fp32", "fp16", "dynamic_int8", "int8"]\n'),
+    "bench_tflite": (
+        'runtimes = ["litert"]\nformats = ["tflite"]\nquantizations = ["fp32", "fp16", "dynamic_int8", "int8"]\n'
+    ),
+    "bench_onnx": (
+        'runtimes = ["onnxruntime"]\nformats = ["onnx"]\nquantizations = ["fp32", "fp16", "dynamic_int8", "int8"]\n'
+    ),
 }
 
 
@@ -37,14 +39,16 @@ def train(folder: Path) -> tuple[Path, Path, Path]:
 
     data = digits()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="pixels"),
-        keras.layers.Conv2D(32, 3, activation="relu"),
-        keras.layers.Conv2D(64, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="pixels"),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, epochs=15, batch_size=32, verbose=0)
     model.save(folder / "cnn.keras")
@@ -65,8 +69,18 @@ def main() -> None:
                 "threads = 1\nbudgets = { max_artifact_bytes = 1073741824, max_ram_bytes = 2147483648, "
                 "latency_ms = 1000.0, max_accuracy_loss_pt = 100.0 }\n"
             )
-        result = convert(ConvertRequest(model=model, profiles=list(PROFILES), calibration=calib, validation=val,
-                                        out=folder / "out", latency_runs=RUNS, profiles_dir=pdir, cloud=False))
+        result = convert(
+            ConvertRequest(
+                model=model,
+                profiles=list(PROFILES),
+                calibration=calib,
+                validation=val,
+                out=folder / "out",
+                latency_runs=RUNS,
+                profiles_dir=pdir,
+                cloud=False,
+            )
+        )
     kinds: dict[str, dict[str, float]] = {}
     chosen_ratios = {}
     for r in result.results:
@@ -83,8 +97,10 @@ def main() -> None:
                 "latency_ratio": round(c.latency_ms_p50 / fp32.latency_ms_p50, 4),
             }
         assert r.manifest is not None
-        chosen_ratios[r.profile.name] = {"chosen": r.manifest.kind,
-                                         "latency_ratio": kinds[r.manifest.kind]["latency_ratio"]}
+        chosen_ratios[r.profile.name] = {
+            "chosen": r.manifest.kind,
+            "latency_ratio": kinds[r.manifest.kind]["latency_ratio"],
+        }
     out = {
         "benchmark": "convert_quality",
         "threads": 1,

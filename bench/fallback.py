@@ -70,8 +70,10 @@ def main() -> None:
             t2 = time.perf_counter()
             direct.append((t1 - t0) * 1000)
             via.append((t2 - t1) * 1000)
-        down = CloudClient(cfg.model_copy(update={"url": "http://127.0.0.1:9", "retries": 0, "breaker_failures": 1}),
-                           [OutputShape("probs", (10,))])
+        down = CloudClient(
+            cfg.model_copy(update={"url": "http://127.0.0.1:9", "retries": 0, "breaker_failures": 1}),
+            [OutputShape("probs", (10,))],
+        )
         with contextlib.suppress(FallbackError):  # connection refused: the breaker opens
             down.predict(x)
         assert down.breaker.state is BreakerState.OPEN

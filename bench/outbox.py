@@ -50,13 +50,17 @@ def raw_rate(folder: Path) -> float:
     conn = sqlite3.connect(folder / "raw.db")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT, payload TEXT, "
-                 "bytes INTEGER, created REAL)")
+    conn.execute(
+        "CREATE TABLE rows (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT, payload TEXT, "
+        "bytes INTEGER, created REAL)"
+    )
     t0 = time.perf_counter()
     for _ in range(ROWS // BATCH):
         with conn:
-            conn.executemany("INSERT INTO rows (channel, payload, bytes, created) VALUES (?, ?, ?, ?)",
-                             [("telemetry", PAYLOAD, len(PAYLOAD), time.time())] * BATCH)
+            conn.executemany(
+                "INSERT INTO rows (channel, payload, bytes, created) VALUES (?, ?, ?, ?)",
+                [("telemetry", PAYLOAD, len(PAYLOAD), time.time())] * BATCH,
+            )
     return ROWS / (time.perf_counter() - t0)
 
 
@@ -68,9 +72,16 @@ def reduction() -> tuple[float, int, int]:
     spec_out = TensorSpec(name="probs", shape=[None, 10], dtype="float32")
     metrics = ArtifactMetrics(kind="tflite_fp32", size_bytes=1, latency_ms_p50=0.1, latency_ms_p95=0.1)
     m = Manifest(
-        name="digits", version=1, profile="raspberry_pi_4", format="tflite", quantization="fp32",
-        task="classification", artifact=ArtifactRef(file="d.tflite", sha256="0" * 64, size=1),
-        inputs=[spec_in], outputs=[spec_out], baseline=baseline_stats({"x": x}, {"probs": probs}, True),
+        name="digits",
+        version=1,
+        profile="raspberry_pi_4",
+        format="tflite",
+        quantization="fp32",
+        task="classification",
+        artifact=ArtifactRef(file="d.tflite", sha256="0" * 64, size=1),
+        inputs=[spec_in],
+        outputs=[spec_out],
+        baseline=baseline_stats({"x": x}, {"probs": probs}, True),
         golden=GoldenSet(cases=[GoldenCase(inputs={"x": [0.0] * 64}, expected={"probs": [0.1] * 10})], atol=0.1),
         report=ConversionReport(chosen=metrics, validation_samples=len(x), converter_version="bench"),
     )

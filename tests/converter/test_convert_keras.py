@@ -11,8 +11,8 @@ import pytest
 from firmware_profiles import get_profile
 from protocol import layout
 from protocol.manifest import Manifest, ModelFormat, Quantization
-from tests.support.converted import ALL_PROFILES, Converted
 from tests.converter.runtime_check import run_artifact
+from tests.support.converted import ALL_PROFILES, Converted
 
 pytestmark = [pytest.mark.slow]
 

@@ -13,8 +13,8 @@ import pytest
 from converter.pipeline import ConvertRequest, convert
 from protocol import layout
 from protocol.manifest import Manifest
-from tests.support.converted import ONNX_PROFILES, Converted
 from tests.converter.runtime_check import run_artifact
+from tests.support.converted import ONNX_PROFILES, Converted
 
 pytestmark = [pytest.mark.slow]
 
