@@ -217,13 +217,13 @@ class InferenceService:
             return
         if served is not None and served.model.manifest is not None:
             rec = self.recorders.get(served.model.manifest)
-            rec.record_fallback(reason)
+            rec.record_fallback(reason, ok, seconds * 1000)
             if failed:  # no answer at all for this request
                 rec.record_error()
             return
         version = manifest.version if manifest is not None else self.endpoints[name].version
         if version is not None:
-            self.recorders.record_no_model(name, version, reason, ok)
+            self.recorders.record_no_model(name, version, reason, ok, seconds * 1000)
 
     def feedback(self, name: str, prediction_id: str, label: int) -> bool:
         """Fold a delayed label into the window of the version that made the prediction."""

@@ -85,6 +85,8 @@ class TelemetrySummary(Contract):
     n: Count
     errors: Count = 0
     fallback: dict[str, Count] = Field(default_factory=dict)  # reason -> count
+    fallback_errors: dict[str, Count] = Field(default_factory=dict)  # reason -> cloud calls that failed
+    fallback_latency_buckets: list[Count] = Field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     latency_buckets: list[Count] = Field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     inputs: list[FeatureWindow] = Field(default_factory=list)
     class_counts: list[Count] | None = None
@@ -94,8 +96,9 @@ class TelemetrySummary(Contract):
 
     @model_validator(mode="after")
     def _shape(self) -> Self:
-        if len(self.latency_buckets) != len(LATENCY_BUCKETS_MS) + 1:
-            raise ValueError(f"latency_buckets needs {len(LATENCY_BUCKETS_MS) + 1} entries")
+        for name in ("latency_buckets", "fallback_latency_buckets"):
+            if len(getattr(self, name)) != len(LATENCY_BUCKETS_MS) + 1:
+                raise ValueError(f"{name} needs {len(LATENCY_BUCKETS_MS) + 1} entries")
         if self.window_end < self.window_start:
             raise ValueError("window_end before window_start")
         if self.confusion is not None and any(len(r) != len(self.confusion) for r in self.confusion):
@@ -104,6 +107,10 @@ class TelemetrySummary(Contract):
 
     def latency_ms(self, q: float) -> float | None:
         return latency_quantile(self.latency_buckets, q)
+
+    def fallback_latency_ms(self, q: float) -> float | None:
+        """Quantile of the cloud round trip of fallback answers."""
+        return latency_quantile(self.fallback_latency_buckets, q)
 
     @property
     def error_rate(self) -> float:
@@ -138,7 +145,9 @@ def merge(summaries: Sequence[TelemetrySummary]) -> TelemetrySummary:
     inputs, outputs = list(first.inputs), list(first.outputs)
     classes, confusion = first.class_counts, first.confusion
     fallback: Counter[str] = Counter(first.fallback)
+    fallback_errors: Counter[str] = Counter(first.fallback_errors)
     latency = list(first.latency_buckets)
+    fallback_latency = list(first.fallback_latency_buckets)
     for s in summaries[1:]:
         if len(s.inputs) != len(inputs) or len(s.outputs) != len(outputs):
             raise ValueError("summaries have different features")
@@ -150,7 +159,9 @@ def merge(summaries: Sequence[TelemetrySummary]) -> TelemetrySummary:
                 _add_lists(r1, r2) or [] for r1, r2 in zip(confusion, s.confusion, strict=True)
             ]
         fallback.update(s.fallback)
+        fallback_errors.update(s.fallback_errors)
         latency = [a + b for a, b in zip(latency, s.latency_buckets, strict=True)]
+        fallback_latency = [a + b for a, b in zip(fallback_latency, s.fallback_latency_buckets, strict=True)]
     devices = {s.device_id for s in summaries}
     profiles = {s.profile for s in summaries}
     return TelemetrySummary(
@@ -163,6 +174,8 @@ def merge(summaries: Sequence[TelemetrySummary]) -> TelemetrySummary:
         n=sum(s.n for s in summaries),
         errors=sum(s.errors for s in summaries),
         fallback=dict(fallback),
+        fallback_errors=dict(fallback_errors),
+        fallback_latency_buckets=fallback_latency,
         latency_buckets=latency,
         inputs=inputs,
         class_counts=classes,

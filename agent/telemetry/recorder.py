@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from protocol.manifest import HistogramBaseline, Manifest, Task
-from protocol.telemetry import LATENCY_BUCKETS_MS, FeatureWindow, TelemetrySummary, channel_axis
+from protocol.telemetry import LATENCY_BUCKETS_MS, FeatureWindow, TelemetrySummary, channel_axis, latency_bucket
 
 CHUNK_ROWS = 256
 PIXELS_PER_SAMPLE = 16  # channel grouping: sampled positions per sample and channel
@@ -144,6 +144,8 @@ class WindowRecorder:
         self.n = 0
         self.errors = 0
         self.fallback: dict[str, int] = {}
+        self.fallback_errors: dict[str, int] = {}
+        self.fallback_latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
 
     def record(
         self,
@@ -183,9 +185,14 @@ class WindowRecorder:
             self.errors += 1
             self.n += 1
 
-    def record_fallback(self, reason: str) -> None:
+    def record_fallback(self, reason: str, ok: bool = True, latency_ms: float | None = None) -> None:
+        """One request sent to the cloud: its reason, whether it was answered, and its round trip."""
         with self._lock:
             self.fallback[reason] = self.fallback.get(reason, 0) + 1
+            if not ok:
+                self.fallback_errors[reason] = self.fallback_errors.get(reason, 0) + 1
+            if latency_ms is not None:
+                self.fallback_latency[latency_bucket(latency_ms)] += 1
 
     def feedback(self, prediction_id: str, label: int) -> bool:
         """Fold a delayed true label into the window; False when the id is unknown or expired."""
@@ -232,6 +239,8 @@ class WindowRecorder:
             n=self.n,
             errors=self.errors,
             fallback=dict(self.fallback),
+            fallback_errors=dict(self.fallback_errors),
+            fallback_latency_buckets=list(self.fallback_latency),
             latency_buckets=[int(c) for c in lat],
             inputs=[f for _, _, b in self._inputs for f in b.take(reset)],
             class_counts=[int(c) for c in self._classes] if self.classifier else None,

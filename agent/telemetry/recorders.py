@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from agent.telemetry.recorder import WindowRecorder
 from protocol.drift import DriftReport, drift_report
 from protocol.manifest import Manifest
-from protocol.telemetry import TelemetrySummary
+from protocol.telemetry import LATENCY_BUCKETS_MS, TelemetrySummary, latency_bucket
 
 Key = tuple[str, int]
 
@@ -21,6 +21,8 @@ class _NoModelWindow:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.start = clock()
         self.fallback: dict[str, int] = {}
+        self.fallback_errors: dict[str, int] = {}
+        self.fallback_latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.errors = 0
 
     @property
@@ -78,12 +80,16 @@ class Recorders:
     def find(self, name: str, version: int) -> WindowRecorder | None:
         return self._live.get((name, version))
 
-    def record_no_model(self, name: str, version: int, reason: str, ok: bool) -> None:
+    def record_no_model(self, name: str, version: int, reason: str, ok: bool, latency_ms: float | None = None) -> None:
         """A fallback answer (or failure) while no local version of `name` serves."""
         with self._lock:
             window = self._no_model.setdefault((name, version), _NoModelWindow(self._clock))
             window.fallback[reason] = window.fallback.get(reason, 0) + 1
             window.errors += 0 if ok else 1
+            if not ok:
+                window.fallback_errors[reason] = window.fallback_errors.get(reason, 0) + 1
+            if latency_ms is not None:
+                window.fallback_latency[latency_bucket(latency_ms)] += 1
 
     def close(self, all_windows: bool = False) -> list[TelemetrySummary]:
         """Summaries of every due window (every open one when `all_windows`); retires replaced versions."""
@@ -121,6 +127,8 @@ class Recorders:
             n=window.n,
             errors=window.errors,
             fallback=dict(window.fallback),
+            fallback_errors=dict(window.fallback_errors),
+            fallback_latency_buckets=list(window.fallback_latency),
         )
 
     def drift(self, name: str) -> tuple[str, TelemetrySummary, DriftReport] | None:

@@ -33,6 +33,8 @@ class Accumulator:
         self.rows = self.skipped = 0
         self.n = self.errors = 0
         self.fallback: Counter[str] = Counter()
+        self.fallback_errors: Counter[str] = Counter()
+        self.fallback_latency: list[int] = []
         self.latency: list[int] = []
         self.features: dict[str, list[dict[str, Any]]] = {}
         self.shapes: dict[str, list[tuple[str, int]]] = {}
@@ -64,6 +66,8 @@ class Accumulator:
         self.first = s
         self.n, self.errors = s["n"], s.get("errors", 0)
         self.fallback.update(s.get("fallback") or {})
+        self.fallback_errors.update(s.get("fallback_errors") or {})
+        self.fallback_latency = list(s.get("fallback_latency_buckets") or [0] * len(s["latency_buckets"]))
         self.latency = list(s["latency_buckets"])
         for key in ("inputs", "outputs"):
             self.features[key] = [{**f, "counts": list(f["counts"])} for f in s.get(key) or []]
@@ -86,6 +90,8 @@ class Accumulator:
         self.n += s["n"]
         self.errors += s.get("errors", 0)
         self.fallback.update(s.get("fallback") or {})
+        self.fallback_errors.update(s.get("fallback_errors") or {})
+        _add(self.fallback_latency, s.get("fallback_latency_buckets") or [])
         _add(self.latency, s["latency_buckets"])
         for key in ("inputs", "outputs"):
             for acc, f in zip(self.features[key], s.get(key) or [], strict=True):
@@ -114,7 +120,9 @@ class Accumulator:
             "device_id": next(iter(self.device_ids)) if len(self.device_ids) == 1 else "*",
             "profile": next(iter(profiles)) if len(profiles) == 1 else "*",
             "window_start": self.start, "window_end": self.end, "n": self.n, "errors": self.errors,
-            "fallback": dict(self.fallback), "latency_buckets": self.latency, "inputs": self.features["inputs"],
+            "fallback": dict(self.fallback), "fallback_errors": dict(self.fallback_errors),
+            "fallback_latency_buckets": self.fallback_latency, "latency_buckets": self.latency,
+            "inputs": self.features["inputs"],
             "outputs": self.features["outputs"], "class_counts": self.class_counts, "confusion": self.confusion,
             "devices": len(ids) if ids else self.first.get("devices", 1),
         })  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class LatencyStats(BaseModel):
@@ -95,6 +95,8 @@ class TelemetryStats(BaseModel):
     fallback: dict[str, int]
     fallback_rate: float | None
     fallback_rates: dict[str, float]
+    fallback_errors: dict[str, int] = Field(default_factory=dict)  # reason -> cloud calls that failed
+    fallback_latency_ms: LatencyStats | None = None  # cloud round trip of fallback answers
     latency_ms: LatencyStats | None
     labels: LabelStats | None
     drift: DriftPublic | None

@@ -36,8 +36,8 @@ def quantile_ms(buckets: Sequence[int], q: float) -> float | None:
     return LATENCY_BUCKETS_MS[-1]
 
 
-def latency(summary: TelemetrySummary) -> LatencyStats | None:
-    b = summary.latency_buckets
+def latency(summary: TelemetrySummary, buckets: list[int] | None = None) -> LatencyStats | None:
+    b = summary.latency_buckets if buckets is None else buckets
     if not sum(b):
         return None
     return LatencyStats(p50=quantile_ms(b, 0.5), p95=quantile_ms(b, 0.95), p99=quantile_ms(b, 0.99),
@@ -123,6 +123,8 @@ def cohort_stats(*, model: str, version: int, cohort: Cohort, merged: Merged,
         n=n, errors=s.errors if s else 0, error_rate=_ratio(s.errors, n) if s else None,
         fallback=fallback, fallback_rate=_ratio(sum(fallback.values()), n),
         fallback_rates={k: v / n for k, v in fallback.items()} if n else {},
+        fallback_errors=dict(s.fallback_errors) if s else {},
+        fallback_latency_ms=latency(s, s.fallback_latency_buckets) if s else None,
         latency_ms=latency(s) if s else None, labels=labels(s.confusion) if s else None,
         drift=drift(s, baseline[1], baseline[0])[0] if s and baseline and n else None,
         summary=s.model_dump(mode="json") if s else None,

@@ -89,6 +89,9 @@ def test_self_test_failed_without_a_previous_model(tmp_path: Path, cloud: Server
     assert (answer.source, answer.reason, answer.version) == ("cloud", "self_test_failed", 1)
     summary = recorders.close(all_windows=True)[0]
     assert (summary.model, summary.version, summary.fallback, summary.errors) == ("demo", 1, {"self_test_failed": 1}, 0)
+    # The cloud round trip is in the summary too, so the hub sees fallback latency without scraping devices.
+    assert sum(summary.fallback_latency_buckets) == 1 and summary.fallback_latency_ms(0.5) is not None
+    assert summary.fallback_errors == {}
 
 
 def test_fallback_off_for_a_reason_is_a_clear_error(tmp_path: Path, cloud: ServerThread) -> None:
@@ -96,6 +99,7 @@ def test_fallback_off_for_a_reason_is_a_clear_error(tmp_path: Path, cloud: Serve
     with pytest.raises(FallbackUnavailable, match="fallback for no_model is off") as info:
         service.predict("demo", {"x": [[0.1, 0.2, 0.3, 0.4]]})
     assert info.value.reason == "no_model"
-    assert recorders.close(all_windows=True)[0].errors == 1
+    refused = recorders.close(all_windows=True)[0]
+    assert refused.errors == 1 and refused.fallback_errors == {"no_model": 1}
     with pytest.raises(NotServing):
         service.predict("other", {"x": [[0.0] * 4]})

@@ -58,12 +58,12 @@ def test_merge_equals_pooled(keras_converted: Converted, manifest: Manifest) -> 
     for i, part in enumerate(parts):
         rec = WindowRecorder(manifest, f"dev-{i}", window_size=10_000)
         _feed(rec, model, part, batch=5)
-        rec.record_fallback("no_model")
+        rec.record_fallback("no_model", ok=i != 0, latency_ms=3.0 + i)
         summaries.append(rec.close_window())
     pooled_rec = WindowRecorder(manifest, "dev-0", window_size=10_000)
     _feed(pooled_rec, model, x, batch=5)
-    for _ in parts:
-        pooled_rec.record_fallback("no_model")
+    for i, _ in enumerate(parts):
+        pooled_rec.record_fallback("no_model", ok=i != 0, latency_ms=3.0 + i)
     pooled = pooled_rec.close_window()
     merged = merge([s for s in summaries if s is not None])
     assert pooled is not None
@@ -71,6 +71,9 @@ def test_merge_equals_pooled(keras_converted: Converted, manifest: Manifest) -> 
     assert merged.inputs == pooled.inputs
     assert merged.class_counts == pooled.class_counts
     assert merged.fallback == pooled.fallback == {"no_model": 4}
+    assert merged.fallback_errors == pooled.fallback_errors == {"no_model": 1}
+    assert merged.fallback_latency_buckets == pooled.fallback_latency_buckets
+    assert sum(merged.fallback_latency_buckets) == 4
     assert TelemetrySummary.from_json(merged.to_json()) == merged
 
 
