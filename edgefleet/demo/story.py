@@ -25,7 +25,7 @@ from edgefleet.demo.traffic import Traffic
 from protocol import layout
 
 Say = Callable[[str], None]
-FINAL = ("completed", "aborted", "rolled_back")
+FINAL = ("completed", "aborted", "rolled_back", "paused")  # paused: a gate stopped it and nobody resumes
 
 
 @dataclass
