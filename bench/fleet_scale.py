@@ -75,9 +75,12 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
                                env={**os.environ, "EDGEFLEET_HUB_ADMIN_TOKEN": env.admin_token},
                                stdout=subprocess.DEVNULL, stderr=(folder / "simulate.log").open("wb"))
         deadline = time.monotonic() + 300
-        while sum(1 for d in env.api("GET", "/api/v1/devices") if d["online"]) < size + REAL_AGENTS:
+        online = 0
+        while online < size + REAL_AGENTS:
+            online = sum(1 for d in env.api("GET", "/api/v1/devices") if d["online"])
             if time.monotonic() > deadline or sim.poll() is not None:
-                raise TimeoutError(f"devices did not come online: {(folder / 'simulate.log').read_text()[-500:]}")
+                raise TimeoutError(f"{online}/{size + REAL_AGENTS} devices online, simulator exit code {sim.poll()}: "
+                                   f"{(folder / 'simulate.log').read_text()[-500:]}")
             time.sleep(0.5)
         enroll_s = time.perf_counter() - t0
         cpu0, t0 = _proc_cpu_s(env.hub.pid), time.perf_counter()

@@ -58,6 +58,7 @@ class Hub:
     auth: MosquittoAuth | None = field(init=False, default=None)
     admin_token: str = field(init=False)
     _hub_hash: str | None = field(init=False, default=None)
+    _auth_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
     _threads: list[threading.Thread] = field(init=False, default_factory=list)
 
@@ -89,19 +90,22 @@ class Hub:
         """Rewrite the broker's password/ACL files from the device table (validated, then SIGHUP).
 
         Given the enrollment's own connection, the new device's account is live before the enrollment
-        commits; if the broker refuses, the transaction rolls back and the token is not used up.
+        commits; if the broker refuses, the transaction rolls back and the token is not used up. That
+        view misses other enrollments still in flight, so every change calls this again after its commit
+        (no connection): reading and applying under one lock, the last call writes every committed account.
         """
         if self.auth is None:
             return
-        if conn is None:
-            with self.engine.connect() as own:
-                hashes = device_store.password_hashes(conn=own)
-        else:
-            hashes = device_store.password_hashes(conn=conn)
-        if self._hub_hash is None:  # one salt per process: a changed hash makes mosquitto drop the hub
-            self._hub_hash = mosquitto_hash(self.mqtt_password)
-        hashes[HUB_USERNAME] = self._hub_hash
-        self.auth.apply(hashes)
+        with self._auth_lock:
+            if conn is None:
+                with self.engine.connect() as own:
+                    hashes = device_store.password_hashes(conn=own)
+            else:
+                hashes = device_store.password_hashes(conn=conn)
+            if self._hub_hash is None:  # one salt per process: a changed hash makes mosquitto drop the hub
+                self._hub_hash = mosquitto_hash(self.mqtt_password)
+            hashes[HUB_USERNAME] = self._hub_hash
+            self.auth.apply(hashes)
 
     def start(self) -> None:
         """Broker auth, MQTT bridge, rollout ticks and the TUF expiry job."""

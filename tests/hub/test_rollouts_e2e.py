@@ -170,3 +170,26 @@ def test_decommissioned_device_loses_token_and_broker_account(fleet: Fleet) -> N
     assert dev.client is not None and not dev.client.is_connected()
     assert keep.client is not None and keep.client.is_connected()
     assert "device.decommission" in [e["action"] for e in fleet.api("GET", "/api/v1/audit").json()]
+
+
+@pytest.mark.parametrize("fleet_db", ["sqlite", "postgresql"], indirect=True)
+def test_concurrent_enrollments_keep_every_broker_account(fleet: Fleet) -> None:
+    """Enrollments racing each other (PostgreSQL runs them truly in parallel): every account stays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from protocol.http import ENROLL_PATH
+
+    # One token each: enrollments sharing a token serialise on its row; separate ones really interleave.
+    tokens = [fleet.api("POST", "/api/v1/enrollment-tokens", json={}).json()["token"] for _ in range(24)]
+
+    def enroll(i: int) -> int:
+        r = httpx.post(f"{fleet.url}{ENROLL_PATH}", json={"enrollment_token": tokens[i], "profile": "raspberry_pi_4",
+                                                         "device_id": f"race-{i:02d}"}, timeout=60)  # fmt: skip
+        return r.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(enroll, range(24))) == {201}
+    users = {line.split(":", 1)[0] for line in fleet.auth.password_file.read_text().splitlines() if line}
+    assert {f"race-{i:02d}" for i in range(24)} <= users

@@ -107,6 +107,7 @@ def decommission_device(device_id: Identifier, hub: HubDep, actor: AdminDep) -> 
             raise NotFound(f"no device {device_id!r}")
         hub.sync_broker_auth(conn)
         audit.record(conn=conn, now=hub.clock(), actor=actor, action="device.decommission", target=device_id)
+    hub.sync_broker_auth()  # committed view (see Hub.sync_broker_auth)
     if hub.bridge is not None:
         hub.bridge.clear_desired(device_id)
     return Response(status_code=204)

@@ -40,6 +40,7 @@ def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
         audit.record(conn=conn, now=now, actor=f"device:{device_id}", action="device.enroll", target=device_id,
                      details={"token_id": token["id"], "profile": body.profile})  # fmt: skip
         hub.sync_broker_auth(conn)
+    hub.sync_broker_auth()  # committed view: no concurrent enrollment's account is lost
     hub.rollouts.adopt_device(device_id)
     s = hub.settings
     return EnrollResponse(
