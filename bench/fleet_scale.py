@@ -77,7 +77,7 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
         deadline = time.monotonic() + 300
         online = 0
         while online < size + REAL_AGENTS:
-            online = sum(1 for d in env.api("GET", "/api/v1/devices") if d["online"])
+            online = sum(1 for d in env.api("GET", "/api/v1/devices?limit=10000") if d["online"])
             if time.monotonic() > deadline or sim.poll() is not None:
                 raise TimeoutError(f"{online}/{size + REAL_AGENTS} devices online, simulator exit code {sim.poll()}: "
                                    f"{(folder / 'simulate.log').read_text()[-500:]}")
@@ -109,8 +109,9 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    keep = os.environ.get("EDGEFLEET_BENCH_DIR")  # keep hub, broker and agent logs for a post-mortem
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
-        root = Path(tmp)
+        root = Path(keep) if keep else Path(tmp)
         model_out = _model(root / "model")
         runs = [run(n, root / f"n{n}", model_out) for n in SIZES]
     largest = runs[-1]
