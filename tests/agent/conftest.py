@@ -34,3 +34,22 @@ def observer(broker: Broker, unique_root: str) -> Iterator[Observer]:
     obs = Observer(broker, unique_root)
     yield obs
     obs.close()
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, hub: HubStub, unique_root: str) -> Iterator[object]:
+    """Start agents (settings overrides as keyword arguments) against the stub hub; stopped afterwards."""
+    from agent.daemon import Agent
+    from tests.agent.harness import agent_settings
+
+    agents: list[Agent] = []
+
+    def make(**overrides: object) -> Agent:
+        a = Agent(agent_settings(tmp_path / "device", hub, unique_root, **overrides))
+        a.start()
+        agents.append(a)
+        return a
+
+    yield make
+    for a in agents:
+        a.stop()

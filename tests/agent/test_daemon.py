@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.daemon import Agent
 from protocol.messages import CommandKind
 from tests.agent.builders import make_manifest, onnx_linear
-from tests.agent.harness import Observer, agent_settings, wait_for
+from tests.agent.harness import Observer, wait_for
 from tests.agent.hubstub import HubStub
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def make_agent(tmp_path: Path, hub: HubStub, unique_root: str) -> Iterator[object]:
-    agents: list[Agent] = []
-
-    def make(**overrides: object) -> Agent:
-        a = Agent(agent_settings(tmp_path / "device", hub, unique_root, **overrides))
-        a.start()
-        agents.append(a)
-        return a
-
-    yield make
-    for a in agents:
-        a.stop()
 
 
 def publish_version(hub: HubStub, tmp_path: Path, version: int, **kw: object) -> str:

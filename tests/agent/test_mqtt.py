@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,19 +67,6 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         dst.shutdown(socket.SHUT_RDWR)
 
 
-@pytest.fixture
-def agent_factory(tmp_path: Path, hub: HubStub, unique_root: str) -> Iterator[object]:
-    made: list[Agent] = []
-
-    def make(**kw: object) -> Agent:
-        a = Agent(agent_settings(tmp_path / "device", hub, unique_root, **kw))
-        a.start()
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.stop()
 
 
 def _publish_v1(hub: HubStub, tmp_path: Path) -> str:
@@ -89,11 +75,11 @@ def _publish_v1(hub: HubStub, tmp_path: Path) -> str:
 
 
 def test_falls_back_to_mqtt_311_and_still_converges(
-    tmp_path: Path, broker: Broker, hub: HubStub, observer: Observer, agent_factory
+    tmp_path: Path, broker: Broker, hub: HubStub, observer: Observer, make_agent
 ) -> None:
     gate = Mqtt311Gate(broker.port)
     try:
-        agent = agent_factory(mqtt_port=gate.port)
+        agent = make_agent(mqtt_port=gate.port)
         wait_for(lambda: agent.mqtt.connected.is_set(), what="connected through the 3.1.1 gate")
         assert gate.refused_v5 >= 1
         assert agent.mqtt.protocol is MQTTProtocolVersion.MQTTv311
@@ -105,9 +91,9 @@ def test_falls_back_to_mqtt_311_and_still_converges(
 
 
 def test_mqtt5_persistent_session_and_reconnect_after_broker_restart(
-    tmp_path: Path, broker: Broker, hub: HubStub, observer: Observer, agent_factory
+    tmp_path: Path, broker: Broker, hub: HubStub, observer: Observer, make_agent
 ) -> None:
-    agent = agent_factory()
+    agent = make_agent()
     wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
     assert agent.mqtt.protocol is MQTTProtocolVersion.MQTTv5
     broker.restart()
@@ -179,11 +165,11 @@ def test_per_device_credentials_and_acl(tmp_path: Path, unique_root: str, caplog
 
 
 def test_events_emitted_while_offline_are_delivered_after_reconnect(
-    broker: Broker, hub: HubStub, observer: Observer, agent_factory
+    broker: Broker, hub: HubStub, observer: Observer, make_agent
 ) -> None:
     from protocol.messages import EventKind
 
-    agent = agent_factory()
+    agent = make_agent()
     wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
     broker.stop()
     wait_for(lambda: not agent.mqtt.connected.is_set(), what="agent noticed the broker is gone")
