@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -72,21 +73,21 @@ class Agent:
             keepalive_s=settings.keepalive_s,
             backoff=(settings.reconnect_min_s, settings.reconnect_max_s),
         )
+        tele = settings.telemetry
         self.events = EventLog(
-            self.device_id,
-            settings.data_dir / "events.seq",
-            lambda payload: self.mqtt.publish(Channel.EVENTS, payload),
-            self.metrics,
+            self.device_id, settings.data_dir, self.metrics, max_bytes=tele.events_max_bytes,
+            max_age_s=tele.outbox_max_age_s,
         )
         self.context = ServingContext(self.store, self.lifecycle, self.serving, self.metrics, self.steps.workdir)
         self.recorders, self.inference, self.uplink = serving_path(
-            settings, self.device_id, self.profile.name, self.mqtt, self.context
+            settings, self.device_id, self.profile.name, self.mqtt, self.context, self.events
         )
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
     # ---- start / stop -------------------------------------------------------------------------
     def start(self) -> None:
         """Serve what is active, finish interrupted updates, then connect."""
+        self.store.clean_leftovers()
         for name in self.store.names():
             self.context.serve_active(name, self.profile.threads)
         for name in self.lifecycle.names():
@@ -103,6 +104,7 @@ class Agent:
         self.uplink.stop()  # open windows go to the outbox; they are sent after the next start
         self.mqtt.stop()
         self.steps.close()
+        self.events.close()
 
     # ---- incoming messages (MQTT thread: validate, count, enqueue; never raise) -------------------
     def _on_connected(self) -> None:
@@ -117,7 +119,9 @@ class Agent:
                 ack = Ack.from_json(payload)
                 if ack.channel == "telemetry":
                     self.uplink.ack(ack.ids)
-                return  # events are numbered and deduplicated by seq; they are not kept in the outbox
+                else:
+                    self.uplink.ack_events(ack.ids)
+                return
             if channel is Channel.DESIRED:
                 if not payload:
                     return  # retained message cleared
@@ -185,7 +189,24 @@ class Agent:
             record.reason = None
             record.rejected_version = None
             self.lifecycle.fire(record, Ev.UPDATE)
+        wanted = {m.name for m in desired.models}
+        for name in sorted(set(self.store.names()) | set(self.lifecycle.names())):
+            if name not in wanted:
+                self.uninstall(name, f"not in desired state generation {desired.generation}")
         self.applied_generation = desired.generation
+
+    def uninstall(self, name: str, reason: str) -> None:
+        """A model the hub no longer wants: stop serving it, delete its versions and its record."""
+        record = self.lifecycle.load(name)
+        if record.state not in TERMINAL:
+            return  # an interrupted update finishes first (resumed at start); the next reconcile removes it
+        version = self.store.slot_version(name, "active")
+        self.serving.remove(name)
+        self.store.remove(name)
+        self.lifecycle.forget(name)
+        with contextlib.suppress(KeyError):  # never served in this process
+            self.metrics.active_version.remove(name)
+        self.emit(EventKind.UNINSTALLED, model=name, version=version, reason=reason)
 
     def request_rollback(self, name: str) -> None:
         """Queue a manual rollback (from the local API)."""
@@ -253,7 +274,7 @@ class Agent:
         )
 
     def emit(self, kind: EventKind, **fields: Any) -> Event:
-        """Publish one numbered event."""
+        """Store one numbered event; it is sent until the hub acknowledges it."""
         return self.events.emit(kind, **fields)
 
     def reported_state(self) -> ReportedState:

@@ -9,8 +9,6 @@ Rollback is entered only through the `ROLLING_BACK` state.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -102,8 +100,6 @@ class UpdateSteps(Protocol):
 
 
 Transition = Callable[[UpdateRecord, State, Ev, State], None]
-# Test hook: pause (so a test can kill -9 the process) right after entering this state.
-PAUSE_ENV = "EDGEFLEET_AGENT_TEST_PAUSE_IN_STATE"
 
 
 class Lifecycle:
@@ -124,6 +120,10 @@ class Lifecycle:
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.state_dir.glob("*.json"))
+
+    def forget(self, name: str) -> None:
+        """Drop the record of a model that is no longer installed."""
+        (self.state_dir / f"{name}.json").unlink(missing_ok=True)
 
     def save(self, record: UpdateRecord) -> None:
         record.updated_at = datetime.now(UTC)
@@ -151,7 +151,6 @@ class Lifecycle:
             entries = record.entries.get(record.state.value, 0) + 1
             record.entries[record.state.value] = entries
             self.save(record)  # persisted before the interruptible action
-            _maybe_pause(self.state_dir, record)
             if entries > MAX_STATE_ENTRIES and record.state not in UNGUARDED:
                 record.reason = f"{record.state.value} started {entries - 1} times without finishing; giving up"
                 event = Ev.ERROR
@@ -180,12 +179,3 @@ class Lifecycle:
         if self.on_transition is not None:
             self.on_transition(record, before, event, after)
 
-
-def _maybe_pause(state_dir: Path, record: UpdateRecord) -> None:
-    """Test hook `state@version`: stop here (state already persisted) until the test kills us."""
-    if os.environ.get(PAUSE_ENV) == f"{record.state.value}@{record.target_version}":
-        import time
-
-        (state_dir / f"paused-in-{record.state.value}").write_text(json.dumps({"pid": os.getpid()}))
-        while True:
-            time.sleep(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from agent.lifecycle import Ev, Lifecycle
 from agent.metrics import AgentMetrics
 from agent.serving import ServingRegistry
 from agent.store import ModelStore
+from agent.telemetry.outbox import Outbox
 from protocol.messages import Event, EventKind, ReportedModel, ReportedState
 from protocol.messages import LifecycleState as State
 
@@ -47,26 +49,80 @@ def event_for_transition(before: State, event: Ev, after: State) -> EventKind | 
 
 
 class EventLog:
-    """Numbers events with a per-device sequence persisted on disk, so it grows across restarts."""
+    """Numbered lifecycle events, stored in an outbox until the hub acknowledges them.
 
-    def __init__(self, device_id: str, seq_path: Path, publish: Callable[[bytes], None], metrics: AgentMetrics) -> None:
+    `emit` returns once the event is committed to `events.sqlite` (WAL, synchronous=FULL) together
+    with its sequence number, so a kill -9 or power loss never loses an emitted event nor reuses a
+    seq. The telemetry uplink thread sends pending events in seq order and deletes them when the hub
+    acknowledges their seqs (`Ack(channel="events")`); the hub drops duplicates by (device, seq).
+    Events have their own outbox file and cap, so a telemetry backlog never pushes them out; when
+    the events cap itself is exceeded the oldest are dropped, counted (`dropped`) and show as seq gaps.
+    `events.seq` mirrors the last seq for operators and for data dirs from before the outbox.
+    """
+
+    CHANNEL = "events"
+
+    def __init__(
+        self,
+        device_id: str,
+        data_dir: Path,
+        metrics: AgentMetrics,
+        *,
+        max_bytes: int = 5 * 2**20,
+        max_age_s: float = 7 * 86400,
+    ) -> None:
         self.device_id = device_id
-        self.seq_path = seq_path
-        self.publish = publish
+        self.seq_path = data_dir / "events.seq"
         self.metrics = metrics
-        self._seq = int(seq_path.read_text()) if seq_path.exists() else 0
+        self.outbox = Outbox(data_dir / "events.sqlite", max_bytes=max_bytes, max_age_s=max_age_s, shared=True)
+        legacy = int(self.seq_path.read_text() or 0) if self.seq_path.exists() else 0
+        self._seq = max(legacy, self.outbox.meta("seq"))
         self._lock = threading.Lock()
+        self.on_stored: Callable[[], None] = lambda: None  # wakes the sender
+
+    @property
+    def seq(self) -> int:
+        return self._seq
 
     def emit(self, kind: EventKind, **fields: Any) -> Event:
-        """Publish one event (QoS 1) with the next sequence number."""
+        """Store one event with the next sequence number; the uplink sends it."""
         with self._lock:
             self._seq += 1
-            atomic_write(self.seq_path, str(self._seq).encode())
             event = Event(device_id=self.device_id, seq=self._seq, kind=kind, ts=datetime.now(UTC), **fields)
+            self.outbox.put_many([(self.CHANNEL, event.to_json())], set_meta={"seq": self._seq})
+            atomic_write(self.seq_path, str(self._seq).encode())
         self.metrics.events.labels(kind.value).inc()
         log.info("event %s %s", kind.value, event.reason or "")
-        self.publish(event.to_bytes())
+        self.on_stored()
         return event
+
+    def pending(self, after: int, limit: int) -> list[tuple[int, int, str]]:
+        """(row id, seq, payload) of stored events with a row id above `after`, oldest first."""
+        with self._lock:
+            rows = self.outbox.pending(limit=limit, after=after)
+        out = []
+        for row in rows:
+            try:
+                seq = int(json.loads(row.payload)["seq"])
+            except (ValueError, KeyError, TypeError):  # cannot happen for rows emit() wrote; never block the queue
+                log.error("events outbox row %d is not an event, deleted", row.id)
+                self.delete([row.id])
+                continue
+            out.append((row.id, seq, row.payload))
+        return out
+
+    def delete(self, row_ids: list[int]) -> int:
+        """Forget acknowledged events."""
+        with self._lock:
+            return self.outbox.ack(row_ids)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {**self.outbox.stats(), "seq": self._seq}
+
+    def close(self) -> None:
+        with self._lock:
+            self.outbox.close()
 
 
 def reported_state(

@@ -12,6 +12,7 @@ from agent.lifecycle import TERMINAL, Lifecycle, UpdateRecord
 from agent.metrics import AgentMetrics
 from agent.model import LoadedModel
 from agent.mqtt import MqttSession
+from agent.reporting import EventLog
 from agent.serving import ServingRegistry
 from agent.settings import AgentSettings
 from agent.store import ModelStore
@@ -100,7 +101,12 @@ class ServingContext:
 
 
 def serving_path(
-    settings: AgentSettings, device_id: str, profile: str, mqtt: MqttSession, context: ServingContext
+    settings: AgentSettings,
+    device_id: str,
+    profile: str,
+    mqtt: MqttSession,
+    context: ServingContext,
+    events: EventLog | None = None,
 ) -> tuple[Recorders, InferenceService, TelemetryUplink]:
     """The recorders, the inference service (fallback routers) and the telemetry uplink of one daemon."""
     tele = settings.telemetry
@@ -113,6 +119,8 @@ def serving_path(
         publish=lambda payload: mqtt.publish(Channel.TELEMETRY, payload),
         connected=mqtt.connected.is_set,
         on_closed=context.window_closed,
+        events=events,
+        publish_event=lambda payload: mqtt.publish(Channel.EVENTS, payload),
     )
     inference = InferenceService(
         context.serving,

@@ -30,6 +30,8 @@ class TelemetrySettings(BaseModel):
     outbox_max_bytes: int = Field(default=50 * 2**20, ge=4096)
     outbox_max_age_s: float = Field(default=7 * 86400, gt=0)
     policy: Literal["drop_oldest", "refuse_newest"] = "drop_oldest"
+    # Lifecycle events wait in their own outbox (events.sqlite): telemetry never pushes them out.
+    events_max_bytes: int = Field(default=5 * 2**20, ge=4096)
     max_inflight: int = Field(default=100, ge=1, le=10_000)  # unacknowledged messages on the wire
     ack_timeout_s: float = Field(default=30.0, gt=0)  # resend from the oldest unacked row after this
     tick_s: float = Field(default=1.0, gt=0, le=60)  # how often windows and acks are looked at

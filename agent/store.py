@@ -32,7 +32,7 @@ class ModelStore:
 
     def names(self) -> list[str]:
         """Every model with at least one installed version."""
-        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
+        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir() and not p.name.startswith("."))
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.root / name / "versions" / str(version)
@@ -112,6 +112,25 @@ class ModelStore:
         for entry in versions.iterdir():
             if entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def remove(self, name: str) -> None:
+        """Delete every version of `name`: one rename takes it out of the store, then its files go.
+
+        A crash after the rename leaves only a `.<name>.removed` leftover, which the next call (or
+        `clean_leftovers`) deletes; a crash before it leaves the model installed as it was.
+        """
+        folder = self.root / name
+        doomed = self.root / f".{name}.removed"
+        if folder.exists():
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(folder, doomed)
+            fsync_dir(self.root)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def clean_leftovers(self) -> None:
+        """Finish removals a crash interrupted."""
+        for leftover in self.root.glob(".*.removed"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def _clear(self, name: str, slot: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -97,6 +97,7 @@ class EventKind(StrEnum):
     COMMITTED = "committed"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    UNINSTALLED = "uninstalled"  # the model left the desired state: no longer served, its files deleted
     MESSAGE_REJECTED = "message_rejected"  # a malformed desired state or command
     HEALTH = "health"  # periodic model-health snapshot (telemetry issue)
 

@@ -11,6 +11,7 @@ Start-up reads two counters, never scans the backlog.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,14 +42,16 @@ class Outbox:
         max_age_s: float = 7 * 86400,
         policy: Policy = "drop_oldest",
         clock: Callable[[], float] = time.time,
+        shared: bool = False,
     ) -> None:
+        """`shared`: the connection may be used from several threads (the caller serialises the calls)."""
         self.path = path
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.policy = policy
         self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(path)
+        self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=not shared, timeout=30))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         if "rows" not in self.db.table_names():
@@ -64,6 +67,11 @@ class Outbox:
     def _meta(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()[0])
 
+    def meta(self, key: str, default: int = 0) -> int:
+        """A counter stored with `put_many(set_meta=...)` (or one of the outbox's own)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return int(row[0]) if row else default
+
     def _bump(self, key: str, delta: int) -> None:
         self.db.execute("UPDATE meta SET value = value + ? WHERE key = ?", [delta, key])
 
@@ -72,8 +80,12 @@ class Outbox:
         ids = self.put_many([(channel, payload)])
         return ids[0]
 
-    def put_many(self, items: Iterable[tuple[str, str]]) -> list[int | None]:
-        """Store payloads in one transaction, in order; None for each refused one."""
+    def put_many(self, items: Iterable[tuple[str, str]], *, set_meta: dict[str, int] | None = None) -> list[int | None]:
+        """Store payloads in one transaction, in order; None for each refused one.
+
+        `set_meta` stores counters of the caller's in the same transaction (e.g. the event sequence
+        number that goes with the row), so a crash never separates the two.
+        """
         now = self._clock()
         batch = [(ch, p, len(p.encode("utf-8"))) for ch, p in items]
         accept = self._admit([size for _, _, size in batch])
@@ -91,6 +103,8 @@ class Outbox:
             self.db.conn.executemany("INSERT INTO rows (channel, payload, bytes, created) VALUES (?, ?, ?, ?)", kept)
             self._bump("bytes", sum(r[2] for r in kept))
             self._bump("rows", len(kept))
+            for key, value in (set_meta or {}).items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
         ids = iter(range(first, first + len(kept)))
         return [next(ids) if ok else None for ok in accept]
 

@@ -8,6 +8,10 @@ Sending: rows go out in id order, at most `max_inflight` unacknowledged at a tim
 or when the oldest unacked row waited longer than `ack_timeout_s`, sending restarts from the oldest
 pending row (the hub stores each id once). `dropped_before` carries `Outbox.unreported_drops()` on the
 first row sent after drops; it is marked reported only when that row is acknowledged.
+
+Lifecycle events (agent.reporting.EventLog) have their own outbox file; this thread sends them the
+same way (in seq order, `max_inflight` at a time, from the oldest again after a reconnect or an ack
+timeout) and deletes them when the hub acknowledges their seqs.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.settings import TelemetrySettings
 from agent.telemetry.outbox import Outbox
 from agent.telemetry.recorders import Recorders
 from protocol.telemetry import TelemetryMessage, TelemetrySummary, encode_message
+
+if TYPE_CHECKING:
+    from agent.reporting import EventLog
 
 log = logging.getLogger(__name__)
 CHANNEL = "telemetry"
@@ -43,6 +50,8 @@ class TelemetryUplink:
         connected: Callable[[], bool],
         on_closed: Callable[[TelemetrySummary], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        events: EventLog | None = None,
+        publish_event: Callable[[bytes], None] | None = None,
     ) -> None:
         self.settings = settings
         self.outbox_path = outbox_path
@@ -64,6 +73,17 @@ class TelemetryUplink:
         self.acked = 0
         self.corrupt = 0
         self.stats: dict[str, int] = {}
+        self.events = events
+        self._publish_event = publish_event
+        self._event_acks: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        self._event_rows: dict[int, int] = {}  # seq -> row id, for rows sent and not yet acknowledged
+        self._event_sent: dict[int, float] = {}  # seq -> when it was (last) sent
+        self._event_upto = 0
+        self._event_restart = True
+        self.events_sent = 0
+        self.events_acked = 0
+        if events is not None:
+            events.on_stored = self.wake
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
 
@@ -81,9 +101,15 @@ class TelemetryUplink:
         self._acks.put(list(ids))
         self._wake.set()
 
+    def ack_events(self, seqs: Iterable[int]) -> None:
+        """The hub stored these events (MQTT thread): delete them from the events outbox soon."""
+        self._event_acks.put(list(seqs))
+        self._wake.set()
+
     def reconnected(self) -> None:
         """A new MQTT connection: resend everything still unacknowledged, in order."""
         self._restart = True
+        self._event_restart = True
         self._wake.set()
 
     def wake(self) -> None:
@@ -123,7 +149,9 @@ class TelemetryUplink:
             for summary in summaries:
                 if self._on_closed is not None:
                     self._on_closed(summary)
+        self._apply_event_acks()
         if self._connected() and not final:
+            self._send_events()
             self._send(outbox)
         self.stats = outbox.stats()
 
@@ -174,12 +202,50 @@ class TelemetryUplink:
             self._sent_upto = row.id
             self.sent += 1
 
+    def _apply_event_acks(self) -> None:
+        if self.events is None:
+            return
+        seqs: list[int] = []
+        while True:
+            try:
+                seqs += self._event_acks.get_nowait()
+            except queue.Empty:
+                break
+        rows = [self._event_rows.pop(seq) for seq in seqs if seq in self._event_rows]
+        for seq in seqs:
+            self._event_sent.pop(seq, None)
+        if rows:
+            self.events_acked += self.events.delete(rows)
+
+    def _send_events(self) -> None:
+        if self.events is None or self._publish_event is None:
+            return
+        now = self._clock()
+        oldest = min(self._event_sent.values(), default=now)
+        if self._event_restart or now - oldest > self.settings.ack_timeout_s:
+            self._event_restart = False
+            self._event_upto = 0
+            self._event_sent.clear()  # the seq -> row map stays: a late ack still deletes its row
+        room = self.settings.max_inflight - len(self._event_sent)
+        if room <= 0:
+            return
+        for row_id, seq, payload in self.events.pending(after=self._event_upto, limit=room):
+            self._publish_event(payload.encode())
+            self._event_rows[seq] = row_id
+            self._event_sent[seq] = now
+            self._event_upto = row_id
+            self.events_sent += 1
+
     def view(self) -> dict[str, Any]:
         """Outbox counters for /healthz and metrics."""
-        return {
+        out: dict[str, Any] = {
             **self.stats,
             "inflight": len(self._inflight),
             "sent": self.sent,
             "acked": self.acked,
             "corrupt": self.corrupt,
         }
+        if self.events is not None:
+            out["events"] = {**self.events.stats(), "sent": self.events_sent, "acked": self.events_acked,
+                             "inflight": len(self._event_sent)}
+        return out

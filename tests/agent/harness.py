@@ -15,17 +15,29 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.settings import AgentSettings
-from protocol.messages import Command, CommandKind, DesiredModel, DesiredState
+from protocol.messages import Ack, Command, CommandKind, DesiredModel, DesiredState
 from protocol.topics import Channel, device_topic
 from tests.agent.hubstub import ENROLL_TOKEN, HubStub
 from tests.support.broker import Broker
 
 
 class Observer:
-    """A plain paho client that records everything under the test's topic root and publishes for the hub."""
+    """A plain paho client that records everything under the test's topic root and publishes for the hub.
 
-    def __init__(self, broker: Broker, root: str, username: str | None = None, password: str | None = None) -> None:
+    Like the hub, it acknowledges events (so the agent's events outbox drains) unless `ack_events` is
+    off, and `events()` lists each (device, seq) once: an agent resends what was not acknowledged.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        root: str,
+        username: str | None = None,
+        password: str | None = None,
+        ack_events: bool = True,
+    ) -> None:
         self.root = root
+        self.ack_events = ack_events
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         # A persistent session: the broker keeps our subscription and queues QoS 1 messages across restarts.
@@ -42,6 +54,10 @@ class Observer:
     def _on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload)))
+        if self.ack_events and msg.topic.endswith("/" + Channel.EVENTS.value) and msg.payload:
+            device_id = msg.topic[len(self.root) + len("/devices/") :].split("/")[0]
+            ack = Ack(channel="events", ids=[int(json.loads(msg.payload)["seq"])])
+            self.client.publish(device_topic(device_id, Channel.ACK, self.root), ack.to_bytes(), qos=1)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -52,7 +68,15 @@ class Observer:
             return [json.loads(p) for t, p in self.messages if t.endswith("/" + channel.value) and p]
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.payloads(Channel.EVENTS) if kind is None or e["kind"] == kind]
+        """Events in arrival order, each (device, seq) once."""
+        seen: set[tuple[str, int]] = set()
+        out = []
+        for e in self.payloads(Channel.EVENTS):
+            key = (e["device_id"], e["seq"])
+            if key not in seen and (kind is None or e["kind"] == kind):
+                out.append(e)
+            seen.add(key)
+        return out
 
     def payloads_status(self) -> list[dict[str, Any]]:
         return self.payloads(Channel.STATUS)

@@ -39,11 +39,10 @@ def write_config(path: Path, data_dir: Path, hub: HubStub, root: str, **extra: A
 def start_agent(config: Path, log: Path, pause: str | None = None) -> subprocess.Popen[bytes]:
     """Start the daemon; `pause="state@version"` makes it stop after persisting that state."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
-    if pause:
-        env["EDGEFLEET_AGENT_TEST_PAUSE_IN_STATE"] = pause
+    entry = ["-m", "tests.agent.paused_agent", pause] if pause else ["-m", "edgefleet"]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
+            [sys.executable, *entry, "agent", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

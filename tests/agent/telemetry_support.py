@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from hub.db.engine import make_engine
-from hub.db.schema import metadata, telemetry
+from hub.db.schema import events, metadata, telemetry
 from hub.metrics import HubMetrics
 from hub.mqtt.bridge import MqttBridge
 from protocol.manifest import BaselineStats, HistogramBaseline, Manifest, Task
@@ -47,6 +47,14 @@ def stored_ids(engine: Engine) -> list[int]:
     """Outbox ids the hub stored, in the order it stored them."""
     with engine.connect() as conn:
         return [int(r[0]) for r in conn.execute(select(telemetry.c.msg_id).order_by(telemetry.c.id))]
+
+
+def stored_events(engine: Engine, device_id: str = "dev-1") -> list[tuple[int, str, str | None]]:
+    """(seq, kind, reason) of the events the hub stored for a device, in seq order."""
+    with engine.connect() as conn:
+        q = select(events.c.seq, events.c.kind, events.c.payload).where(events.c.device_id == device_id)
+        rows = conn.execute(q.order_by(events.c.seq)).all()
+    return [(int(r.seq), str(r.kind), r.payload.get("reason")) for r in rows]
 
 
 def stored_summaries(engine: Engine) -> list[dict[str, object]]:

@@ -139,3 +139,41 @@ def _port_closed(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_model_dropped_from_the_desired_state_is_uninstalled(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    agent = make_agent()
+    t1 = publish_version(hub, tmp_path, 1)
+    observer.desire("dev-1", 1, [("demo", 1, t1, False)])
+    wait_for(lambda: committed(observer, 1), what="v1 committed")
+    models = tmp_path / "device" / "models"
+    assert (models / "demo" / "versions" / "1").is_dir()
+    observer.desire("dev-1", 2, [])  # e.g. the hub rolled back the model's first rollout
+    gone = wait_for(lambda: observer.events("uninstalled"), what="uninstalled")
+    assert gone[0]["model"] == "demo" and gone[0]["version"] == 1 and "generation 2" in gone[0]["reason"]
+    assert agent.serving.get("demo") is None and agent.store.names() == [] and agent.lifecycle.names() == []
+    assert list(models.iterdir()) == []  # the files are gone, no leftovers
+    reported = wait_for(lambda: (r := observer.last_reported()) and r["applied_generation"] == 2 and r, what="report")
+    assert reported["models"] == []
+    from agent.inference import NotServing
+
+    with pytest.raises(NotServing, match="demo"):
+        agent.predict("demo", {"x": np.ones((1, 4), np.float32)})
+    observer.desire("dev-1", 3, [("demo", 1, t1, False)])  # wanted again later: installed again from scratch
+    wait_for(lambda: agent.serving.get("demo") is not None, what="v1 again")
+    assert agent.store.slot_version("demo", "active") == 1
+
+
+def test_an_interrupted_removal_is_finished_at_start(tmp_path: Path) -> None:
+    from agent.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    (tmp_path / "models" / "demo" / "versions" / "1").mkdir(parents=True)
+    (tmp_path / "models" / ".old.removed" / "versions" / "3").mkdir(parents=True)  # a crash mid-removal
+    assert store.names() == ["demo"]
+    store.clean_leftovers()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["demo"]
+    store.remove("demo")
+    assert store.names() == [] and list((tmp_path / "models").iterdir()) == []

@@ -27,6 +27,7 @@ from tests.agent.telemetry_support import (
     install_classifier,
     observed,
     start_bridge,
+    stored_events,
     stored_ids,
     stored_summaries,
 )
@@ -100,6 +101,41 @@ def test_summaries_arrive_in_order_are_deleted_on_ack_and_resent_after_broker_re
     assert [s["window_start"] for s in summaries] == sorted(s["window_start"] for s in summaries)
     sent = [m.id for m in observed(observer)]
     assert set(sent) == set(ids) and len(sent) >= 5  # duplicates on the wire are fine; the hub stored each once
+
+
+def test_events_emitted_offline_survive_a_restart_and_reach_the_hub_once_in_order(
+    tmp_path: Path, agent: Agent, broker: Broker, engine: Engine, observer: Observer, unique_root: str
+) -> None:
+    wait_for(lambda: agent.uplink.view()["events"]["rows"] == 0, what="install events acknowledged")
+    observer.ack_events = False  # from here on only the hub acknowledges
+    before = agent.events.seq
+    bridge = start_bridge(engine, broker, unique_root)
+    try:
+        broker.stop()
+        wait_for(lambda: not agent.mqtt.connected.is_set(), what="offline")
+        for _ in range(3):  # the operator asks for a rollback there is nothing to roll back to
+            agent.request_rollback("demo")
+        wait_for(lambda: agent.events.seq == before + 3, what="three events stored")
+        assert agent.uplink.view()["events"]["rows"] == 3
+        agent.stop()  # the device restarts while offline: the events wait on disk, not in paho's memory
+        settings = agent.settings
+        broker.start()
+        again = Agent(settings)
+        again.start()
+        try:
+            wait_for(
+                lambda: len(stored_events(engine)) == 3 and again.uplink.view()["events"]["rows"] == 0,
+                what="events delivered after the restart",
+                timeout=40,
+            )
+            assert again.events.seq == before + 3  # numbering continues across the restart
+        finally:
+            again.stop()
+    finally:
+        bridge.stop()
+    assert stored_events(engine) == [
+        (seq, "failed", "cannot roll back demo: no previous version") for seq in range(before + 1, before + 4)
+    ]
 
 
 def test_long_offline_outbox_stays_capped_counts_drops_and_drains_in_order(

@@ -1,0 +1,53 @@
+"""`python -m tests.agent.paused_agent STATE@VERSION ARGS...`: the real `edgefleet ARGS...`, except that it
+stops at the start of one lifecycle step (the state already persisted) until the test kills it -9.
+
+The hook lives here, in the tests, and wraps the agent's step method for that state; the agent's own
+code has no test switch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from agent.lifecycle import Ev, UpdateRecord
+from agent.steps import DeviceSteps
+
+ACTIONS = {
+    "downloading": "download",
+    "verifying": "verify",
+    "staged": "stage",
+    "activating": "activate",
+    "self_test": "self_test",
+    "probation": "probation",
+    "rolling_back": "roll_back",
+}
+
+
+def pause_in(state: str, version: int) -> None:
+    """Make DeviceSteps block in `state` for `version`, leaving `lifecycle/paused-in-<state>` as the signal."""
+    name = ACTIONS[state]
+    original: Callable[[DeviceSteps, UpdateRecord], Ev] = getattr(DeviceSteps, name)
+
+    def paused(self: DeviceSteps, record: UpdateRecord) -> Ev:
+        if record.target_version == version:
+            marker = self.settings.data_dir / "lifecycle" / f"paused-in-{state}"
+            marker.write_text(json.dumps({"pid": os.getpid()}))
+            while True:
+                time.sleep(1)
+        return original(self, record)
+
+    setattr(DeviceSteps, name, paused)
+
+
+if __name__ == "__main__":
+    spec, *args = sys.argv[1:]
+    state, version = spec.split("@")
+    pause_in(state, int(version))
+    from edgefleet.cli import main
+
+    sys.argv = ["edgefleet", *args]
+    main()
