@@ -59,3 +59,7 @@ class HubMetrics:
             "edgefleet_hub_drift_alerts", "Drift alerts opened", ["model", "version", "cohort_kind"],
             registry=self.registry,
         )  # fmt: skip
+        self.retention_deleted = Counter(
+            "edgefleet_hub_retention_deleted_rows", "Rows deleted past their retention", ["table"],
+            registry=self.registry,
+        )  # fmt: skip

@@ -19,6 +19,7 @@ from hub.security import mosquitto_hash, new_password, new_token
 from hub.settings import HubSettings
 from hub.store import devices as device_store
 from hub.telemetry.monitor import TelemetryMonitor
+from hub.telemetry.retention import Retention
 from hub.tuf_repo import Clock, TufRepository, utcnow
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,11 @@ class Hub:
         self.repo = TufRepository.open_or_create(s.tuf_dir, clock=self.clock)
         self.metrics = HubMetrics()
         self.rollouts = RolloutEngine(engine=self.engine, clock=self.clock)
+        retention = Retention(raw_s=s.telemetry_raw_retention_s, hourly_s=s.telemetry_hourly_retention_s,
+                              events_s=s.events_retention_s)  # fmt: skip
         self.telemetry = TelemetryMonitor(engine=self.engine, metrics=self.metrics, clock=self.clock,
-                                          window_s=s.telemetry_window_s, alert_min_n=s.telemetry_alert_min_n)
+                                          window_s=s.telemetry_window_s, alert_min_n=s.telemetry_alert_min_n,
+                                          retention=retention)  # fmt: skip
         if s.mosquitto_password_file and s.mosquitto_acl_file:
             self.auth = MosquittoAuth(
                 password_file=s.mosquitto_password_file,

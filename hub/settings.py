@@ -41,6 +41,11 @@ class HubSettings(BaseSettings):
     telemetry_eval_s: float = Field(default=30.0, gt=0)
     telemetry_window_s: float = Field(default=3600.0, gt=0)
     telemetry_alert_min_n: int = Field(default=500, ge=1)
+    # Retention (hub/telemetry/retention.py): raw windows once rolled up, hourly rollups, device events.
+    # At least a day, and keep raw/events above the agents' outbox_max_age_s (7 days by default).
+    telemetry_raw_retention_s: float = Field(default=14 * 86400, ge=86400)
+    telemetry_hourly_retention_s: float = Field(default=400 * 86400, ge=86400)
+    events_retention_s: float = Field(default=90 * 86400, ge=86400)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
 
     def resolved_database_url(self) -> str:

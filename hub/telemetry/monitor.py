@@ -21,6 +21,7 @@ from hub.db.schema import telemetry
 from hub.metrics import HubMetrics
 from hub.telemetry import alerts
 from hub.telemetry.query import DEFAULT_LIMIT, Cohort, baseline_for, device_cohorts, load_rows, merged_from
+from hub.telemetry.retention import Retention
 from hub.telemetry.rollup import BATCH, roll_up
 from hub.telemetry.stats import quantile_ms
 from hub.tuf_repo import Clock
@@ -45,6 +46,7 @@ class TelemetryMonitor:
     window_s: float = 3600.0
     alert_min_n: int = 500
     limit: int = DEFAULT_LIMIT
+    retention: Retention = field(default_factory=Retention)
     _series: set[tuple[str, str, str]] = field(default_factory=set)
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
@@ -63,6 +65,12 @@ class TelemetryMonitor:
                 if roll_up(conn) < BATCH:
                     break
         now = self.clock()
+        with self.engine.begin() as conn:
+            pruned = self.retention.prune(conn, now)
+        for table, count in pruned.items():
+            if count:
+                self.metrics.retention_deleted.labels(table).inc(count)
+                log.info("retention: deleted %d %s rows", count, table)
         since = now - timedelta(seconds=self.window_s)
         with self.engine.connect() as conn:
             q = select(telemetry.c.model, telemetry.c.version).where(telemetry.c.window_end >= since)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Column, Float, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlalchemy.sql import false
 
-from hub.db.schema import UtcDateTime, metadata, telemetry
+from hub.db.schema import UtcDateTime, events, metadata, telemetry
 
 # Cohort queries select one model version over a time range, newest first.
 Index("ix_telemetry_version_end", telemetry.c.model, telemetry.c.version, telemetry.c.window_end)
@@ -49,3 +49,8 @@ telemetry_hourly = Table(
     UniqueConstraint("model", "version", "profile", "hour", name="uq_telemetry_hourly"),
 )
 Index("ix_telemetry_hourly_version_hour", telemetry_hourly.c.model, telemetry_hourly.c.version, telemetry_hourly.c.hour)
+
+# Migration 0006: retention (retention.py) finds rows past their age through these.
+Index("ix_telemetry_window_end", telemetry.c.window_end)
+Index("ix_events_ts", events.c.ts)
+Index("ix_telemetry_hourly_window_end", telemetry_hourly.c.window_end)

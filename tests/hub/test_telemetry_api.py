@@ -249,3 +249,50 @@ def test_any_query_on_stored_telemetry_is_answered_without_a_server_error(client
         assert r.status_code == 422 or r.json()["n"] >= 0
 
     check()
+
+
+def test_retention_deletes_old_rolled_up_windows_and_events_and_keeps_fleet_statistics(client: TestClient) -> None:
+    from sqlalchemy import func, select
+
+    from hub.db.schema import events, telemetry
+    from hub.telemetry.retention import Retention
+    from hub.telemetry.rollup import roll_up
+    from protocol.messages import Event, EventKind
+
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    _store(hub, [(w, s) for per in _windows(np.random.default_rng(8)).values() for w, s in enumerate(per)])
+    old, new = T0 - timedelta(days=100), datetime.now(UTC)
+    store_batch(engine=hub.engine, now=new, batch=IngestBatch(events=[
+        Event(device_id="pi-0", seq=1, kind=EventKind.COMMITTED, ts=old),
+        Event(device_id="pi-0", seq=2, kind=EventKind.COMMITTED, ts=new)]))  # fmt: skip
+    whole_hours: list[dict[str, str]] = [{}, {"profile": "x86_gateway"}, {"since": "2026-11-25T09:00:00Z"}]
+    keys = ("n", "rows", "errors", "fallback", "latency_ms", "labels", "window_start", "window_end", "summary")
+
+    def answer(params: dict[str, str]) -> tuple[object, ...]:
+        body = _stats(client, **params)
+        body["summary"].pop("devices")  # type: ignore[attr-defined]  # counted from raw rows only (documented)
+        return tuple(body[k] for k in keys)
+
+    with hub.engine.begin() as conn:
+        assert roll_up(conn) == 10
+    before = [answer(p) for p in whole_hours]
+    assert _stats(client, device="pi-0")["n"] > 0
+
+    late = summarize("pi-1", "raspberry_pi_4", "digits", 1, sample(np.random.default_rng(3), 50), np.full(50, 3.0),
+                     base=baseline(), start=T0 - timedelta(days=30))  # fmt: skip
+    _store(hub, [(77, late)])  # old, but not rolled up yet: retention must not touch it
+    with hub.engine.begin() as conn:
+        assert Retention().prune(conn, T0 + timedelta(days=1)) == {"telemetry": 0, "telemetry_hourly": 0,
+                                                                    "events": 1}  # fmt: skip
+    hub.telemetry.retention = Retention(raw_s=3600)  # the monitor's pass: windows older than an hour go
+    hub.telemetry.run_once()  # (it rolls the late window up first, then prunes it too)
+    with hub.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(telemetry)).scalar_one() == 0
+        assert [r.seq for r in conn.execute(select(events.c.seq))] == [2]
+    assert 'edgefleet_hub_retention_deleted_rows_total{table="telemetry"} 11.0' in client.get("/metrics").text
+    after = [answer(p) for p in whole_hours[1:]]
+    assert after == before[1:]  # whole-hour fleet and profile statistics come from the rollups
+    assert _stats(client)["n"] == before[0][0] + 50  # plus the late window, now in its rollup
+    assert _stats(client, device="pi-0")["n"] == 0  # per-device detail is gone past the raw retention
+    with hub.engine.begin() as conn:
+        assert Retention().prune(conn, T0 + timedelta(days=500))["telemetry_hourly"] > 0
