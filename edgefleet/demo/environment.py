@@ -64,6 +64,7 @@ class DemoEnvironment:
     hub: subprocess.Popen[bytes] | None = None
     broker_kind: str = ""
     hub_env: dict[str, str] = field(default_factory=dict)
+    public_url: str | None = None  # the URL devices are told to use (e.g. a proxy in front of the hub)
 
     @property
     def hub_url(self) -> str:
@@ -77,7 +78,7 @@ class DemoEnvironment:
         init_data_dir(HubSettings(data_dir=data))
         env = {
             "EDGEFLEET_HUB_DATA_DIR": str(data), "EDGEFLEET_HUB_ADMIN_TOKEN": self.admin_token,
-            "EDGEFLEET_HUB_PUBLIC_URL": self.hub_url, "EDGEFLEET_HUB_TOPIC_ROOT": TOPIC_ROOT,
+            "EDGEFLEET_HUB_PUBLIC_URL": self.public_url or self.hub_url, "EDGEFLEET_HUB_TOPIC_ROOT": TOPIC_ROOT,
             "EDGEFLEET_HUB_ROLLOUT_TICK_S": "0.25",
         }
         env.update(self._start_broker(data))

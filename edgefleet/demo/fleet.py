@@ -16,6 +16,21 @@ import numpy as np
 
 from edgefleet.brokers import free_port
 
+_API_PORTS: set[int] = set()
+
+
+def unique_api_port() -> int:
+    """A free port that no other agent of this process was given.
+
+    `free_port()` only knows what is bound now; agents bind theirs when they start, so ten agents
+    created in a row could draw the same port and one would die with "address already in use".
+    """
+    while True:
+        port = free_port()
+        if port not in _API_PORTS:
+            _API_PORTS.add(port)
+            return port
+
 
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
@@ -42,7 +57,7 @@ class AgentProcess:
     profile: str
     workdir: Path
     settings: dict[str, Any]
-    api_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=unique_api_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
