@@ -16,6 +16,7 @@ from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.metrics import AgentMetrics
 from agent.mqtt import MqttSession
 from agent.reporting import EventLog, event_for_transition, reported_state
+from agent.runtimes import INSTALL_HINT, installed_runtimes, runtime_for_format, runtime_installed
 from agent.serving import ServingRegistry
 from agent.servingcontext import ServingContext, serving_path
 from agent.settings import AgentSettings
@@ -87,6 +88,11 @@ class Agent:
     # ---- start / stop -------------------------------------------------------------------------
     def start(self) -> None:
         """Serve what is active, finish interrupted updates, then connect."""
+        for fmt in self.profile.formats:
+            runtime = runtime_for_format(fmt.value)
+            if not runtime_installed(runtime):
+                log.warning("profile %s runs %s models but %s is not installed: %s; such updates will be refused",
+                            self.profile.name, fmt.value, runtime, INSTALL_HINT[runtime])  # fmt: skip
         self.store.clean_leftovers()
         for name in self.store.names():
             self.context.serve_active(name, self.profile.threads)
@@ -173,6 +179,8 @@ class Agent:
         assert desired is not None
         for want in desired.models:
             record = self.lifecycle.load(want.name)
+            if record.state not in TERMINAL:  # left mid-step (an earlier error): finish or undo it first
+                record = self.lifecycle.run(record)
             if self.store.slot_version(want.name, "active") == want.version and record.state in TERMINAL:
                 continue
             same = record.generation == desired.generation and record.target_version == want.version
@@ -304,6 +312,7 @@ class Agent:
             "mqtt_connected": self.mqtt.connected.is_set(),
             "serving": {s.name: s.version for s in self.serving.all()},
             "rejected_messages": self.rejected,
+            "runtimes": installed_runtimes(),
             "telemetry": self.uplink.view(),
         }
 

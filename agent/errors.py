@@ -48,6 +48,10 @@ class DownloadError(AgentError):
     """The network failed after all retries; the partial file is kept for resume."""
 
 
+class Unreachable(DownloadError):
+    """One request for update metadata or a manifest failed (refused, cut, timed out): retried with backoff."""
+
+
 class RefusedUpdate(AgentError):
     """Verification refused an update; the running model keeps serving."""
 
@@ -62,6 +66,10 @@ class MetadataRefused(RefusedUpdate):
 
 class ProfileMismatch(RefusedUpdate):
     """The manifest was built for another device profile."""
+
+
+class RuntimeMissing(RefusedUpdate):
+    """This device has no runtime for the artifact's format (refused before downloading it)."""
 
 
 class OlderVersion(RefusedUpdate):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -14,14 +15,18 @@ from pydantic import ValidationError
 from agent.errors import (
     AgentError,
     DigestMismatch,
+    DownloadError,
     Interrupted,
     OlderVersion,
     ProfileMismatch,
     RefusedUpdate,
+    RuntimeMissing,
     SelfTestFailed,
+    Unreachable,
 )
 from agent.lifecycle import Ev, UpdateRecord
 from agent.model import LoadedModel
+from agent.runtimes import INSTALL_HINT, runtime_for_format, runtime_installed
 from agent.selftest import run_self_test
 from agent.serving import ServingRegistry
 from agent.settings import AgentSettings
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 from firmware_profiles import FirmwareProfile
 from protocol.http import EnrollResponse, artifact_target
 from protocol.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 # (kind, record, details): lets the daemon report progress that is not a state change.
 Notify = Callable[[str, UpdateRecord, dict[str, Any]], None]
@@ -111,6 +118,12 @@ class DeviceSteps:
             )
         if manifest.format not in self.profile.formats:
             raise ProfileMismatch(f"format {manifest.format.value} is not run by profile {self.profile.name}")
+        runtime = runtime_for_format(manifest.format.value)
+        if not runtime_installed(runtime):
+            raise RuntimeMissing(
+                f"{manifest.format.value} artifacts need {runtime}, which is not installed on this device: "
+                f"{INSTALL_HINT[runtime]}"
+            )
         if (manifest.name, manifest.version) != (record.name, record.target_version):
             raise RefusedUpdate(
                 f"manifest is {manifest.name} v{manifest.version}, desired {record.name} v{record.target_version}"
@@ -120,14 +133,42 @@ class DeviceSteps:
             raise OlderVersion(f"v{manifest.version} is older than installed v{active} and not an explicit rollback")
 
     def _guard(self, record: UpdateRecord, action: Callable[[], Ev], refusal: Ev, error: Ev = Ev.ERROR) -> Ev:
-        try:
-            return action()
-        except RefusedUpdate as e:
-            record.reason = f"{type(e).__name__}: {e}"
-            return refusal
-        except (AgentError, OSError) as e:
-            record.reason = f"{type(e).__name__}: {e}"
-            return error
+        """Run a step: a refusal or an error becomes the step's event with the reason in the record.
+
+        A request to the hub that fails once (metadata or manifest: refused, cut, timed out) is retried
+        with full-jitter backoff up to `retry_attempts` times, so a flaky network does not fail the
+        update; the artifact download retries on its own (Downloader). Anything unexpected is an error
+        too, never an exception out of the lifecycle (that would leave the record mid-step).
+        """
+        from agent.download import RetryPolicy
+
+        policy = RetryPolicy(attempts=self.settings.retry_attempts, base_s=self.settings.retry_base_s)
+        failures = 0
+        while True:
+            try:
+                return action()
+            except Unreachable as e:
+                failures += 1
+                if failures >= policy.attempts:
+                    record.reason = f"DownloadError: {e} (after {failures} attempts)"
+                    return error
+                delay = policy.delay(failures)
+                log.warning("%s v%s: %s; retry %d in %.1f s", record.name, record.target_version, e, failures, delay)
+                if self.wait(delay):
+                    raise Interrupted("agent stopping while retrying") from e
+            except Interrupted:
+                raise
+            except RefusedUpdate as e:
+                record.reason = f"{type(e).__name__}: {e}"
+                return refusal
+            except (AgentError, OSError) as e:
+                name = "DownloadError" if isinstance(e, DownloadError) else type(e).__name__
+                record.reason = f"{name}: {e}"
+                return error
+            except Exception as e:  # a bug must not wedge the update mid-step; logged with its traceback
+                log.exception("%s v%s: unexpected error", record.name, record.target_version)
+                record.reason = f"unexpected {type(e).__name__}: {e}"
+                return error
 
     def download(self, record: UpdateRecord) -> Ev:
         """Refresh signed metadata, fetch and check the manifest, then download the artifact (resuming)."""

@@ -11,7 +11,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
-from agent.errors import DigestMismatch, DownloadError, MetadataRefused
+from agent.errors import DigestMismatch, MetadataRefused, Unreachable
 
 METADATA_MAX_BYTES = 4 * 1024 * 1024
 
@@ -33,6 +33,8 @@ class AuthFetcher(FetcherInterface):
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
     try:
         yield from response.iter_bytes(64 * 1024)
+    except httpx.HTTPError as e:  # cut mid-body: ngclient only wraps errors raised by _fetch() itself
+        raise tuf_errors.DownloadError(f"{response.url}: {type(e).__name__}: {e}") from e
     finally:
         response.close()
 
@@ -63,7 +65,7 @@ class TufClient:
         try:
             self.updater.refresh()
         except tuf_errors.DownloadError as e:
-            raise DownloadError(f"cannot reach the update metadata: {e}") from e
+            raise Unreachable(f"cannot reach the update metadata: {e}") from e
         except tuf_errors.RepositoryError as e:
             raise MetadataRefused(f"update metadata refused ({type(e).__name__}): {e}") from e
         self._refreshed = True
@@ -88,7 +90,7 @@ class TufClient:
         except tuf_errors.LengthOrHashMismatchError as e:
             raise DigestMismatch(f"{target_path}: {e}") from e
         except tuf_errors.DownloadError as e:
-            raise DownloadError(f"{target_path}: {e}") from e
+            raise Unreachable(f"{target_path}: {e}") from e
         return dest.read_bytes()
 
     def target_url(self, info: Any) -> str:

@@ -14,21 +14,28 @@ from pathlib import Path
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range (32768+).
 
     A port the kernel hands out for `bind(0)` is an ephemeral one: on a busy host an outgoing
     connection can take it between this check and the server's own bind. Outgoing connections never
-    use ports below the ephemeral range, so servers started here pick from 20000-32000.
+    use ports below the ephemeral range, so servers started here pick from 20000-32000. A port is
+    handed out once per process: two servers asking before either has bound never get the same one.
     """
     rng = random.Random()
     for _ in range(200):
         port = rng.randint(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -177,3 +177,25 @@ def test_an_interrupted_removal_is_finished_at_start(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["demo"]
     store.remove("demo")
     assert store.names() == [] and list((tmp_path / "models").iterdir()) == []
+
+
+def test_metadata_and_manifest_requests_survive_a_flapping_link_without_a_failed_update(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    # Every connection may be refused (link down) or cut mid-body, TUF metadata and the manifest included:
+    # each failed request is retried with backoff inside the step, so the update commits with no `failed` event.
+    from tests.agent.proxy import FlappingProxy
+
+    proxy = FlappingProxy(hub.port, up_s=(0.3, 0.8), down_s=(0.2, 0.6), cut_share=0.5, cut_bytes=(64, 4096), seed=7)
+    hub.public_url = proxy.url
+    try:
+        agent = make_agent(retry_attempts=40, retry_base_s=0.05)
+        wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
+        proxy.start_flapping()
+        for version in (1, 2):
+            observer.desire("dev-1", version, [("demo", version, publish_version(hub, tmp_path, version), False)])
+            wait_for(lambda v=version: committed(observer, v), timeout=90, what=f"v{version} through the flapping link")
+    finally:
+        proxy.close()
+    assert proxy.downs >= 1 and proxy.cuts >= 1, (proxy.downs, proxy.cuts)
+    assert observer.events("failed") == [] and agent.store.slot_version("demo", "active") == 2
