@@ -28,13 +28,19 @@ $(AMQTT_VENV)/bin/amqtt:
 	$(PYTHON) -m venv $(AMQTT_VENV)
 	$(AMQTT_VENV)/bin/python -m pip install --quiet 'amqtt==0.12.1'
 
+# The agent's fallback LiteRT import: tflite-runtime (built against numpy 1.x) on a device without ai-edge-litert.
+TFLITE_VENV := .venv-tflite
+$(TFLITE_VENV)/bin/python:
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/python -m pip install --quiet 'tflite-runtime==2.14.0' 'numpy>=1.26,<2' 'pydantic>=2.6,<3'
+
 # Headless Chromium for the dashboard's browser tests: Debian's package, used as Playwright's executable.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "the dashboard tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi
 
-setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(CHROMIUM)
+setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(TFLITE_VENV)/bin/python $(CHROMIUM)
 
 demo: setup
 	$(BIN)/edgefleet demo
@@ -55,4 +61,4 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) $(AMQTT_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(AMQTT_VENV) $(TFLITE_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,28 @@ def agent() -> None:
     """The device agent: daemon, local inference tools, rollback."""
 
 
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; a plain line every 10 % where rich is not installed (`edgefleet[agent]` leaves it out)."""
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    except ImportError:
+        shown = [-1]
+
+        def plain(done: int, total: int) -> None:
+            tenth = done * 10 // max(total, 1)
+            if tenth != shown[0]:
+                shown[0] = tenth
+                click.echo(f"predict {done}/{total} ({done * 100 // max(total, 1)}%)", err=True)
+
+        yield plain
+        return
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("predict", total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
 @agent.command()
 @click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("inputs", type=click.Path(dir_okay=False, path_type=Path))
@@ -72,21 +95,13 @@ def predict(model_file: Path, inputs: Path, out: Path | None, threads: int) -> N
 @readable_errors
 def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: int) -> None:
     """Run MODEL_FILE over every row of INPUTS (.npz or CSV) and write the predictions to --out."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from agent.model import LoadedModel
     from agent.offline import read_inputs, run_batches, write_outputs
 
     _must_exist(model_file, inputs)
     model = LoadedModel.from_file(model_file, threads=threads)
     data = read_inputs(inputs, model)
-    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("predict", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
+    with _progress() as advance:
         outputs = run_batches(model, data, batch_size, on_progress=advance)
     write_outputs(out, outputs)
     rows = len(next(iter(outputs.values())))

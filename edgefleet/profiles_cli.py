@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from firmware_profiles import FirmwareProfile, ProfileError, get_profile, load_profiles
 
@@ -16,6 +14,26 @@ _dir_option = click.option(
     envvar="EDGEFLEET_PROFILES_DIR",
     help="Extra directory of profile TOML files (adds to or overrides the bundled ones).",
 )
+
+
+def print_table(title: str, headers: list[str] | None, rows: list[list[str]]) -> None:
+    """A rich table; plain aligned columns where rich is not installed (`edgefleet[agent]` leaves it out)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        lines = ([headers] if headers else []) + rows
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        click.echo(title)
+        for line in lines:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        return
+    table = Table(title=title, show_header=headers is not None)
+    for i, header in enumerate(headers or ["field", "value"]):
+        table.add_column(header, no_wrap=i == 0, style="bold" if i == 0 else None)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _mb(n: int) -> str:
@@ -35,12 +53,9 @@ def list_profiles(profiles_dir: Path | None) -> None:
         found = load_profiles(profiles_dir)
     except ProfileError as e:
         raise click.ClickException(str(e)) from e
-    table = Table(title="Firmware profiles")
-    table.add_column("name", no_wrap=True, style="bold")
-    for col in ("arch", "accel", "formats", "quantizations", "max size", "latency", "max loss"):
-        table.add_column(col)
-    for p in found.values():
-        table.add_row(
+    headers = ["name", "arch", "accel", "formats", "quantizations", "max size", "latency", "max loss"]
+    rows = [
+        [
             p.name,
             p.arch,
             p.accelerator,
@@ -49,14 +64,14 @@ def list_profiles(profiles_dir: Path | None) -> None:
             _mb(p.budgets.max_artifact_bytes),
             f"{p.budgets.latency_ms:g} ms",
             f"{p.budgets.max_accuracy_loss_pt:g} pt",
-        )
-    Console().print(table)
+        ]
+        for p in found.values()
+    ]
+    print_table("Firmware profiles", headers, rows)
 
 
-def render_profile(p: FirmwareProfile) -> Table:
-    table = Table(title=p.name, show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+def profile_rows(p: FirmwareProfile) -> list[list[str]]:
+    """(field, value) rows describing one profile."""
     b = p.budgets
     rows = [
         ("description", p.description),
@@ -82,9 +97,7 @@ def render_profile(p: FirmwareProfile) -> Table:
             else "host latency (no speed factor)",
         ),
     ]
-    for k, v in rows:
-        table.add_row(k, v)
-    return table
+    return [[k, v] for k, v in rows]
 
 
 @profiles.command("show")
@@ -100,4 +113,4 @@ def show_profile(name: str, profiles_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(p.model_dump_json(indent=2))
     else:
-        Console().print(render_profile(p))
+        print_table(p.name, None, profile_rows(p))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 from agent.errors import RuntimeUnavailable
@@ -18,6 +20,35 @@ RUNTIMES: dict[str, tuple[type[LiteRTRuntime] | type[OnnxRuntime], type[RuntimeC
 
 # Artifact format (manifest `format` or file suffix) -> runtime key.
 FORMAT_RUNTIME: dict[str, str] = {"tflite": "litert", "onnx": "onnxruntime"}
+
+
+# Runtime key -> the modules that provide it (any one will do) and how to install it.
+RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
+    "litert": ("ai_edge_litert", "tflite_runtime"),
+    "onnxruntime": ("onnxruntime",),
+}
+INSTALL_HINT: dict[str, str] = {
+    "litert": "pip install 'edgefleet[agent]' (ai-edge-litert; or tflite-runtime with numpy<2)",
+    "onnxruntime": "pip install 'edgefleet[agent-onnx]'",
+}
+
+
+def _importable(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def runtime_installed(key: str) -> bool:
+    """Is one of the runtime's modules installed? (Looks, does not import: importing costs memory.)"""
+    return any(_importable(m) for m in RUNTIME_MODULES[key])
+
+
+def installed_runtimes() -> dict[str, bool]:
+    return {key: runtime_installed(key) for key in RUNTIMES}
 
 
 def runtime_for_format(fmt: str) -> str:
@@ -47,6 +78,8 @@ __all__ = [
     "ModelRuntime",
     "TensorInfo",
     "format_of",
+    "installed_runtimes",
     "load_runtime",
     "runtime_for_format",
+    "runtime_installed",
 ]

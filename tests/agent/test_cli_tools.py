@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from edgefleet.cli import cli
@@ -98,3 +99,24 @@ def test_missing_file_and_unknown_format_are_one_line(tmp_path: Path) -> None:
         cli, ["agent", "batch", str(tmp_path / "m.pt"), str(tmp_path / "in.npz"), "--out", "o.npz"]
     )
     assert res.exit_code == 1 and res.output.strip() == "Error: no runtime for format 'pt'; known: tflite, onnx"
+
+
+def test_batch_and_profiles_work_without_rich(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `edgefleet[agent]` does not install rich (install size): the device's CLI tools fall back to plain text.
+    for name in [m for m in sys.modules if m == "rich" or m.startswith("rich.")] + ["rich"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what Python keeps for a module that cannot be imported
+    model = onnx_linear(tmp_path / "lin.onnx")
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
+    res = CliRunner().invoke(cli, ["agent", "batch", str(model), str(tmp_path / "in.npz"), "--out",
+                                   str(tmp_path / "o.npz"), "--batch-size", "5"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "predict 20/20 (100%)" in res.output and "wrote 20 rows of y" in res.output
+    with np.load(tmp_path / "o.npz") as saved:
+        assert saved["y"].shape == (20, 3)
+    res = CliRunner().invoke(cli, ["profiles", "list"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == "Firmware profiles" and lines[1].split()[:3] == ["name", "arch", "accel"]
+    assert any(line.startswith("raspberry_pi_4 ") for line in lines)
+    res = CliRunner().invoke(cli, ["profiles", "show", "esp32_s3"])
+    assert res.exit_code == 0 and "256 KiB" in res.output and "tflite_micro" in res.output

@@ -172,3 +172,26 @@ def test_self_test_failure_rolls_back(
     assert not (tmp_path / "device" / "models" / "demo" / "versions" / "2").exists()
     # The same desired generation is not retried in a loop.
     assert len(observer.events("rolled_back")) == 1
+
+
+def test_an_onnx_update_on_a_device_without_onnxruntime_is_refused_before_download(
+    tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pip install edgefleet[agent]` has LiteRT only; here onnxruntime is made unimportable in this process
+    # (sys.modules[name] = None is what Python does for a module that cannot be imported).
+    import sys
+
+    target = publish(hub, tmp_path, 1)  # (building the manifest runs the model: before onnxruntime goes away)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root))
+    agent.start()
+    try:
+        assert agent.health_view()["runtimes"] == {"litert": True, "onnxruntime": False}
+        observer.desire("dev-1", 1, [("demo", 1, target, False)])
+        refused = wait_for(lambda: observer.events("refused"), what="refusal event")[-1]
+        assert refused["reason"].startswith("RuntimeMissing: onnx artifacts need onnxruntime")
+        assert "edgefleet[agent-onnx]" in refused["reason"]
+        assert not any("lin_v1.onnx" in r for r in hub.requests)  # the artifact was never downloaded
+        assert agent.store.names() == []
+    finally:
+        agent.stop()
