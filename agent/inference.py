@@ -100,6 +100,7 @@ class InferenceService:
         self._manifest_of = manifest_of
         self._on_window_full = on_window_full
         self._routers: dict[str, tuple[int | None, FallbackRouter]] = {}
+        self._series: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     def has_fallback(self, name: str) -> bool:
@@ -195,8 +196,11 @@ class InferenceService:
         return ids
 
     def _count(self, name: str, ms: float) -> None:
-        self.metrics.latency.labels(name).observe(ms / 1000)
-        self.metrics.predictions.labels(name).inc()
+        series = self._series.get(name)
+        if series is None:  # labelled children are looked up once per model, not per call
+            series = self._series[name] = (self.metrics.latency.labels(name), self.metrics.predictions.labels(name))
+        series[0].observe(ms / 1000)
+        series[1].inc()
 
     def _fallback_done(
         self,

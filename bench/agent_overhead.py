@@ -31,8 +31,10 @@ from agent.inference import InferenceService  # noqa: E402
 from agent.metrics import AgentMetrics  # noqa: E402
 from agent.model import LoadedModel  # noqa: E402
 from agent.serving import ServingRegistry  # noqa: E402
+from agent.settings import TelemetrySettings  # noqa: E402
 from agent.store import ModelStore  # noqa: E402
 from agent.telemetry.recorders import Recorders  # noqa: E402
+from agent.telemetry.uplink import TelemetryUplink  # noqa: E402
 from protocol.http import EnrollResponse, MqttCredentials  # noqa: E402
 from protocol.manifest import BaselineStats, HistogramBaseline, Manifest, Task  # noqa: E402
 from tests.agent.builders import make_manifest  # noqa: E402
@@ -100,11 +102,13 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS (all resident pages), RssAnon (the process's own heap and stacks) or RssFile (mapped files:
+    shared libraries, mostly shared with every other process that loads them) in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def main() -> None:
@@ -124,7 +128,12 @@ def main() -> None:
     serving = ServingRegistry()
     serving.install("mlp", 1, agent_model)
     recorders = Recorders("bench-1", "x86_gateway", window_size=1000, window_seconds=60.0)
-    service = InferenceService(serving, AgentMetrics(), recorders, on_window_full=lambda: recorders.close())
+    # As in the daemon: a telemetry thread bins handed-over chunks and closes windows into an outbox
+    # (offline here: nothing is published).
+    uplink = TelemetryUplink(TelemetrySettings(), recorders, outbox_path=work / "outbox.sqlite", device_id="bench-1",
+                             publish=lambda _payload: None, connected=lambda: False)  # fmt: skip
+    uplink.start()
+    service = InferenceService(serving, AgentMetrics(), recorders, on_window_full=uplink.wake)
     x1 = x[:1]
     raw, inproc, raw1, inproc1, model_only = [], [], [], [], []
     for _ in range(3):  # interleave rounds so both see the same machine load
@@ -133,6 +142,7 @@ def main() -> None:
         model_only += timed(lambda: agent_model.predict({"x": x}), RUNS // 3)
         raw1 += timed(lambda: session.run(["y"], {"x": x1}), RUNS // 3)
         inproc1 += timed(lambda: service.predict("mlp", {"x": x1}), RUNS // 3)
+    uplink.stop()
 
     # The daemon: private broker, identity on disk (no enrollment needed), model installed and active.
     broker = start_broker(work / "mosquitto")
@@ -178,6 +188,7 @@ def main() -> None:
             health = timed(lambda: client.get(f"{url}/healthz"), 500)
             assert client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers).status_code == 200
         rss = rss_mb(proc.pid)
+        rss_anon, rss_file = rss_mb(proc.pid, "RssAnon"), rss_mb(proc.pid, "RssFile")
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -207,6 +218,8 @@ def main() -> None:
         "http_p99_ms_b1": round(pct(http1, 99), 4),
         "http_healthz_p50_ms": round(pct(health, 50), 4),
         "rss_mb": round(rss, 1),
+        "rss_anon_mb": round(rss_anon, 1),
+        "rss_file_mb": round(rss_file, 1),
         "runs": {"raw": len(raw), "inproc": len(inproc), "http": len(http)},
         "stdev_raw_ms": round(statistics.pstdev(raw), 4),
     }

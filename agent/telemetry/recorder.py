@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
@@ -135,8 +134,11 @@ class WindowRecorder:
         self._classes = np.zeros(max(self.n_classes, 1), np.int64)
         self._confusion = np.zeros((self.n_classes, self.n_classes), np.int64) if self.classifier else None
         self._lat: list[float] = []
+        # Predictions awaiting a delayed label: id i (`<version>-<i>`) keeps its class in slot i % size,
+        # so the newest MAX_OPEN_PREDICTIONS stay answerable at the cost of one slice copy per call.
         self._next_id = 1
-        self._open: OrderedDict[str, int] = OrderedDict()
+        self._id_prefix = f"{manifest.version}-"
+        self._open = np.full(MAX_OPEN_PREDICTIONS, -1, np.int32)
         self._reset()
 
     def _reset(self) -> None:
@@ -170,10 +172,13 @@ class WindowRecorder:
                 if keep_ids:
                     first_id = self._next_id
                     self._next_id += len(pred)
-                    ids = [f"{self.manifest.version}-{i}" for i in range(first_id, self._next_id)]
-                    self._open.update(zip(ids, pred.tolist(), strict=True))
-                    for _ in range(len(self._open) - MAX_OPEN_PREDICTIONS):
-                        self._open.popitem(last=False)
+                    prefix = self._id_prefix
+                    ids = [prefix + str(i) for i in range(first_id, self._next_id)]
+                    start = first_id % MAX_OPEN_PREDICTIONS
+                    if start + len(pred) <= MAX_OPEN_PREDICTIONS:
+                        self._open[start : start + len(pred)] = pred
+                    else:
+                        self._open[np.arange(first_id, self._next_id) % MAX_OPEN_PREDICTIONS] = pred
             elif self._out_binner is not None:
                 self._out_binner.add_rows(first.reshape(len(first), -1))
             self._lat.append(latency_ms / max(batch, 1))
@@ -196,10 +201,17 @@ class WindowRecorder:
 
     def feedback(self, prediction_id: str, label: int) -> bool:
         """Fold a delayed true label into the window; False when the id is unknown or expired."""
+        prefix, _, number = prediction_id.partition(self._id_prefix)
+        if prefix or not number.isdigit():
+            return False
+        i = int(number)
         with self._lock:
-            pred = self._open.pop(prediction_id, None)
-            if pred is None or self._confusion is None or not 0 <= label < self.n_classes:
+            if not self._next_id - MAX_OPEN_PREDICTIONS <= i < self._next_id or i < 1:
+                return False  # never issued, or older than the newest MAX_OPEN_PREDICTIONS
+            pred = int(self._open[i % MAX_OPEN_PREDICTIONS])
+            if pred < 0 or self._confusion is None or not 0 <= label < self.n_classes:
                 return False
+            self._open[i % MAX_OPEN_PREDICTIONS] = -1  # one label per prediction
             self._confusion[label, pred] += 1
             return True
 

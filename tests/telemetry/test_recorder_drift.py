@@ -139,3 +139,28 @@ def test_feedback_accuracy(keras_converted: Converted, manifest: Manifest) -> No
     assert s.accuracy() == pytest.approx(float(np.mean(pred == y)))
 
 
+
+
+def test_feedback_ids_expire_after_the_newest_max_open_and_reject_strangers(
+    keras_converted: Converted, manifest: Manifest
+) -> None:
+    from agent.telemetry.recorder import MAX_OPEN_PREDICTIONS
+
+    model = _model(keras_converted, manifest)
+    rec = WindowRecorder(manifest, "dev-1")
+    name = manifest.inputs[0].name
+    x = keras_converted.data.x_val[:100]
+    outputs = model.predict({name: x})
+    first = rec.record({name: x}, outputs, 1.0, keep_ids=True)
+    rounds = MAX_OPEN_PREDICTIONS // 100 + 1  # wraps the ring: the first 100 ids are no longer open
+    for _ in range(rounds):
+        last = rec.record({name: x}, outputs, 1.0, keep_ids=True)
+    assert rec.feedback(first[0], 1) is False and rec.feedback(first[-1], 1) is False
+    assert rec.feedback(last[-1], 1) is True and rec.feedback(last[0], 1) is True
+    oldest_open = int(last[-1].split("-")[1]) - MAX_OPEN_PREDICTIONS + 1
+    assert rec.feedback(f"{manifest.version}-{oldest_open}", 1) is True
+    assert rec.feedback(f"{manifest.version}-{oldest_open - 1}", 1) is False
+    for stranger in ["", "x", f"{manifest.version}-", f"{manifest.version}-0", f"{manifest.version + 1}-5",
+                     f"{manifest.version}-99999999", f"{manifest.version}--3", f"{manifest.version}-1.5"]:  # fmt: skip
+        assert rec.feedback(stranger, 1) is False, stranger
+    assert rec.feedback(last[1], 10_000) is False  # not a class of this model
