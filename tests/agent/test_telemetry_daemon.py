@@ -6,7 +6,6 @@ MQTT subscriber (Observer) sees what went over the wire, duplicates included.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from sqlalchemy import Engine
 
 from agent.daemon import Agent
 from agent.telemetry import Outbox
-from protocol.telemetry import TelemetrySummary
+from protocol.telemetry import TelemetrySummary, decode_message
 from protocol.topics import Channel
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
@@ -175,23 +174,30 @@ def test_a_large_backlog_blocks_neither_start_up_nor_inference(
     backlog.close()
     bridge = start_bridge(engine, broker, unique_root)
     agent = Agent(agent_settings(tmp_path / "device", hub, unique_root, telemetry={"tick_s": 0.05}))
+    published: list[int] = []  # ids in the order the agent handed them to MQTT
+    send = agent.uplink._publish
+
+    def recording(payload: bytes) -> None:
+        published.append(decode_message(payload).id)
+        send(payload)
+
+    agent.uplink._publish = recording
     try:
-        start = time.perf_counter()
-        agent.start()
-        assert time.perf_counter() - start < 2.0
+        agent.start()  # returns with the backlog still waiting: start-up reads two counters, not the rows
+        assert agent.uplink.ready.wait(10) and agent.uplink.stats["rows"] > 15_000
         install_classifier(hub, observer, tmp_path)
         wait_for(lambda: agent.serving.get("demo"), what="classifier serving")
         observer.publish("dev-1", Channel.ACK, b"{not an ack")  # malformed: logged and counted, no crash
-        started = time.perf_counter()
         for _ in range(50):
             assert agent.predict("demo", {"x": X}).source == "device"
-        assert time.perf_counter() - started < 2.0
-        assert agent.uplink.stats["rows"] > 10_000  # still draining while inference ran
+        assert agent.uplink.stats["rows"] > 10_000  # inference ran while the backlog was still draining
         wait_for(lambda: len(stored_ids(engine)) >= 500, what="draining", timeout=60)
         ids = stored_ids(engine)
         assert len(set(ids)) == len(ids) and set(range(1, 501)) <= set(ids)  # oldest first, each stored once
-        wire = wait_for(lambda: (seen := first_seen(observer, 500)) and len(seen) == 500 and seen, what="on the wire")
-        assert wire == list(range(1, 501)), wire[:40]  # sent in outbox order
+        first: dict[int, None] = dict.fromkeys(published)  # first time each id was sent (resends do not count)
+        assert list(first)[:500] == list(range(1, 501))  # sent in outbox order
+        # (Asserted where the agent publishes: a subscriber here once saw 295 before 294 although the agent
+        # had handed them to paho in order; the hub stores by id, so arrival order does not matter there.)
         wait_for(lambda: agent.rejected == 1, what="malformed ack counted")
     finally:
         agent.stop()
