@@ -1,5 +1,7 @@
 """Agent overhead: in-process predict and local-API predict vs the raw runtime, and the daemon's RSS.
 
+The same MLP runs through onnxruntime (the headline keys: `inproc_p50_ratio`, `http_added_p50_ms`,
+`rss_mb`; x86 gateway profile) and through LiteRT (`litert_*`; Raspberry Pi profile).
 Prints one JSON object. Baselines (raw `InferenceSession.run()`, raw LiteRT `Interpreter.invoke()`)
 are measured in the same run on the same inputs. The daemon runs as a real `edgefleet agent run`
 subprocess with a private Mosquitto, the model installed in its A/B store and the API on loopback.
@@ -7,7 +9,9 @@ subprocess with a private Mosquitto, the model installed in its A/B store and th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import itertools
 import json
 import os
@@ -111,42 +115,58 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     raise RuntimeError(f"no {field}")
 
 
-def main() -> None:
-    import onnxruntime as ort
+def build_tflite_mlp(path: Path, sizes: tuple[int, ...] = (256, 1024, 1024, 10)) -> Path:
+    """The same MLP as a float32 .tflite (TensorFlow is used here, in the benchmark, never by the agent)."""
+    import tensorflow as tf
 
-    work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
-    model_path = build_mlp(work / "mlp.onnx")
+    rng = np.random.default_rng(0)
+    inputs = tf.keras.Input(shape=(sizes[0],), name="x")
+    h = inputs
+    for i, b in enumerate(sizes[1:]):
+        h = tf.keras.layers.Dense(b, activation="relu" if i < len(sizes) - 2 else None)(h)
+    model = tf.keras.Model(inputs, h)
+    for layer, (a, b) in zip(model.layers[1:], itertools.pairwise(sizes), strict=True):
+        layer.set_weights([(rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32), np.zeros(b, np.float32)])
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return path
+
+
+def in_process(work: Path, model_path: Path, manifest: Manifest, raw: Callable[[np.ndarray], object],
+               profile: str) -> dict[str, list[float]]:  # fmt: skip
+    """Raw runtime vs LoadedModel.predict vs the agent's serving path, interleaved, at batch 8 and 1."""
     x = np.random.default_rng(1).normal(size=(BATCH, 256)).astype(np.float32)
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    manifest = with_baseline(make_manifest(model_path, name="mlp", version=1, profile="x86_gateway"))
     agent_model = LoadedModel.from_file(model_path, threads=1, manifest=manifest)
-    # The agent's in-process path: Agent.predict() == InferenceService.predict(), telemetry included.
+    name = agent_model.inputs[0].name
+    # The agent's in-process path: Agent.predict() == InferenceService.predict(), telemetry included; as in
+    # the daemon, a telemetry thread closes windows into an outbox (offline here: nothing is published).
     serving = ServingRegistry()
     serving.install("mlp", 1, agent_model)
-    recorders = Recorders("bench-1", "x86_gateway", window_size=1000, window_seconds=60.0)
-    # As in the daemon: a telemetry thread bins handed-over chunks and closes windows into an outbox
-    # (offline here: nothing is published).
-    uplink = TelemetryUplink(TelemetrySettings(), recorders, outbox_path=work / "outbox.sqlite", device_id="bench-1",
-                             publish=lambda _payload: None, connected=lambda: False)  # fmt: skip
+    recorders = Recorders("bench-1", profile, window_size=1000, window_seconds=60.0)
+    uplink = TelemetryUplink(TelemetrySettings(), recorders, outbox_path=work / f"outbox-{profile}.sqlite",
+                             device_id="bench-1", publish=lambda _payload: None, connected=lambda: False)  # fmt: skip
     uplink.start()
     service = InferenceService(serving, AgentMetrics(), recorders, on_window_full=uplink.wake)
     x1 = x[:1]
-    raw, inproc, raw1, inproc1, model_only = [], [], [], [], []
-    for _ in range(3):  # interleave rounds so both see the same machine load
-        raw += timed(lambda: session.run(["y"], {"x": x}), RUNS // 3)
-        inproc += timed(lambda: service.predict("mlp", {"x": x}), RUNS // 3)
-        model_only += timed(lambda: agent_model.predict({"x": x}), RUNS // 3)
-        raw1 += timed(lambda: session.run(["y"], {"x": x1}), RUNS // 3)
-        inproc1 += timed(lambda: service.predict("mlp", {"x": x1}), RUNS // 3)
+    out: dict[str, list[float]] = {k: [] for k in ("raw", "inproc", "model_only", "raw1", "inproc1")}
+    for _ in range(3):  # interleave rounds so all see the same machine load
+        out["raw"] += timed(lambda: raw(x), RUNS // 3)
+        out["inproc"] += timed(lambda: service.predict("mlp", {name: x}), RUNS // 3)
+        out["model_only"] += timed(lambda: agent_model.predict({name: x}), RUNS // 3)
+        out["raw1"] += timed(lambda: raw(x1), RUNS // 3)
+        out["inproc1"] += timed(lambda: service.predict("mlp", {name: x1}), RUNS // 3)
     uplink.stop()
+    return out
 
-    # The daemon: private broker, identity on disk (no enrollment needed), model installed and active.
-    broker = start_broker(work / "mosquitto")
-    data = work / "device"
+
+def daemon(
+    work: Path, model_path: Path, manifest: Manifest, profile: str
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """A real `edgefleet agent run` (private broker, identity on disk, the model active in its A/B store):
+    local-API timings at batch 8 and 1, and its memory with the model loaded and MQTT connected."""
+    x = np.random.default_rng(1).normal(size=(BATCH, 256)).astype(np.float32)
+    name = manifest.inputs[0].name
+    broker = start_broker(work / f"mosquitto-{profile}")
+    data = work / f"device-{profile}"
     data.mkdir()
     identity = EnrollResponse(
         device_id="bench-1",
@@ -161,9 +181,9 @@ def main() -> None:
     store.stage(manifest, manifest.to_bytes(), model_path)
     store.activate("mlp", 1)
     port = free_port()
-    config = work / "agent.toml"
+    config = work / f"agent-{profile}.toml"
     config.write_text(
-        f'profile = "x86_gateway"\ndata_dir = "{data}"\napi_port = {port}\n'
+        f'profile = "{profile}"\ndata_dir = "{data}"\napi_port = {port}\n'
         f'topic_root = "bench/v1"\nlog_level = "WARNING"\n'
     )
     proc = subprocess.Popen(
@@ -180,48 +200,102 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("agent did not connect to MQTT")
                 time.sleep(0.1)
-            body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
             headers = {"Content-Type": "application/json"}
-            http = timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers), 500)
-            body1 = json.dumps({"inputs": {"x": x1.tolist()}}).encode()
-            http1 = timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body1, headers=headers), 500)
-            health = timed(lambda: client.get(f"{url}/healthz"), 500)
+            body = json.dumps({"inputs": {name: x.tolist()}}).encode()
+            body1 = json.dumps({"inputs": {name: x[:1].tolist()}}).encode()
             assert client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers).status_code == 200
-        rss = rss_mb(proc.pid)
-        rss_anon, rss_file = rss_mb(proc.pid, "RssAnon"), rss_mb(proc.pid, "RssFile")
+            times = {
+                "http": timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers), 500),
+                "http1": timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body1, headers=headers),
+                               500),
+                "health": timed(lambda: client.get(f"{url}/healthz"), 500),
+            }
+        memory = {k: rss_mb(proc.pid, k) for k in ("VmRSS", "RssAnon", "RssFile")}
+        if os.environ.get("EDGEFLEET_BENCH_MAPS"):  # which shared objects the daemon has mapped
+            maps = Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
+            print(sorted({line.split()[-1].rsplit("/", 1)[-1] for line in maps if ".so" in line}), file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
         broker.stop()
+    return times, memory
 
-    raw_p50, inproc_p50, http_p50 = pct(raw, 50), pct(inproc, 50), pct(http, 50)
-    inproc1_p50, http1_p50 = pct(inproc1, 50), pct(http1, 50)
+
+def main() -> None:
+    import onnxruntime as ort
+
+    work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    # onnxruntime (the x86 gateway profile): the headline keys.
+    onnx_path = build_mlp(work / "mlp.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    manifest = with_baseline(make_manifest(onnx_path, name="mlp", version=1, profile="x86_gateway"))
+    t = in_process(work, onnx_path, manifest, lambda a: session.run(["y"], {"x": a}), "x86_gateway")
+    h, mem = daemon(work, onnx_path, manifest, "x86_gateway")
+
+    # LiteRT (the Raspberry Pi profile): raw Interpreter set_tensor + invoke + get_tensor, same weights.
+    from ai_edge_litert.interpreter import Interpreter
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints; this script prints one JSON object
+        tfl_path = build_tflite_mlp(work / "mlp.tflite")
+    interp = Interpreter(model_path=str(tfl_path), num_threads=1)
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    shape: list[tuple[int, ...]] = [()]
+
+    def invoke(a: np.ndarray) -> object:
+        if shape[0] != a.shape:
+            interp.resize_tensor_input(inp["index"], a.shape)
+            interp.allocate_tensors()
+            shape[0] = a.shape
+        interp.set_tensor(inp["index"], a)
+        interp.invoke()
+        return interp.get_tensor(outp["index"])
+
+    tfl_manifest = with_baseline(make_manifest(tfl_path, name="mlp", version=1, profile="raspberry_pi_4"))
+    lt = in_process(work, tfl_path, tfl_manifest, invoke, "raspberry_pi_4")
+    lh, lmem = daemon(work, tfl_path, tfl_manifest, "raspberry_pi_4")
+
+    def p50(v: list[float]) -> float:
+        return pct(v, 50)
+
     result = {
-        "model": "onnx mlp 256-1024-1024-10, 1 thread in-process; batch 8 unless suffixed _b1",
+        "model": "mlp 256-1024-1024-10 float32, 1 thread in-process; batch 8 unless suffixed _b1",
         "inproc_path": "InferenceService.predict (= Agent.predict), telemetry recording included",
         "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11",
-        # Headline keys: in-process at batch 8; HTTP for a one-sample request (256 floats of JSON).
-        "inproc_p50_ratio": round(inproc_p50 / raw_p50, 4),
-        "http_added_p50_ms": round(http1_p50 - inproc1_p50, 4),
-        "raw_p50_ms": round(raw_p50, 4),
-        "raw_p99_ms": round(pct(raw, 99), 4),
-        "inproc_p50_ms": round(inproc_p50, 4),
-        "inproc_model_only_p50_ms": round(pct(model_only, 50), 4),  # LoadedModel.predict, no telemetry
-        "inproc_p99_ms": round(pct(inproc, 99), 4),
-        "http_p50_ms": round(http_p50, 4),
-        "http_p99_ms": round(pct(http, 99), 4),
-        "http_added_p50_ms_b8": round(http_p50 - inproc_p50, 4),
-        "raw_p50_ms_b1": round(pct(raw1, 50), 4),
-        "inproc_p50_ms_b1": round(inproc1_p50, 4),
-        "inproc_p50_ratio_b1": round(inproc1_p50 / pct(raw1, 50), 4),
-        "http_p50_ms_b1": round(http1_p50, 4),
-        "http_p99_ms_b1": round(pct(http1, 99), 4),
-        "http_healthz_p50_ms": round(pct(health, 50), 4),
-        "rss_mb": round(rss, 1),
-        "rss_anon_mb": round(rss_anon, 1),
-        "rss_file_mb": round(rss_file, 1),
-        "runs": {"raw": len(raw), "inproc": len(inproc), "http": len(http)},
-        "stdev_raw_ms": round(statistics.pstdev(raw), 4),
+        # Headline keys (onnxruntime): in-process at batch 8; HTTP for a one-sample request (256 floats of JSON).
+        "inproc_p50_ratio": round(p50(t["inproc"]) / p50(t["raw"]), 4),
+        "http_added_p50_ms": round(p50(h["http1"]) - p50(t["inproc1"]), 4),
+        "rss_mb": round(mem["VmRSS"], 1),
+        "raw_p50_ms": round(p50(t["raw"]), 4),
+        "raw_p99_ms": round(pct(t["raw"], 99), 4),
+        "inproc_p50_ms": round(p50(t["inproc"]), 4),
+        "inproc_model_only_p50_ms": round(p50(t["model_only"]), 4),  # LoadedModel.predict, no telemetry
+        "inproc_p99_ms": round(pct(t["inproc"], 99), 4),
+        "http_p50_ms": round(p50(h["http"]), 4),
+        "http_p99_ms": round(pct(h["http"], 99), 4),
+        "http_added_p50_ms_b8": round(p50(h["http"]) - p50(t["inproc"]), 4),
+        "raw_p50_ms_b1": round(p50(t["raw1"]), 4),
+        "inproc_p50_ms_b1": round(p50(t["inproc1"]), 4),
+        "inproc_p50_ratio_b1": round(p50(t["inproc1"]) / p50(t["raw1"]), 4),
+        "http_p50_ms_b1": round(p50(h["http1"]), 4),
+        "http_p99_ms_b1": round(pct(h["http1"], 99), 4),
+        "http_healthz_p50_ms": round(p50(h["health"]), 4),
+        "rss_anon_mb": round(mem["RssAnon"], 1),
+        "rss_file_mb": round(mem["RssFile"], 1),
+        # LiteRT, same model and inputs (the runtime of the Pi / Coral / i.MX profiles).
+        "litert_inproc_p50_ratio": round(p50(lt["inproc"]) / p50(lt["raw"]), 4),
+        "litert_http_added_p50_ms": round(p50(lh["http1"]) - p50(lt["inproc1"]), 4),
+        "litert_rss_mb": round(lmem["VmRSS"], 1),
+        "litert_raw_p50_ms": round(p50(lt["raw"]), 4),
+        "litert_inproc_p50_ms": round(p50(lt["inproc"]), 4),
+        "litert_inproc_model_only_p50_ms": round(p50(lt["model_only"]), 4),
+        "litert_inproc_p50_ratio_b1": round(p50(lt["inproc1"]) / p50(lt["raw1"]), 4),
+        "litert_rss_anon_mb": round(lmem["RssAnon"], 1),
+        "litert_rss_file_mb": round(lmem["RssFile"], 1),
+        "runs": {"raw": len(t["raw"]), "inproc": len(t["inproc"]), "http": len(h["http"])},
+        "stdev_raw_ms": round(statistics.pstdev(t["raw"]), 4),
     }
     print(json.dumps(result))
 
