@@ -78,6 +78,10 @@ class LoadedModel:
         self.manifest = manifest
         self.inputs = _bind(manifest.inputs if manifest else None, runtime.inputs, "input")
         self.outputs = _bind(manifest.outputs if manifest else None, runtime.outputs, "output")
+        # Precomputed for the per-call path: lookups by name, the names as a set, the fixed dims after the batch.
+        self._by_name = {b.name: b for b in self.inputs}
+        self._names = frozenset(self._by_name)
+        self._fixed = {b.name: tuple(b.shape[1:]) if None not in b.shape[1:] else None for b in self.inputs}
 
     @classmethod
     def from_file(cls, path: Path, threads: int = 1, manifest: Manifest | None = None) -> LoadedModel:
@@ -87,7 +91,7 @@ class LoadedModel:
 
     def coerce(self, name: str, raw: Any) -> Array:
         """One input as the runtime wants it: shape checked, flattened rows reshaped, (de)quantised."""
-        b = next((x for x in self.inputs if x.name == name), None)
+        b = self._by_name.get(name)
         if b is None:
             raise InputError(f"unknown input {name!r}; the model takes {', '.join(x.name for x in self.inputs)}")
         try:
@@ -101,9 +105,10 @@ class LoadedModel:
             if value.ndim > 1 or size is None or value.size == 0 or value.size % size:
                 raise InputError(f"input {name!r}: shape {list(value.shape)} does not fit {_fmt(b.shape)}")
             value = value.reshape((-1, *(d for d in b.shape[1:] if d is not None)))
-        for axis, (got, want) in enumerate(zip(value.shape[1:], b.shape[1:], strict=True), start=1):
-            if want is not None and got != want:
-                raise InputError(f"input {name!r}: dim {axis} is {got}, expected {want} (shape {_fmt(b.shape)})")
+        if value.shape[1:] != self._fixed[name]:  # (None: some dim is dynamic, check each)
+            for axis, (got, want) in enumerate(zip(value.shape[1:], b.shape[1:], strict=True), start=1):
+                if want is not None and got != want:
+                    raise InputError(f"input {name!r}: dim {axis} is {got}, expected {want} (shape {_fmt(b.shape)})")
         if value.shape[0] == 0:
             raise InputError(f"input {name!r}: empty batch")
         if value.dtype == b.dtype:
@@ -118,14 +123,15 @@ class LoadedModel:
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
         """Run one batch: inputs by name (arrays or nested lists), outputs by name as float arrays."""
-        missing = [b.name for b in self.inputs if b.name not in inputs]
-        if missing:
-            raise InputError(f"missing input(s): {', '.join(missing)}")
-        extra = [k for k in inputs if all(b.name != k for b in self.inputs)]
-        if extra:
-            raise InputError(f"unknown input(s): {', '.join(map(str, extra))}")
+        if inputs.keys() != self._names:
+            missing = [b.name for b in self.inputs if b.name not in inputs]
+            if missing:
+                raise InputError(f"missing input(s): {', '.join(missing)}")
+            extra = [k for k in inputs if k not in self._by_name]
+            if extra:
+                raise InputError(f"unknown input(s): {', '.join(map(str, extra))}")
         feeds = {b.runtime_name: self.coerce(b.name, inputs[b.name]) for b in self.inputs}
-        if len({v.shape[0] for v in feeds.values()}) > 1:
+        if len(feeds) > 1 and len({v.shape[0] for v in feeds.values()}) > 1:
             raise InputError("inputs have different batch sizes")
         raw = self.runtime.run(feeds)
         out: dict[str, Array] = {}

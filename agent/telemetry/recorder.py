@@ -20,6 +20,7 @@ from protocol.telemetry import LATENCY_BUCKETS_MS, FeatureWindow, TelemetrySumma
 CHUNK_ROWS = 256
 PIXELS_PER_SAMPLE = 16  # channel grouping: sampled positions per sample and channel
 MAX_OPEN_PREDICTIONS = 10_000  # predictions awaiting a delayed label
+SETTLE_EVERY = 32  # predict calls whose output rows are kept before their classes are taken in bulk
 
 
 class _Binner:
@@ -139,6 +140,7 @@ class WindowRecorder:
         self._next_id = 1
         self._id_prefix = f"{manifest.version}-"
         self._open = np.full(MAX_OPEN_PREDICTIONS, -1, np.int32)
+        self._unsettled: list[tuple[int, np.ndarray]] = []  # (first prediction id or 0, output rows)
         self._reset()
 
     def _reset(self) -> None:
@@ -167,23 +169,35 @@ class WindowRecorder:
             first = np.asarray(next(iter(outputs.values())))
             batch = batch or len(first)
             if self.classifier:
-                pred = first.reshape(len(first), -1).argmax(axis=1)
-                self._classes += np.bincount(pred, minlength=self._classes.size)[: self._classes.size]
+                # Predicted classes are taken in bulk (`_settle`): here the output rows are only kept.
+                first_id = 0
                 if keep_ids:
                     first_id = self._next_id
-                    self._next_id += len(pred)
+                    self._next_id += len(first)
                     prefix = self._id_prefix
                     ids = [prefix + str(i) for i in range(first_id, self._next_id)]
-                    start = first_id % MAX_OPEN_PREDICTIONS
-                    if start + len(pred) <= MAX_OPEN_PREDICTIONS:
-                        self._open[start : start + len(pred)] = pred
-                    else:
-                        self._open[np.arange(first_id, self._next_id) % MAX_OPEN_PREDICTIONS] = pred
+                self._unsettled.append((first_id, first.reshape(len(first), -1)))
+                if len(self._unsettled) >= SETTLE_EVERY:
+                    self._settle()
             elif self._out_binner is not None:
                 self._out_binner.add_rows(first.reshape(len(first), -1))
             self._lat.append(latency_ms / max(batch, 1))
             self.n += batch
         return ids
+
+    def _settle(self) -> None:
+        """Predicted classes of the kept output rows: counted, and remembered for delayed labels (lock held)."""
+        if not self._unsettled:
+            return
+        pending, self._unsettled = self._unsettled, []
+        pred = np.concatenate([rows for _, rows in pending]).argmax(axis=1)
+        self._classes += np.bincount(pred, minlength=self._classes.size)[: self._classes.size]
+        offset = 0
+        for first_id, rows in pending:
+            if first_id:
+                slots = np.arange(first_id, first_id + len(rows)) % MAX_OPEN_PREDICTIONS
+                self._open[slots] = pred[offset : offset + len(rows)]
+            offset += len(rows)
 
     def record_error(self) -> None:
         with self._lock:
@@ -206,6 +220,7 @@ class WindowRecorder:
             return False
         i = int(number)
         with self._lock:
+            self._settle()
             if not self._next_id - MAX_OPEN_PREDICTIONS <= i < self._next_id or i < 1:
                 return False  # never issued, or older than the newest MAX_OPEN_PREDICTIONS
             pred = int(self._open[i % MAX_OPEN_PREDICTIONS])
@@ -238,6 +253,7 @@ class WindowRecorder:
             return self._summary(reset=False)
 
     def _summary(self, reset: bool) -> TelemetrySummary:
+        self._settle()
         lat = np.bincount(
             np.searchsorted(LATENCY_BUCKETS_MS, self._lat, side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
         )
