@@ -186,8 +186,11 @@ def daemon(
         f'profile = "{profile}"\ndata_dir = "{data}"\napi_port = {port}\n'
         f'topic_root = "bench/v1"\nlog_level = "WARNING"\n'
     )
+    # EDGEFLEET_BENCH_AGENT_PYTHON: run the daemon with another interpreter, e.g. a venv holding only
+    # `pip install edgefleet[agent-onnx]`, as on a device (this one has TensorFlow and the dev tools).
+    python = os.environ.get("EDGEFLEET_BENCH_AGENT_PYTHON", sys.executable)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
+        [python, "-m", "edgefleet", "agent", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
