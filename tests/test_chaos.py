@@ -209,8 +209,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("needs mosquitto (the chaos test kills and restarts a private broker)")
+    assert Path(MOSQUITTO).exists(), "needs mosquitto (the chaos test kills and restarts a private broker)"
     monkeypatch.delenv("EDGEFLEET_MQTT_URL", raising=False)  # a broker of our own, to kill
     data, outs = build_models(tmp_path / "models")
     env = DemoEnvironment(tmp_path / "env")
