@@ -64,9 +64,6 @@ class Outbox:
                 for key in ("bytes", "rows", "dropped", "refused", "reported"):
                     self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", [key])
 
-    def _meta(self, key: str) -> int:
-        return int(self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()[0])
-
     def meta(self, key: str, default: int = 0) -> int:
         """A counter stored with `put_many(set_meta=...)` (or one of the outbox's own)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -111,7 +108,7 @@ class Outbox:
     def _admit(self, sizes: list[int]) -> list[bool]:
         """Which rows of a batch can be stored at all, before making room in the backlog."""
         if self.policy == "refuse_newest":
-            room, out = self.max_bytes - self._meta("bytes"), []
+            room, out = self.max_bytes - self.meta("bytes"), []
             for size in sizes:
                 out.append(size <= room)
                 room -= size if size <= room else 0
@@ -124,7 +121,7 @@ class Outbox:
         return out[::-1]
 
     def _make_room(self, size: int) -> bool:
-        over = self._meta("bytes") + size - self.max_bytes
+        over = self.meta("bytes") + size - self.max_bytes
         if over <= 0:
             return True
         if self.policy == "refuse_newest":
@@ -179,14 +176,14 @@ class Outbox:
 
     def unreported_drops(self) -> int:
         """Rows dropped or refused since the last `mark_reported` (to put in the next message)."""
-        return self._meta("dropped") + self._meta("refused") - self._meta("reported")
+        return self.meta("dropped") + self.meta("refused") - self.meta("reported")
 
     def mark_reported(self, count: int) -> None:
         with self.db.conn:
             self._bump("reported", count)
 
     def stats(self) -> dict[str, int]:
-        return {k: self._meta(k) for k in ("rows", "bytes", "dropped", "refused")}
+        return {k: self.meta(k) for k in ("rows", "bytes", "dropped", "refused")}
 
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
