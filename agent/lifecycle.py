@@ -101,6 +101,17 @@ class UpdateSteps(Protocol):
 
 Transition = Callable[[UpdateRecord, State, Ev, State], None]
 
+# The UpdateSteps method each non-terminal state runs.
+STEP_OF_STATE: dict[State, str] = {
+    State.DOWNLOADING: "download",
+    State.VERIFYING: "verify",
+    State.STAGED: "stage",
+    State.ACTIVATING: "activate",
+    State.SELF_TEST: "self_test",
+    State.PROBATION: "probation",
+    State.ROLLING_BACK: "roll_back",
+}
+
 
 class Lifecycle:
     """Drives one model's record through the table, persisting it in `<state_dir>/<name>.json`."""
@@ -137,13 +148,7 @@ class Lifecycle:
     def run(self, record: UpdateRecord) -> UpdateRecord:
         """Run state actions until a terminal state; resumes an interrupted record where it stopped."""
         actions: dict[State, Callable[[UpdateRecord], Ev]] = {
-            State.DOWNLOADING: self.steps.download,
-            State.VERIFYING: self.steps.verify,
-            State.STAGED: self.steps.stage,
-            State.ACTIVATING: self.steps.activate,
-            State.SELF_TEST: self.steps.self_test,
-            State.PROBATION: self.steps.probation,
-            State.ROLLING_BACK: self.steps.roll_back,
+            state: getattr(self.steps, step) for state, step in STEP_OF_STATE.items()
         }
         for _ in range(MAX_STEPS):
             if record.state in TERMINAL:

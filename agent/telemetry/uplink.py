@@ -156,12 +156,7 @@ class TelemetryUplink:
         self.stats = outbox.stats()
 
     def _apply_acks(self, outbox: Outbox) -> None:
-        ids: list[int] = []
-        while True:
-            try:
-                ids += self._acks.get_nowait()
-            except queue.Empty:
-                break
+        ids = _drain(self._acks)
         if not ids:
             return
         self.acked += outbox.ack(ids)
@@ -205,12 +200,7 @@ class TelemetryUplink:
     def _apply_event_acks(self) -> None:
         if self.events is None:
             return
-        seqs: list[int] = []
-        while True:
-            try:
-                seqs += self._event_acks.get_nowait()
-            except queue.Empty:
-                break
+        seqs = _drain(self._event_acks)
         rows = [self._event_rows.pop(seq) for seq in seqs if seq in self._event_rows]
         for seq in seqs:
             self._event_sent.pop(seq, None)
@@ -249,3 +239,13 @@ class TelemetryUplink:
             out["events"] = {**self.events.stats(), "sent": self.events_sent, "acked": self.events_acked,
                              "inflight": len(self._event_sent)}
         return out
+
+
+def _drain(acks: queue.SimpleQueue[list[int]]) -> list[int]:
+    """Every id queued so far (acks arrive on the MQTT thread)."""
+    ids: list[int] = []
+    while True:
+        try:
+            ids += acks.get_nowait()
+        except queue.Empty:
+            return ids

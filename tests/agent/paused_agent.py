@@ -13,23 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from agent.lifecycle import Ev, UpdateRecord
+from agent.lifecycle import STEP_OF_STATE, Ev, UpdateRecord
 from agent.steps import DeviceSteps
-
-ACTIONS = {
-    "downloading": "download",
-    "verifying": "verify",
-    "staged": "stage",
-    "activating": "activate",
-    "self_test": "self_test",
-    "probation": "probation",
-    "rolling_back": "roll_back",
-}
+from protocol.messages import LifecycleState as State
 
 
 def pause_in(state: str, version: int) -> None:
     """Make DeviceSteps block in `state` for `version`, leaving `lifecycle/paused-in-<state>` as the signal."""
-    name = ACTIONS[state]
+    name = STEP_OF_STATE[State(state)]
     original: Callable[[DeviceSteps, UpdateRecord], Ev] = getattr(DeviceSteps, name)
 
     def paused(self: DeviceSteps, record: UpdateRecord) -> Ev:
