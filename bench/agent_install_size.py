@@ -49,7 +49,7 @@ def venv_install(work: Path, name: str, *requirements: str) -> float:
 def target_install(work: Path, name: str, *requirements: str) -> float:
     """MB of the aarch64 wheels pip picks for `requirements`, unpacked into a --target folder.
 
-    sqlite-utils depends on pip, which every venv already has: it is not counted (as in `venv_install`).
+    pip, which every venv already has, is not counted should a dependency pull it in (as in `venv_install`).
     """
     target = work / name
     pip(sys.executable, "--target", str(target), *AARCH64, *requirements)

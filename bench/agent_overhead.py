@@ -48,6 +48,9 @@ RUNS = 2000
 BATCH = 8
 
 
+SMALL = (256, 32, 10)  # the tiny model of the `*rss_small_model_mb` keys
+
+
 def build_mlp(path: Path, sizes: tuple[int, ...] = (256, 1024, 1024, 10)) -> Path:
     """A small MLP (ReLU) with a dynamic batch, written with onnx.helper."""
     rng = np.random.default_rng(0)
@@ -159,14 +162,15 @@ def in_process(work: Path, model_path: Path, manifest: Manifest, raw: Callable[[
 
 
 def daemon(
-    work: Path, model_path: Path, manifest: Manifest, profile: str
+    work: Path, model_path: Path, manifest: Manifest, profile: str, runs: int = 500
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """A real `edgefleet agent run` (private broker, identity on disk, the model active in its A/B store):
     local-API timings at batch 8 and 1, and its memory with the model loaded and MQTT connected."""
+    profile_dir = f"{profile}-{model_path.stem}"
     x = np.random.default_rng(1).normal(size=(BATCH, 256)).astype(np.float32)
     name = manifest.inputs[0].name
-    broker = start_broker(work / f"mosquitto-{profile}")
-    data = work / f"device-{profile}"
+    broker = start_broker(work / f"mosquitto-{profile_dir}")
+    data = work / f"device-{profile_dir}"
     data.mkdir()
     identity = EnrollResponse(
         device_id="bench-1",
@@ -181,7 +185,7 @@ def daemon(
     store.stage(manifest, manifest.to_bytes(), model_path)
     store.activate("mlp", 1)
     port = free_port()
-    config = work / f"agent-{profile}.toml"
+    config = work / f"agent-{profile_dir}.toml"
     config.write_text(
         f'profile = "{profile}"\ndata_dir = "{data}"\napi_port = {port}\n'
         f'topic_root = "bench/v1"\nlog_level = "WARNING"\n'
@@ -208,10 +212,11 @@ def daemon(
             body1 = json.dumps({"inputs": {name: x[:1].tolist()}}).encode()
             assert client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers).status_code == 200
             times = {
-                "http": timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers), 500),
-                "http1": timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body1, headers=headers),
-                               500),
-                "health": timed(lambda: client.get(f"{url}/healthz"), 500),
+                "http": timed(lambda: client.post(f"{url}/v1/models/mlp/predict", content=body, headers=headers), runs),
+                "http1": timed(
+                    lambda: client.post(f"{url}/v1/models/mlp/predict", content=body1, headers=headers), runs
+                ),
+                "health": timed(lambda: client.get(f"{url}/healthz"), runs),
             }
         memory = {k: rss_mb(proc.pid, k) for k in ("VmRSS", "RssAnon", "RssFile")}
         if os.environ.get("EDGEFLEET_BENCH_MAPS"):  # which shared objects the daemon has mapped
@@ -237,6 +242,11 @@ def main() -> None:
     manifest = with_baseline(make_manifest(onnx_path, name="mlp", version=1, profile="x86_gateway"))
     t = in_process(work, onnx_path, manifest, lambda a: session.run(["y"], {"x": a}), "x86_gateway")
     h, mem = daemon(work, onnx_path, manifest, "x86_gateway")
+    # The same daemon serving a tiny model (256-32-10, 33 KB): the agent's own footprint, without the
+    # resident cost of the benchmark model (its mapped or parsed weights and the runtime's packed copy).
+    small_onnx = build_mlp(work / "mlp_small.onnx", SMALL)
+    small_manifest = with_baseline(make_manifest(small_onnx, name="mlp", version=1, profile="x86_gateway"))
+    _, small_mem = daemon(work, small_onnx, small_manifest, "x86_gateway", runs=200)
 
     # LiteRT (the Raspberry Pi profile): raw Interpreter set_tensor + invoke + get_tensor, same weights.
     from ai_edge_litert.interpreter import Interpreter
@@ -259,6 +269,10 @@ def main() -> None:
     tfl_manifest = with_baseline(make_manifest(tfl_path, name="mlp", version=1, profile="raspberry_pi_4"))
     lt = in_process(work, tfl_path, tfl_manifest, invoke, "raspberry_pi_4")
     lh, lmem = daemon(work, tfl_path, tfl_manifest, "raspberry_pi_4")
+    with contextlib.redirect_stdout(io.StringIO()):
+        small_tfl = build_tflite_mlp(work / "mlp_small.tflite", SMALL)
+    small_tfl_manifest = with_baseline(make_manifest(small_tfl, name="mlp", version=1, profile="raspberry_pi_4"))
+    _, small_lmem = daemon(work, small_tfl, small_tfl_manifest, "raspberry_pi_4", runs=200)
 
     def p50(v: list[float]) -> float:
         return pct(v, 50)
@@ -287,6 +301,8 @@ def main() -> None:
         "http_healthz_p50_ms": round(p50(h["health"]), 4),
         "rss_anon_mb": round(mem["RssAnon"], 1),
         "rss_file_mb": round(mem["RssFile"], 1),
+        "rss_small_model_mb": round(small_mem["VmRSS"], 1),
+        "model_file_mb": round(onnx_path.stat().st_size / 2**20, 2),
         # LiteRT, same model and inputs (the runtime of the Pi / Coral / i.MX profiles).
         "litert_inproc_p50_ratio": round(p50(lt["inproc"]) / p50(lt["raw"]), 4),
         "litert_http_added_p50_ms": round(p50(lh["http1"]) - p50(lt["inproc1"]), 4),
@@ -297,6 +313,8 @@ def main() -> None:
         "litert_inproc_p50_ratio_b1": round(p50(lt["inproc1"]) / p50(lt["raw1"]), 4),
         "litert_rss_anon_mb": round(lmem["RssAnon"], 1),
         "litert_rss_file_mb": round(lmem["RssFile"], 1),
+        "litert_rss_small_model_mb": round(small_lmem["VmRSS"], 1),
+        "litert_model_file_mb": round(tfl_path.stat().st_size / 2**20, 2),
         "runs": {"raw": len(t["raw"]), "inproc": len(t["inproc"]), "http": len(h["http"])},
         "stdev_raw_ms": round(statistics.pstdev(t["raw"]), 4),
     }
