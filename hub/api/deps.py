@@ -36,10 +36,14 @@ def get_conn(hub: HubDep) -> Iterator[Connection]:
 ConnDep = Annotated[Connection, Depends(get_conn)]
 
 
-def require_admin(hub: HubDep, creds: Credentials) -> str:
-    """The operator; 401 without the admin bearer token. Returns the actor name for the audit log."""
+def require_admin(request: Request, hub: HubDep, creds: Credentials) -> str:
+    """The operator; 401 without the admin bearer token. Returns the actor name for the audit log.
+
+    The actor is also kept on the request, so an action the hub refuses (409) is audited too.
+    """
     if creds is None or not same_secret(creds.credentials, hub.admin_token):
         raise AuthError("admin bearer token required")
+    request.state.actor = "admin"
     return "admin"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from hub.api.routes import audit, devices, enroll, health, models, rollouts, telemetry, tokens, tuf
 from hub.dashboard import routes as dashboard
@@ -17,6 +18,7 @@ from hub.errors import HubError
 from hub.schemas import Message
 from hub.services import Hub
 from hub.settings import HubSettings
+from hub.store import audit as audit_store
 from hub.tuf_repo import Clock, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,12 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
     app.state.hub = hub
 
     @app.exception_handler(HubError)
-    async def _hub_error(_request: Request, exc: HubError) -> JSONResponse:
+    async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
         if exc.status_code >= 500:
             log.error("server-side failure: %s", exc)
+        actor = getattr(request.state, "actor", None)
+        if exc.status_code == 409 and actor is not None:  # an operator action the hub refused
+            await run_in_threadpool(_audit_refusal, hub, actor, request, str(exc))
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
 
@@ -76,3 +81,10 @@ def describe_validation(errors: Sequence[Any]) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
+
+
+def _audit_refusal(hub: Hub, actor: str, request: Request, detail: str) -> None:
+    """Record a refused operator action in its own transaction (the request's one was rolled back)."""
+    with hub.engine.begin() as conn:
+        audit_store.record(conn=conn, now=hub.clock(), actor=actor, action="refused", target=request.url.path,
+                           details={"method": request.method, "status": 409, "detail": detail})  # fmt: skip

@@ -47,6 +47,9 @@ def test_push_is_immutable_and_served_with_range(client: TestClient, tmp_path: P
     changed = write_folder(tmp_path / "out2", "digits", 1, ["raspberry_pi_4"], payload=b"other")
     conflict = client.post("/api/v1/models", files={"archive": ("o.tar.gz", tar_gz(changed))}, headers=ADMIN)
     assert conflict.status_code == 409 and "immutable" in conflict.json()["detail"]
+    refused = client.get("/api/v1/audit", headers=ADMIN).json()[0]  # a refused operator action is audited too
+    assert (refused["actor"], refused["action"], refused["target"]) == ("admin", "refused", "/api/v1/models")
+    assert refused["details"] == {"method": "POST", "status": 409, "detail": conflict.json()["detail"]}
 
     device = enroll(client, "dev-a")
     auth = {"Authorization": f"Bearer {device.device_token}"}
