@@ -10,7 +10,7 @@ Start-up reads two counters, never scans the backlog.
 
 Plain `sqlite3`: every statement here is hand-tuned SQL inside explicit transactions (ids taken from
 sqlite_sequence, counters bumped in the same commit), which is not what sqlite-utils is for; importing
-it (with click, pluggy, dateutil) cost the daemon 2.8 MB of RSS for a connection wrapper.
+it (with pluggy, dateutil, tabulate) cost the daemon ~2 MB of RSS for a connection wrapper.
 """
 
 from __future__ import annotations
