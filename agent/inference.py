@@ -19,7 +19,7 @@ from agent.errors import AgentError, InputError
 from agent.fallback.config import EndpointConfig, FallbackPolicy
 from agent.fallback.errors import FallbackError
 from agent.fallback.router import FallbackRouter
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, PredictSeries
 from agent.model import LoadedModel
 from agent.serving import ServedModel, ServingRegistry
 from agent.telemetry.recorders import Recorders
@@ -100,7 +100,7 @@ class InferenceService:
         self._manifest_of = manifest_of
         self._on_window_full = on_window_full
         self._routers: dict[str, tuple[int | None, FallbackRouter]] = {}
-        self._series: dict[str, tuple[Any, Any]] = {}
+        self._series: dict[str, PredictSeries] = {}
         self._lock = threading.Lock()
 
     def has_fallback(self, name: str) -> bool:
@@ -197,10 +197,9 @@ class InferenceService:
 
     def _count(self, name: str, ms: float) -> None:
         series = self._series.get(name)
-        if series is None:  # labelled children are looked up once per model, not per call
-            series = self._series[name] = (self.metrics.latency.labels(name), self.metrics.predictions.labels(name))
-        series[0].observe(ms / 1000)
-        series[1].inc()
+        if series is None:  # looked up once per model, not per call
+            series = self._series[name] = self.metrics.predict_series(name)
+        series.observe(ms / 1000)
 
     def _fallback_done(
         self,

@@ -2,7 +2,65 @@
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+PREDICT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+_BUCKET_LABELS = [floatToGoString(b) for b in (*PREDICT_BUCKETS, float("inf"))]  # type: ignore[no-untyped-call]
+
+
+class PredictSeries:
+    """Predictions served by one model and their latency, kept for `edgefleet_agent_predictions` and
+    `edgefleet_agent_predict_seconds`: one lock and two additions per call, the exposition built at scrape
+    time (a `Counter` + `Histogram` pair costs three locks and a bucket loop on the serving path)."""
+
+    __slots__ = ("_buckets", "_lock", "_sum")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets = [0] * (len(PREDICT_BUCKETS) + 1)  # per bucket (le), not yet cumulative; last: +Inf
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        i = bisect_left(PREDICT_BUCKETS, seconds)  # the first bound >= seconds: Prometheus' `le`
+        with self._lock:
+            self._buckets[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """Cumulative bucket counts (the last one is the number of predictions) and the latency sum."""
+        with self._lock:
+            buckets, total = list(self._buckets), self._sum
+        return list(accumulate(buckets)), total
+
+
+class _PredictCollector:
+    def __init__(self, series: dict[str, PredictSeries]) -> None:
+        self._series = series
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        return (
+            CounterMetricFamily("edgefleet_agent_predictions", "Predictions served", labels=["model"]),
+            HistogramMetricFamily("edgefleet_agent_predict_seconds", "In-process predict latency", labels=["model"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        count, latency = self._families()
+        for model, series in sorted(self._series.items()):
+            cumulative, total = series.snapshot()
+            count.add_metric([model], cumulative[-1])
+            latency.add_metric([model], list(zip(_BUCKET_LABELS, cumulative, strict=True)), total)
+        yield count
+        yield latency
 
 
 class AgentMetrics:
@@ -10,20 +68,13 @@ class AgentMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.predictions = Counter(
-            "edgefleet_agent_predictions", "Predictions served", ["model"], registry=self.registry
-        )
+        self._predict: dict[str, PredictSeries] = {}
+        self._predict_lock = threading.Lock()
+        self.registry.register(_PredictCollector(self._predict))
         self.prediction_errors = Counter(
             "edgefleet_agent_prediction_errors",
             "Predictions refused or failed",
             ["model", "kind"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "edgefleet_agent_predict_seconds",
-            "In-process predict latency",
-            ["model"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
         self.rejected = Counter(
@@ -71,3 +122,11 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.mqtt_connected = Gauge("edgefleet_agent_mqtt_connected", "1 when connected", registry=self.registry)
+
+    def predict_series(self, model: str) -> PredictSeries:
+        """The model's predict count and latency (created on first use; callers keep it)."""
+        series = self._predict.get(model)
+        if series is None:
+            with self._predict_lock:
+                series = self._predict.setdefault(model, PredictSeries())
+        return series
