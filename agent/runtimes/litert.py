@@ -74,7 +74,10 @@ class LiteRTRuntime:
             self._interp = interpreter_cls(model_path=str(path), num_threads=config.threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError, OSError) as e:
-            raise ModelLoadError(f"{path.name}: LiteRT cannot load it: {e}") from e
+            hint = ""
+            if interpreter_cls.__module__.startswith("tflite_runtime") and "find op for builtin opcode" in str(e):
+                hint = " with tflite-runtime, whose last release predates this op version (pip install ai-edge-litert)"
+            raise ModelLoadError(f"{path.name}: LiteRT cannot load it{hint}: {e}") from e
         self._lock = threading.Lock()
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()

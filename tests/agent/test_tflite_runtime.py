@@ -71,6 +71,7 @@ def test_tflite_runtime_fallback_runs_the_converters_artifacts(keras_converted: 
             # dynamic-range int8: the self-test refuses such an artifact with that reason (the device rolls back).
             assert manifest.kind == "tflite_dynamic_int8", seen
             assert "will not load" in seen["failed"] and "Didn't find op for builtin opcode" in seen["failed"], seen
+            assert "pip install ai-edge-litert" in seen["failed"], seen  # what to do about it
             continue
         passed += 1
         assert seen["cases"] == len(manifest.golden.cases) > 0
@@ -81,3 +82,33 @@ def test_tflite_runtime_fallback_runs_the_converters_artifacts(keras_converted: 
             assert np.allclose(value, np.asarray(seen["first"][name]), atol=1e-5), (manifest.profile, name)
     kinds = {m["kind"] for m in report["models"].values() if "failed" not in m}
     assert passed >= 3 and "tflite_int8" in kinds, report  # full-int8 I/O (Coral, ESP32, i.MX) runs on the fallback
+
+
+@pytest.mark.integration
+def test_an_op_version_tflite_runtime_lacks_is_refused_with_what_to_install(tmp_path: Path) -> None:
+    """Dynamic-range int8 from current TensorFlow writes FULLY_CONNECTED v12: ai-edge-litert loads it,
+    tflite-runtime 2.14 cannot, and says which package would (deterministic, unlike the converter's pick)."""
+    assert PYTHON.exists(), f"{PYTHON} missing: run `make setup` (it creates .venv-tflite with tflite-runtime)"
+    import tensorflow as tf
+
+    from agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
+
+    inputs = tf.keras.Input(shape=(64,))
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(32)(inputs))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights, float activations
+    path = tmp_path / "dynamic.tflite"
+    path.write_bytes(converter.convert())
+    assert LiteRTRuntime(path, LiteRTConfig()).inputs[0].shape == (None, 64)  # ai-edge-litert, here
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from agent.errors import ModelLoadError\n"
+        "from agent.runtimes.litert import LiteRTConfig, LiteRTRuntime\n"
+        "try:\n    LiteRTRuntime(Path(sys.argv[1]), LiteRTConfig())\nexcept ModelLoadError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([str(PYTHON), "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    message = done.stdout.strip().splitlines()[0]
+    assert message.startswith("dynamic.tflite: LiteRT cannot load it with tflite-runtime"), message
+    assert "pip install ai-edge-litert" in message and "FULLY_CONNECTED' version '12'" in message, message
