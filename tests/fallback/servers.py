@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,29 @@ from tests.support.broker import wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_VENV = Path(os.environ.get("EDGEFLEET_MLSERVER_VENV", ROOT / ".venv-mlserver"))
+
+
+class DroppingEndpoint:
+    """A cloud endpoint that accepts each connection and closes it at once, counting them: the proof that a
+    caller did or did not go to the network."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
