@@ -19,7 +19,7 @@ from agent.errors import AgentError, InputError
 from agent.fallback.config import EndpointConfig, FallbackPolicy
 from agent.fallback.errors import FallbackError
 from agent.fallback.router import FallbackRouter
-from agent.metrics import AgentMetrics, PredictSeries
+from agent.metrics import AgentMetrics
 from agent.model import LoadedModel
 from agent.serving import ServedModel, ServingRegistry
 from agent.telemetry.recorders import Recorders
@@ -100,7 +100,6 @@ class InferenceService:
         self._manifest_of = manifest_of
         self._on_window_full = on_window_full
         self._routers: dict[str, tuple[int | None, FallbackRouter]] = {}
-        self._series: dict[str, PredictSeries] = {}
         self._lock = threading.Lock()
 
     def has_fallback(self, name: str) -> bool:
@@ -196,10 +195,7 @@ class InferenceService:
         return ids
 
     def _count(self, name: str, ms: float) -> None:
-        series = self._series.get(name)
-        if series is None:  # looked up once per model, not per call
-            series = self._series[name] = self.metrics.predict_series(name)
-        series.observe(ms / 1000)
+        self.metrics.predict_series(name).observe(ms / 1000)
 
     def _fallback_done(
         self,
