@@ -1,10 +1,14 @@
-"""Local HTTP API on 127.0.0.1: predict, health, models, Prometheus metrics (Starlette, no auth)."""
+"""Local HTTP API on 127.0.0.1 or a unix socket: predict, health, models, Prometheus metrics (Starlette, no auth;
+on a unix socket the file mode decides who may call it)."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.errors import InputError, ModelLoadError
+from agent.errors import ConfigError, InputError, ModelLoadError
 from agent.fallback import FallbackError, FallbackTimeout, FallbackUnavailable
 from agent.inference import InferenceService, NotServing
 from agent.metrics import AgentMetrics
@@ -155,3 +159,33 @@ def build_app(
         Route("/metrics", prometheus, methods=["GET"]),
     ]
     return Starlette(routes=routes)
+
+
+def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
+    """The local API's unix socket, bound before the daemon starts: owner and group may connect (`mode`).
+
+    A socket file left by an agent that was killed is replaced; one another agent still listens on is not,
+    and neither is a path that is not a socket."""
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:  # nobody listens: left by a killed agent
+            path.unlink(missing_ok=True)
+        else:
+            raise ConfigError(f"api_uds: another process is serving on {path}")
+        finally:
+            probe.close()
+    elif path.exists() or path.is_symlink():
+        raise ConfigError(f"api_uds: {path} exists and is not a socket")
+    if not path.parent.is_dir():
+        raise ConfigError(f"api_uds: directory {path.parent} does not exist")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, mode)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"api_uds: cannot listen on {path}: {e.strerror or e}") from e
+    return sock

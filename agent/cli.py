@@ -6,12 +6,17 @@ import contextlib
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import numpy as np
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    import socket
+
+    from agent.settings import AgentSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,6 +119,24 @@ def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: i
 def run(config: Path | None) -> None:
     """Run the daemon: enroll on first start, reconcile desired state, serve the local API."""
     import logging
+
+    from agent.api import bind_unix_socket
+    from agent.settings import load_settings
+
+    settings = load_settings(config)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The socket is bound before anything starts: a second agent on the same socket stops here, not mid-update.
+    sock = bind_unix_socket(settings.api_uds) if settings.api_enabled and settings.api_uds else None
+    try:
+        _serve(settings, sock)
+    finally:
+        if sock is not None and settings.api_uds is not None:
+            sock.close()
+            settings.api_uds.unlink(missing_ok=True)
+
+
+def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
+    """Start the daemon, serve the local API (or wait for SIGTERM when it is off), stop the daemon."""
     import signal
     import threading
 
@@ -121,10 +144,7 @@ def run(config: Path | None) -> None:
 
     from agent.api import build_app
     from agent.daemon import Agent
-    from agent.settings import load_settings
 
-    settings = load_settings(config)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = Agent(settings)
     daemon.start()
     try:
@@ -137,13 +157,16 @@ def run(config: Path | None) -> None:
                 daemon.request_rollback,
                 inference=daemon.inference,
             )
+            # uvicorn answers SIGTERM/SIGINT by shutting down and then raising the signal again with the
+            # handlers it found installed: with the default ones the process would die there, before
+            # `daemon.stop()` has put the open telemetry windows in the outbox. These make that a no-op.
+            signal.signal(signal.SIGTERM, lambda *_: None)
+            signal.signal(signal.SIGINT, lambda *_: None)
             where: dict[str, Any] = (
-                {"uds": str(settings.api_uds)}
-                if settings.api_uds
-                else {"host": settings.api_host, "port": settings.api_port}
+                {"uds": str(settings.api_uds)} if sock else {"host": settings.api_host, "port": settings.api_port}
             )
             server_config = uvicorn.Config(app, log_level="warning", access_log=False, **where)
-            uvicorn.Server(server_config).run()
+            uvicorn.Server(server_config).run(sockets=[sock] if sock else None)
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -151,6 +174,29 @@ def run(config: Path | None) -> None:
             stop.wait()
     finally:
         daemon.stop()
+
+
+@contextlib.contextmanager
+def _local_api(config: Path | None) -> Iterator[tuple[Any, str]]:
+    """An httpx client for the running daemon's local API (TCP or unix socket, as agent.toml says) and
+    where that is, for messages."""
+    import httpx
+
+    from agent.settings import load_settings
+
+    settings = load_settings(config)
+    if not settings.api_enabled:
+        raise click.ClickException(
+            "the local API is off in this config (api_enabled = false); the hub shows this device and can roll it back"
+        )
+    if settings.api_uds:
+        transport = httpx.HTTPTransport(uds=str(settings.api_uds))
+        with httpx.Client(transport=transport, base_url="http://agent", timeout=10) as client:
+            yield client, f"unix socket {settings.api_uds}"
+    else:
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        with httpx.Client(base_url=base, timeout=10) as client:
+            yield client, base
 
 
 @agent.command()
@@ -161,14 +207,11 @@ def rollback(model: str, config: Path | None) -> None:
     """Ask the running daemon to roll MODEL back to its previous version."""
     import httpx
 
-    from agent.settings import load_settings
-
-    settings = load_settings(config)
-    url = f"http://{settings.api_host}:{settings.api_port}/v1/models/{model}/rollback"
-    try:
-        response = httpx.post(url, timeout=10)
-    except httpx.HTTPError as e:
-        raise click.ClickException(f"the agent's local API at {url} does not answer: {e}") from e
+    with _local_api(config) as (client, where):
+        try:
+            response = client.post(f"/v1/models/{model}/rollback")
+        except httpx.HTTPError as e:
+            raise click.ClickException(f"the agent's local API at {where} does not answer: {e}") from e
     if response.status_code != 202:
         raise click.ClickException(response.json().get("error", response.text))
     click.echo(f"rollback of {model} queued")
@@ -181,14 +224,11 @@ def status(config: Path | None) -> None:
     """Show what the running daemon serves and where each update stands."""
     import httpx
 
-    from agent.settings import load_settings
-
-    settings = load_settings(config)
-    url = f"http://{settings.api_host}:{settings.api_port}/v1/models"
-    try:
-        models = httpx.get(url, timeout=10).json()["models"]
-    except httpx.HTTPError as e:
-        raise click.ClickException(f"the agent's local API at {url} does not answer: {e}") from e
+    with _local_api(config) as (client, where):
+        try:
+            models = client.get("/v1/models").json()["models"]
+        except httpx.HTTPError as e:
+            raise click.ClickException(f"the agent's local API at {where} does not answer: {e}") from e
     for m in models:
         line = f"{m['name']}: active v{m['active_version']} previous v{m['previous_version']} state {m['state']}"
         click.echo(line + (f" ({m['reason']})" if m.get("reason") else ""))
