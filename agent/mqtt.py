@@ -119,6 +119,8 @@ class MqttSession:
                         break
             except (OSError, ValueError) as e:
                 log.info("mqtt connect to %s:%s failed: %s", self.host, self.port, e)
+            except Exception:  # a bug in a callback or in paho must not end the session for good: log, back off
+                log.exception("mqtt session error; reconnecting")
             self.connected.clear()
             if self._stop.is_set():
                 return
@@ -134,7 +136,8 @@ class MqttSession:
     def reconnect_delay(self, failures: int) -> float:
         """Full-jitter exponential backoff between reconnect attempts."""
         low, high = self.backoff
-        return self.rng.uniform(low / 2, min(high, low * 2 ** (failures - 1)))
+        # The exponent is capped: a device offline for days counts thousands of failures (2.0 ** 1100 overflows).
+        return self.rng.uniform(low / 2, min(high, low * 2.0 ** min(failures - 1, 64)))
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):

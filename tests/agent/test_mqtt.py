@@ -178,3 +178,40 @@ def test_events_emitted_while_offline_are_delivered_after_reconnect(
     wait_for(lambda: agent.mqtt.connected.is_set(), timeout=30, what="reconnected")
     observer.client.reconnect()
     wait_for(lambda: any(e["seq"] == sent.seq for e in observer.events("failed")), timeout=30, what="offline event")
+
+
+def test_reconnect_delay_stays_bounded_however_long_the_device_is_offline() -> None:
+    import random
+
+    from agent.mqtt import MqttSession
+
+    session = MqttSession(device_id="dev-1", host="127.0.0.1", port=1, username=None, password=None, root="r",
+                          on_message=lambda _c, _p: None, backoff=(1.0, 60.0), rng=random.Random(0))  # fmt: skip
+    delays = {f: session.reconnect_delay(f) for f in (1, 2, 7, 1025, 1026, 10**6)}
+    assert all(0.5 <= d <= 60.0 for d in delays.values()), delays
+    assert delays[1] <= 1.0
+
+
+def test_an_unexpected_error_in_the_session_does_not_end_it(broker: Broker, unique_root: str) -> None:
+    import random
+
+    from agent.mqtt import MqttSession
+
+    session = MqttSession(device_id="dev-flaky", host="127.0.0.1", port=broker.port, username=None, password=None,
+                          root=unique_root, on_message=lambda _c, _p: None, backoff=(0.05, 0.1),
+                          rng=random.Random(0))  # fmt: skip
+    connect, calls = session._connect, []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("a bug somewhere below the session")
+        connect()
+
+    session._connect = flaky  # type: ignore[method-assign]
+    session.start()
+    try:
+        assert session.connected.wait(15), "the session gave up after an unexpected error"
+        assert len(calls) == 3
+    finally:
+        session.stop()
