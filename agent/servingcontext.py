@@ -49,7 +49,10 @@ class ServingContext:
         version = self.store.slot_version(name, "active")
         record = self.lifecycle.load(name)
         untested = (State.ACTIVATING, State.SELF_TEST, State.ROLLING_BACK)
-        if record.state in untested and record.from_version is not None:
+        if record.state in untested:
+            # Serve the version that passed before; on a first install there is none, and the new one is
+            # not served (nor even loaded: a model that crashes its runtime would crash every start) until
+            # the resumed self-test has passed.
             version = record.from_version
         if version is None:
             return

@@ -138,3 +138,40 @@ def test_restart_mid_self_test_serves_the_tested_version(
         wait_for(lambda: serving() == {"demo": 2}, timeout=30, what="v2 serving after its self-test")
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("state", ["activating", "self_test"])
+def test_restart_mid_first_install_serves_nothing_untested(
+    state: str, tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    import httpx
+
+    port = listen_port()
+    data = tmp_path / "device"
+    config = write_config(tmp_path / "agent.toml", data, hub, unique_root, api_enabled=True, api_port=port)
+    log = tmp_path / "agent.log"
+    paused = data / "lifecycle" / f"paused-in-{state}"
+
+    def serving() -> dict[str, int] | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["serving"]
+        except httpx.HTTPError:
+            return None
+
+    proc = start_agent(config, log, pause=f"{state}@1")
+    try:
+        observer.desire("dev-1", 1, [("demo", 1, publish(hub, tmp_path, 1), False)])
+        wait_for(paused.exists, timeout=60, what=f"paused in {state}")
+        kill9(proc)
+        paused.unlink()
+        proc = start_agent(config, log, pause="self_test@1")  # pauses inside the resumed self-test
+        wait_for(lambda: (data / "lifecycle" / "paused-in-self_test").exists(), timeout=60, what="self_test again")
+        wait_for(lambda: serving() is not None, timeout=30, what="local API")
+        assert serving() == {}  # v1 is untested: nothing serves
+        kill9(proc)
+        (data / "lifecycle" / "paused-in-self_test").unlink()
+        proc = start_agent(config, log)
+        wait_for(lambda: observer.events("committed"), timeout=60, what="v1 committed")
+        wait_for(lambda: serving() == {"demo": 1}, timeout=30, what="v1 serving after its self-test")
+    finally:
+        stop(proc)
