@@ -119,20 +119,28 @@ def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: i
 def run(config: Path | None) -> None:
     """Run the daemon: enroll on first start, reconcile desired state, serve the local API."""
     import logging
+    import os
 
-    from agent.api import bind_unix_socket
+    from agent.api import bind_tcp_socket, bind_unix_socket, lock_data_dir
     from agent.settings import load_settings
 
     settings = load_settings(config)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The socket is bound before anything starts: a second agent on the same socket stops here, not mid-update.
-    sock = bind_unix_socket(settings.api_uds) if settings.api_enabled and settings.api_uds else None
+    # One daemon per data_dir, and the API's socket bound before anything starts: a second agent, a port in
+    # use or a socket another agent serves on stop the start here with one line, not mid-update.
+    lock = lock_data_dir(settings.data_dir)
+    sock: socket.socket | None = None
     try:
+        if settings.api_enabled:
+            uds = settings.api_uds
+            sock = bind_unix_socket(uds) if uds else bind_tcp_socket(settings.api_host, settings.api_port)
         _serve(settings, sock)
     finally:
-        if sock is not None and settings.api_uds is not None:
+        if sock is not None:
             sock.close()
-            settings.api_uds.unlink(missing_ok=True)
+            if settings.api_uds is not None:
+                settings.api_uds.unlink(missing_ok=True)
+        os.close(lock)
 
 
 def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
@@ -162,9 +170,8 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
             # `daemon.stop()` has put the open telemetry windows in the outbox. These make that a no-op.
             signal.signal(signal.SIGTERM, lambda *_: None)
             signal.signal(signal.SIGINT, lambda *_: None)
-            where: dict[str, Any] = (
-                {"uds": str(settings.api_uds)} if sock else {"host": settings.api_host, "port": settings.api_port}
-            )
+            uds, host, port = settings.api_uds, settings.api_host, settings.api_port
+            where: dict[str, Any] = {"uds": str(uds)} if uds else {"host": host, "port": port}
             server_config = uvicorn.Config(app, log_level="warning", access_log=False, **where)
             uvicorn.Server(server_config).run(sockets=[sock] if sock else None)
         else:

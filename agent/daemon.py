@@ -58,6 +58,7 @@ class Agent:
         self.lifecycle = Lifecycle(settings.data_dir / "lifecycle", self.steps, self._on_transition)
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
+        self.reconciles = 0  # passes of `reconcile` (tests wait on it)
         self.applied_generation = 0
         self.rejected = 0
         self._details: dict[str, dict[str, Any]] = {}
@@ -177,14 +178,16 @@ class Agent:
         """Start an update for every desired model that is not what runs now."""
         desired = self.desired
         assert desired is not None
+        self.reconciles += 1
         for want in desired.models:
             record = self.lifecycle.load(want.name)
             if record.state not in TERMINAL:  # left mid-step (an earlier error): finish or undo it first
                 record = self.lifecycle.run(record)
             if self.store.slot_version(want.name, "active") == want.version and record.state in TERMINAL:
                 continue
-            same = record.generation == desired.generation and record.target_version == want.version
-            if same and record.rejected_version == want.version:
+            # Refused, failed or rolled back (by the agent or by hand) in this generation: not retried until the
+            # hub publishes a new one (a download that failed is, on the idle retry pass).
+            if record.generation == desired.generation and record.rejected_version == want.version:
                 download_error = (record.reason or "").startswith(("DownloadError", "MetadataRefused: cannot reach"))
                 if not (retry_failed and download_error):
                     continue

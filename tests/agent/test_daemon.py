@@ -63,7 +63,7 @@ def test_enroll_install_update_and_report(tmp_path: Path, hub: HubStub, observer
 
 
 def test_manual_rollback_command(tmp_path: Path, hub: HubStub, observer: Observer, make_agent) -> None:
-    agent = make_agent()
+    agent = make_agent(retry_failed_after_s=0.2)  # the idle retry pass runs every 0.2 s
     t1, t2 = publish_version(hub, tmp_path, 1), publish_version(hub, tmp_path, 2)
     observer.desire("dev-1", 1, [("demo", 1, t1, False)])
     wait_for(lambda: committed(observer, 1), what="v1")
@@ -76,6 +76,16 @@ def test_manual_rollback_command(tmp_path: Path, hub: HubStub, observer: Observe
     rolled = observer.events("rolled_back")[-1]
     assert rolled["version"] == 1 and "manual rollback" in rolled["reason"]
     wait_for(lambda: agent.lifecycle.load("demo").state == "rolled_back", what="state persisted")
+    # It stays rolled back: through idle retry passes and the same desired state sent again ...
+    observer.desire("dev-1", 2, [("demo", 2, t2, False)])
+    reconciled = agent.reconciles
+    wait_for(lambda: agent.reconciles >= reconciled + 5, what="more reconcile passes")
+    assert agent.store.slot_version("demo", "active") == 1
+    assert [e["version"] for e in observer.events("committed")] == [1, 2]
+    # ... until the hub publishes a new generation that wants v2 again.
+    observer.desire("dev-1", 3, [("demo", 2, t2, False)])
+    wait_for(lambda: [e["version"] for e in observer.events("committed")] == [1, 2, 2], what="v2 again")
+    assert agent.store.slot_version("demo", "active") == 2
 
 
 def test_update_through_a_network_that_keeps_dropping(
