@@ -67,6 +67,8 @@ class Agent:
             device_id=self.device_id,
             host=settings.mqtt_host or mqtt.host,
             port=settings.mqtt_port or mqtt.port,
+            tls=mqtt.tls if settings.mqtt_tls is None else settings.mqtt_tls,
+            ca_file=settings.mqtt_ca_file,
             username=mqtt.username or None,
             password=mqtt.password or None,
             root=settings.topic_root,

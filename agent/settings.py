@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,9 +50,12 @@ class AgentSettings(BaseSettings):
     enrollment_token: str | None = None
     device_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-    # MQTT (host/port default to what enrollment returned).
+    # MQTT (host, port and TLS default to what enrollment returned).
     mqtt_host: str | None = None
     mqtt_port: int | None = None
+    mqtt_tls: bool | None = None
+    # The CA bundle (PEM) that signed the broker's certificate; default: the system's trusted CAs.
+    mqtt_ca_file: FilePath | None = None
     topic_root: str = ROOT
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_min_s: float = Field(default=1.0, gt=0)

@@ -27,6 +27,8 @@ class HubSettings(BaseSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
     mqtt_public_host: str | None = None  # host handed to devices; default mqtt_host
+    mqtt_public_port: int | None = Field(default=None, ge=1, le=65535)  # port handed to devices; default mqtt_port
+    mqtt_public_tls: bool = False  # devices connect with TLS (deploy/mosquitto.conf: 8883)
     mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
     topic_root: str = ROOT
     # Mosquitto auth files the hub writes; a pid file to SIGHUP after a validated change.

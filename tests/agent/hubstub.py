@@ -41,6 +41,7 @@ class HubStub:
     mqtt_username: str = ""
     mqtt_password: str = ""
     public_url: str | None = None  # what enrollment tells devices (e.g. a proxy in front of this server)
+    mqtt_tls: bool = False  # what enrollment tells devices: the broker's listener is TLS
 
     @property
     def url(self) -> str:
@@ -55,7 +56,11 @@ class HubStub:
                 device_id=body.device_id or "dev-1",
                 device_token=TOKEN,
                 mqtt=MqttCredentials(
-                    host="127.0.0.1", port=self.mqtt_port, username=self.mqtt_username, password=self.mqtt_password
+                    host="127.0.0.1",
+                    port=self.mqtt_port,
+                    username=self.mqtt_username,
+                    password=self.mqtt_password,
+                    tls=self.mqtt_tls,
                 ),
                 hub_url=self.public_url or self.url,
                 tuf_root=self.repo.root_bytes().decode(),

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from agent.daemon import Agent
@@ -215,3 +218,98 @@ def test_an_unexpected_error_in_the_session_does_not_end_it(broker: Broker, uniq
         assert len(calls) == 3
     finally:
         session.stop()
+
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))  # fmt: skip
+    return key, cert
+
+
+def _tls_files(folder: Path) -> dict[str, Path]:
+    """A CA, a broker certificate it signed for 127.0.0.1 / localhost, and an unrelated CA (PEM files)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key, ca = _ca("edgefleet test CA")
+    _, other = _ca("someone else's CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(san, critical=False).sign(ca_key, hashes.SHA256()))  # fmt: skip
+    pem = serialization.Encoding.PEM
+    files = {"ca": folder / "ca.pem", "other_ca": folder / "other-ca.pem", "cert": folder / "broker.pem",
+             "key": folder / "broker.key"}  # fmt: skip
+    files["ca"].write_bytes(ca.public_bytes(pem))
+    files["other_ca"].write_bytes(other.public_bytes(pem))
+    files["cert"].write_bytes(cert.public_bytes(pem))
+    files["key"].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return files
+
+
+def test_mqtt_over_tls_end_to_end(tmp_path: Path, unique_root: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Enrollment says `tls`, the agent verifies the broker against `mqtt_ca_file`, converges an update over a
+    TLS-only listener; a broker certificate from a CA the device does not trust is never used."""
+    import random
+    from types import SimpleNamespace
+    from typing import cast
+
+    from agent.mqtt import MqttSession
+    from hub.tuf_repo import TufRepository
+    from tests.support.broker import free_port, start_broker
+
+    files = _tls_files(tmp_path)
+    plain = free_port()  # the observer (the hub's side) connects on loopback without TLS, as in deploy/
+    broker = start_broker(tmp_path / "broker", extra_conf=[
+        f"certfile {files['cert']}", f"keyfile {files['key']}", "tls_version tlsv1.2",
+        f"listener {plain} 127.0.0.1",
+    ])  # fmt: skip
+    hub = HubStub(TufRepository.create(tmp_path / "tufrepo"), mqtt_port=broker.port, mqtt_tls=True).start()
+    observer = Observer(cast(Broker, SimpleNamespace(port=plain)), unique_root)
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root, mqtt_ca_file=files["ca"]))
+    untrusting = MqttSession(device_id="dev-x", host="127.0.0.1", port=broker.port, username=None, password=None,
+                             root=unique_root, on_message=lambda _c, _p: None, backoff=(0.05, 0.2),
+                             rng=random.Random(0), tls=True, ca_file=files["other_ca"])  # fmt: skip
+    cleartext = MqttSession(device_id="dev-y", host="127.0.0.1", port=broker.port, username=None, password=None,
+                            root=unique_root, on_message=lambda _c, _p: None, backoff=(0.05, 0.2),
+                            rng=random.Random(0))  # fmt: skip
+    try:
+        assert agent.identity.mqtt.tls and agent.mqtt.tls
+        agent.start()
+        observer.desire("dev-1", 1, [("demo", 1, _publish_v1(hub, tmp_path), False)])
+        wait_for(lambda: observer.events("committed"), timeout=60, what="committed over TLS")
+        assert agent.mqtt.connected.is_set()
+
+        with caplog.at_level("WARNING", logger="agent.mqtt"):
+            untrusting.start()
+            cleartext.start()
+            wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text, timeout=20, what="verification failure")
+        assert not untrusting.connected.is_set() and untrusting.connects == 0
+        assert not cleartext.connected.is_set() and cleartext.connects == 0
+    finally:
+        for session in (untrusting, cleartext):
+            session.stop(timeout=2)
+        agent.stop()
+        observer.close()
+        hub.stop()
+        broker.stop()

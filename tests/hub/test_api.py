@@ -37,6 +37,19 @@ def enroll(client: TestClient, device_id: str, profile: str = "raspberry_pi_4", 
     return EnrollResponse.model_validate(r.json())
 
 
+def test_enrollment_hands_devices_the_public_broker(tmp_path: Path, db_url: str) -> None:
+    """Devices get the broker's public address: by default the hub's own, else mqtt_public_* (TLS on 8883)."""
+    base = {"data_dir": tmp_path / "data", "database_url": db_url, "admin_token": "admin-secret-token",
+            "mqtt_enabled": False}  # fmt: skip
+    with TestClient(create_app(HubSettings(**base), background=False)) as c:
+        mqtt = enroll(c, "plain-1").mqtt
+    assert (mqtt.host, mqtt.port, mqtt.tls) == ("127.0.0.1", 1883, False)
+    public = {"mqtt_public_host": "mqtt.example.org", "mqtt_public_port": 8883, "mqtt_public_tls": True}
+    with TestClient(create_app(HubSettings(**base, **public), background=False)) as c:
+        mqtt = enroll(c, "tls-1").mqtt
+    assert (mqtt.host, mqtt.port, mqtt.tls, mqtt.username) == ("mqtt.example.org", 8883, True, "tls-1")
+
+
 def test_push_is_immutable_and_served_with_range(client: TestClient, tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "out", "digits", 1, ["raspberry_pi_4", "x86_gateway"])
     r = client.post("/api/v1/models", files={"archive": ("out.tar.gz", tar_gz(folder))}, headers=ADMIN)

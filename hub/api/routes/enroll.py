@@ -47,7 +47,11 @@ def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
         device_id=device_id,
         device_token=device_token,
         mqtt=MqttCredentials(
-            host=s.mqtt_public_host or s.mqtt_host, port=s.mqtt_port, username=device_id, password=mqtt_password
+            host=s.mqtt_public_host or s.mqtt_host,
+            port=s.mqtt_public_port or s.mqtt_port,
+            username=device_id,
+            password=mqtt_password,
+            tls=s.mqtt_public_tls,
         ),
         hub_url=s.public_url.rstrip("/"),
         tuf_root=hub.repo.root_bytes().decode("utf-8"),
