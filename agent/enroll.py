@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from agent import AGENT_VERSION
 from agent.errors import ConfigError, EnrollmentError
 from agent.fsutil import atomic_write
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, tls_verify
 from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None)
     import httpx  # first start only: the steady-state daemon does not load it
 
     own = client is None
-    http = client or httpx.Client(timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s))
+    timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
+    http = client or httpx.Client(timeout=timeout, verify=tls_verify(settings.hub_ca_file))
     try:
         response = http.post(
             settings.hub_url.rstrip("/") + ENROLL_PATH,

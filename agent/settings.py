@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,8 @@ class AgentSettings(BaseSettings):
     profiles_dir: Path | None = None
     # Enrollment (first start only; the identity is then kept in data_dir/identity.json, 0600).
     hub_url: str | None = None
+    # The CA bundle (PEM) that signed the hub's HTTPS certificate; default: the system's trusted CAs.
+    hub_ca_file: FilePath | None = None
     enrollment_token: str | None = None
     device_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
@@ -116,3 +119,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> AgentSettings
     )
     settings: AgentSettings = bound(**overrides)
     return settings
+
+
+def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """httpx's `verify` for the hub: a context trusting `ca_file`, or True (the system's trusted CAs)."""
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True

@@ -29,7 +29,7 @@ from agent.model import LoadedModel
 from agent.runtimes import INSTALL_HINT, runtime_for_format, runtime_installed
 from agent.selftest import run_self_test
 from agent.serving import ServingRegistry
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, tls_verify
 from agent.store import ModelStore
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class DeviceSteps:
 
             timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
             headers = {"Authorization": f"Bearer {self.identity.device_token}"}
-            self._http = httpx.Client(timeout=timeout, headers=headers)
+            self._http = httpx.Client(timeout=timeout, headers=headers, verify=tls_verify(self.settings.hub_ca_file))
         return self._http
 
     @property

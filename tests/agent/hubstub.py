@@ -42,10 +42,11 @@ class HubStub:
     mqtt_password: str = ""
     public_url: str | None = None  # what enrollment tells devices (e.g. a proxy in front of this server)
     mqtt_tls: bool = False  # what enrollment tells devices: the broker's listener is TLS
+    tls_files: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_files else 'http'}://127.0.0.1:{self.port}"
 
     def app(self) -> Starlette:
         async def enroll(request: Request) -> Response:
@@ -85,7 +86,9 @@ class HubStub:
         return app
 
     def start(self) -> HubStub:
-        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
+        cert, key = self.tls_files or (None, None)
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="error", lifespan="off",
+                                ssl_certfile=cert, ssl_keyfile=key)  # fmt: skip
         self.server = uvicorn.Server(config)
         threading.Thread(target=self.server.run, daemon=True).start()
         wait_port("127.0.0.1", self.port)

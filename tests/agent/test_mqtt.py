@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from agent.daemon import Agent
+from agent.errors import EnrollmentError
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
@@ -267,9 +268,10 @@ def _tls_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def test_mqtt_over_tls_end_to_end(tmp_path: Path, unique_root: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Enrollment says `tls`, the agent verifies the broker against `mqtt_ca_file`, converges an update over a
-    TLS-only listener; a broker certificate from a CA the device does not trust is never used."""
+def test_tls_everywhere_with_a_private_ca(tmp_path: Path, unique_root: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The hub over HTTPS (verified with `hub_ca_file`), enrollment saying `tls`, the broker verified with
+    `mqtt_ca_file`: an update converges over a TLS-only device listener. A broker certificate from a CA the
+    device does not trust is never used; without the private CA enrollment stops with one readable line."""
     import random
     from types import SimpleNamespace
     from typing import cast
@@ -284,9 +286,15 @@ def test_mqtt_over_tls_end_to_end(tmp_path: Path, unique_root: str, caplog: pyte
         f"certfile {files['cert']}", f"keyfile {files['key']}", "tls_version tlsv1.2",
         f"listener {plain} 127.0.0.1",
     ])  # fmt: skip
-    hub = HubStub(TufRepository.create(tmp_path / "tufrepo"), mqtt_port=broker.port, mqtt_tls=True).start()
+    hub = HubStub(TufRepository.create(tmp_path / "tufrepo"), mqtt_port=broker.port, mqtt_tls=True,
+                  tls_files=(files["cert"], files["key"])).start()  # fmt: skip
+    assert hub.url.startswith("https://")
+    unverified = r"cannot reach the hub at https://127\.0\.0\.1:\d+: .*CERTIFICATE_VERIFY_FAILED"
+    with pytest.raises(EnrollmentError, match=unverified):
+        Agent(agent_settings(tmp_path / "untrusting", hub, unique_root, mqtt_ca_file=files["ca"]))
     observer = Observer(cast(Broker, SimpleNamespace(port=plain)), unique_root)
-    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root, mqtt_ca_file=files["ca"]))
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root, mqtt_ca_file=files["ca"],
+                                 hub_ca_file=files["ca"]))  # fmt: skip
     untrusting = MqttSession(device_id="dev-x", host="127.0.0.1", port=broker.port, username=None, password=None,
                              root=unique_root, on_message=lambda _c, _p: None, backoff=(0.05, 0.2),
                              rng=random.Random(0), tls=True, ca_file=files["other_ca"])  # fmt: skip
@@ -299,6 +307,7 @@ def test_mqtt_over_tls_end_to_end(tmp_path: Path, unique_root: str, caplog: pyte
         observer.desire("dev-1", 1, [("demo", 1, _publish_v1(hub, tmp_path), False)])
         wait_for(lambda: observer.events("committed"), timeout=60, what="committed over TLS")
         assert agent.mqtt.connected.is_set()
+        assert any("/tuf/targets/" in r for r in hub.requests)  # the artifact came over HTTPS
 
         with caplog.at_level("WARNING", logger="agent.mqtt"):
             untrusting.start()
