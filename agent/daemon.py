@@ -102,8 +102,8 @@ class Agent:
         for name in self.lifecycle.names():
             if self.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume", name))
+        self.uplink.start()  # first: an unusable outbox stops the start before any update resumes
         self._worker.start()
-        self.uplink.start()
         self.mqtt.start()
 
     def stop(self) -> None:

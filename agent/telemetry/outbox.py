@@ -15,6 +15,7 @@ it (with pluggy, dateutil, tabulate) cost the daemon ~2 MB of RSS for a connecti
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent.errors import StoreError
+
+log = logging.getLogger(__name__)
 Policy = Literal["drop_oldest", "refuse_newest"]
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # result codes of a damaged file / not a database at all
 
 
 @dataclass(frozen=True)
@@ -52,19 +57,44 @@ class Outbox:
         self.max_age_s = max_age_s
         self.policy = policy
         self._clock = clock
+        self.recovered: Path | None = None  # where a corrupt file found at start-up was moved
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=not shared, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rows'").fetchone():
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, "
-                "payload TEXT NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL)"
-            )
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-            with self.db:
-                for key in ("bytes", "rows", "dropped", "refused", "reported"):
-                    self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", [key])
+        try:
+            self.db = self._open(path, shared)
+        except sqlite3.DatabaseError as e:
+            if e.sqlite_errorcode not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                raise StoreError(f"{path}: {e}") from e  # unwritable, locked, ...: a readable line, not a traceback
+            # A damaged file (a power cut on a bad SD card, a stray write) must not stop the agent at every start:
+            # it is kept aside for inspection and a new, empty outbox takes its place.
+            self.recovered = path.with_name(f"{path.name}.corrupt-{int(self._clock())}")
+            for suffix in ("", "-wal", "-shm"):
+                damaged = path.with_name(path.name + suffix)
+                if damaged.exists():
+                    damaged.rename(self.recovered.with_name(self.recovered.name + suffix))
+            log.error("%s is not a readable SQLite database (%s): moved to %s, starting an empty one",
+                      path, e, self.recovered)  # fmt: skip
+            self.db = self._open(path, shared)
+
+    @staticmethod
+    def _open(path: Path, shared: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), check_same_thread=not shared, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rows'").fetchone():
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, "
+                    "payload TEXT NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL)"
+                )
+                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+                with db:
+                    for key in ("bytes", "rows", "dropped", "refused", "reported"):
+                        db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", [key])
+            db.execute("SELECT value FROM meta WHERE key = 'rows'").fetchone()
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def meta(self, key: str, default: int = 0) -> int:
         """A counter stored with `put_many(set_meta=...)` (or one of the outbox's own)."""

@@ -89,6 +89,10 @@ class TelemetryUplink:
 
     # ---- called from other threads ----------------------------------------------------------------
     def start(self) -> None:
+        """Open the outbox here, so an unusable one stops the start with its reason; the thread then owns it."""
+        s = self.settings
+        self._outbox = Outbox(self.outbox_path, max_bytes=s.outbox_max_bytes, max_age_s=s.outbox_max_age_s,
+                              policy=s.policy, shared=True)  # fmt: skip
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -124,7 +128,7 @@ class TelemetryUplink:
     # ---- the thread ----------------------------------------------------------------------------
     def _run(self) -> None:
         s = self.settings
-        outbox = Outbox(self.outbox_path, max_bytes=s.outbox_max_bytes, max_age_s=s.outbox_max_age_s, policy=s.policy)
+        outbox = self._outbox
         self.stats = outbox.stats()
         self.ready.set()
         try:

@@ -184,3 +184,13 @@ def test_one_daemon_per_data_dir_and_sigterm_is_a_clean_stop(
         wait_for(lambda: observer.payloads_status()[-1]["status"] == "online", timeout=60, what="online again")
     finally:
         stop(proc)
+
+
+def test_an_unusable_outbox_stops_the_start_with_one_line(tmp_path: Path, hub: HubStub, unique_root: str) -> None:
+    config = write_config(tmp_path / "agent.toml", tmp_path / "device", hub, unique_root)
+    (tmp_path / "device" / "outbox.sqlite").mkdir(parents=True)  # cannot be opened as a database
+    res = run_agent(config)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        f"Error: {tmp_path / 'device' / 'outbox.sqlite'}: unable to open database file"
+    ), res.stderr

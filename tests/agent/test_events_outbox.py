@@ -43,3 +43,32 @@ def test_over_the_cap_the_oldest_events_are_dropped_and_counted(tmp_path: Path) 
     assert stats["bytes"] <= 4096 and stats["dropped"] > 0 and stats["seq"] == 40
     assert seqs == list(range(41 - len(seqs), 41)) and len(seqs) + stats["dropped"] == 40  # newest kept, in order
     log.close()
+
+
+def test_a_damaged_database_is_kept_aside_and_numbering_continues(tmp_path: Path) -> None:
+    log = EventLog("dev-1", tmp_path, AgentMetrics())
+    for _ in range(3):
+        log.emit(EventKind.HEALTH)
+    log.outbox.close()
+    damaged = tmp_path / "events.sqlite"
+    damaged.write_bytes(b"\x00garbage left by a power cut on a worn SD card" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"events.sqlite{suffix}").unlink(missing_ok=True)
+
+    again = EventLog("dev-1", tmp_path, AgentMetrics())
+    moved = again.outbox.recovered
+    assert moved is not None and moved.name.startswith("events.sqlite.corrupt-")
+    assert moved.read_bytes().startswith(b"\x00garbage")  # kept for inspection, not deleted
+    assert again.emit(EventKind.HEALTH).seq == 4  # the seq file carries on: the hub's (device, seq) dedupe holds
+    assert [seq for _, seq, _ in again.pending(after=0, limit=10)] == [4]
+
+
+def test_an_unusable_database_path_is_one_readable_error(tmp_path: Path) -> None:
+    import pytest
+
+    from agent.errors import StoreError
+    from agent.telemetry.outbox import Outbox
+
+    (tmp_path / "outbox.sqlite").mkdir()  # e.g. a path that cannot be opened as a file
+    with pytest.raises(StoreError, match=r"outbox\.sqlite: unable to open database file"):
+        Outbox(tmp_path / "outbox.sqlite")

@@ -82,8 +82,9 @@ def test_summaries_arrive_in_order_are_deleted_on_ack_and_resent_after_broker_re
         bridge.stop()
     # The hub is down: two more windows go out and stay unacknowledged in the outbox.
     predict_windows(agent, 2)
-    wait_for(lambda: agent.uplink.sent >= 5, what="two more sent")
-    assert agent.uplink.stats["rows"] == 2 and len(stored_ids(engine)) == 3
+    # `sent` grows inside a step, `stats` at its end: wait for both
+    wait_for(lambda: agent.uplink.sent >= 5 and agent.uplink.stats["rows"] == 2, what="two more sent")
+    assert len(stored_ids(engine)) == 3
     broker.restart()
     bridge = start_bridge(engine, broker, unique_root)
     try:  # resent after the reconnect (or the ack timeout), stored once, acked, deleted
