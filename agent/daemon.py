@@ -239,8 +239,13 @@ class Agent:
         """Return to the previous version of `name` through the lifecycle's rollback state."""
         record = self.lifecycle.load(name)
         previous = self.store.slot_version(name, "previous")
-        if previous is None or record.state not in TERMINAL:
-            self.emit(EventKind.FAILED, model=name, reason=f"cannot roll back {name}: no previous version")
+        if record.state not in TERMINAL or previous is None:
+            why = (
+                f"an update to v{record.target_version} is in {record.state.value}; roll back once it is at rest"
+                if record.state not in TERMINAL
+                else "no previous version"
+            )
+            self.emit(EventKind.FAILED, model=name, reason=f"cannot roll back {name}: {why}")
             return record
         record.rejected_version = self.store.slot_version(name, "active")
         record.generation = self.desired.generation if self.desired else record.generation

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -15,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.errors import ConfigError
 from agent.fallback.config import EndpointConfig, FallbackPolicy
 from protocol.topics import ROOT
 
@@ -78,11 +81,27 @@ class AgentSettings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8470, ge=0, le=65535)
     api_uds: Path | None = None  # serve on this unix socket instead of api_host:api_port
+    api_allow_remote: bool = False  # an api_host beyond loopback exposes predict and rollback (no auth): opt in
     log_level: str = "INFO"
     # Telemetry and cloud fallback (per model: `[fallback.NAME]`, `[fallback_policy.NAME]`; docs/fallback.md).
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     fallback: dict[str, EndpointConfig] = Field(default_factory=dict)
     fallback_policy: dict[str, FallbackPolicy] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _api_stays_local(self) -> AgentSettings:
+        if not self.api_enabled or self.api_uds is not None or self.api_allow_remote:
+            return self
+        try:
+            local = self.api_host == "localhost" or ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            raise ValueError(
+                f"api_host = {self.api_host!r} would expose the local API (predict, rollback; no auth) beyond "
+                "this device: use a loopback address or api_uds, or set api_allow_remote = true to mean it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fallback_names(self) -> AgentSettings:
@@ -110,15 +129,30 @@ class AgentSettings(BaseSettings):
 
 def load_settings(config: Path | None = None, **overrides: Any) -> AgentSettings:
     """Settings from `config` (TOML) under env vars and explicit overrides."""
-    if config is None:
-        return AgentSettings(**overrides)
-    if not config.is_file():
-        raise FileNotFoundError(f"config file {config} does not exist")
-    bound = type(
-        "AgentSettingsFromFile", (AgentSettings,), {"model_config": {**AgentSettings.model_config, "toml_file": config}}
-    )
-    settings: AgentSettings = bound(**overrides)
-    return settings
+    where = str(config) if config is not None else "settings (EDGEFLEET_AGENT_*)"
+    try:
+        if config is None:
+            return AgentSettings(**overrides)
+        if not config.is_file():
+            raise FileNotFoundError(f"config file {config} does not exist")
+        model_config = {**AgentSettings.model_config, "toml_file": config}
+        bound = type("AgentSettingsFromFile", (AgentSettings,), {"model_config": model_config})
+        settings: AgentSettings = bound(**overrides)
+        return settings
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {_first_error(e)}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from e
+
+
+def _first_error(e: ValidationError) -> str:
+    """`key.sub: what is wrong` for the first problem, and how many more there are (one readable line)."""
+    errors = e.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"
 
 
 def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:

@@ -209,3 +209,18 @@ def test_metadata_and_manifest_requests_survive_a_flapping_link_without_a_failed
         proxy.close()
     assert proxy.downs >= 1 and proxy.cuts >= 1, (proxy.downs, proxy.cuts)
     assert observer.events("failed") == [] and agent.store.slot_version("demo", "active") == 2
+
+
+def test_manual_rollback_mid_update_says_why(tmp_path: Path, hub: HubStub, observer: Observer, make_agent) -> None:
+    from agent.lifecycle import State
+
+    agent = make_agent()
+    observer.desire("dev-1", 1, [("demo", 1, publish_version(hub, tmp_path, 1), False)])
+    wait_for(lambda: committed(observer, 1), what="v1")
+    record = agent.lifecycle.load("demo")
+    record.state, record.target_version = State.DOWNLOADING, 2  # as if an update to v2 were under way
+    agent.lifecycle.save(record)
+    agent.manual_rollback("demo", "manual rollback (test)")
+    wait_for(lambda: observer.events("failed"), what="the refusal")
+    reasons = [e["reason"] for e in observer.events("failed")]
+    assert reasons == ["cannot roll back demo: an update to v2 is in downloading; roll back once it is at rest"]

@@ -91,6 +91,24 @@ def test_command_parser_rejects_and_counts(agent: Agent, payload: bytes) -> None
     assert agent.rejected == before + (0 if valid else 1)
 
 
+VALID_ACK = {"channel": "telemetry", "ids": [1, 2]}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=mutated(VALID_ACK))
+def test_ack_parser_rejects_and_counts(agent: Agent, payload: bytes) -> None:
+    from protocol.messages import Ack
+
+    before = agent.rejected
+    agent._on_message(Channel.ACK, payload)
+    try:
+        Ack.from_json(payload)
+        valid = True
+    except ValidationError:
+        valid = False
+    assert agent.rejected == before + (0 if valid else 1)
+
+
 def test_rejections_are_reported_and_the_agent_keeps_working(
     tmp_path: Path, hub: HubStub, observer: Observer, agent: Agent
 ) -> None:

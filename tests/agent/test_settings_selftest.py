@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from agent.errors import SelfTestFailed
+from agent.errors import ConfigError, SelfTestFailed
 from agent.selftest import latency_factor, run_self_test
 from agent.settings import load_settings
 from firmware_profiles import get_profile
@@ -26,10 +25,30 @@ def test_toml_file_under_env_overrides(tmp_path: Path, monkeypatch: pytest.Monke
 def test_typo_in_config_fails_loudly(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('profile = "raspberry_pi_4"\nbandwith_bps = 5\n')
-    with pytest.raises(ValidationError, match="bandwith_bps"):
+    with pytest.raises(ConfigError, match=f"^{config}: bandwith_bps: Extra inputs are not permitted$"):
+        load_settings(config)
+    config.write_text('profile = "raspberry_pi_4"\napi_port = "x"\nlog_level = 3\n')
+    with pytest.raises(ConfigError, match=r"api_port: Input should be a valid integer.* \(and 1 more\)$"):
+        load_settings(config)
+    config.write_text('profile = "raspberry_pi_4\n')
+    with pytest.raises(ConfigError, match=f"^{config}: not valid TOML: "):
         load_settings(config)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_the_local_api_stays_on_the_device_unless_asked(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        config.write_text(f'profile = "raspberry_pi_4"\napi_host = "{host}"\n')
+        assert load_settings(config).api_host == host
+    config.write_text('profile = "raspberry_pi_4"\napi_host = "0.0.0.0"\n')
+    with pytest.raises(ConfigError, match=r"would expose the local API .* set api_allow_remote = true"):
+        load_settings(config)
+    config.write_text('profile = "raspberry_pi_4"\napi_host = "0.0.0.0"\napi_allow_remote = true\n')
+    assert load_settings(config).api_host == "0.0.0.0"
+    config.write_text('profile = "raspberry_pi_4"\napi_host = "0.0.0.0"\napi_enabled = false\n')
+    assert not load_settings(config).api_enabled
 
 
 def test_int8_tflite_self_test_and_speed_factor(tflite_paths: dict[str, Path]) -> None:
@@ -78,5 +97,5 @@ def test_telemetry_and_fallback_tables(tmp_path: Path, monkeypatch: pytest.Monke
 def test_bad_telemetry_or_fallback_config_fails_loudly(tmp_path: Path, table: str, match: str) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('profile = "raspberry_pi_4"\n' + table)
-    with pytest.raises(ValidationError, match=match):
+    with pytest.raises(ConfigError, match=match):
         load_settings(config)
