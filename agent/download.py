@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import DigestMismatch, DownloadError, RefusedUpdate
+from agent.errors import DigestMismatch, DownloadError, Interrupted, RefusedUpdate
 
 Progress = Callable[[int, int, bool], None]  # (bytes on disk, expected length, resumed)
 
@@ -41,12 +41,16 @@ class Downloader:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`stopping`: checked after every chunk; when it says so the download stops (Interrupted) and what
+        arrived stays in the `.part` file for the next start. `sleep` may raise Interrupted too."""
         self.client = client
         self.bandwidth_bps = bandwidth_bps
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.clock = clock
+        self.stopping = stopping
 
     def fetch(self, url: str, part: Path, length: int, on_progress: Progress | None = None) -> Path:
         """Download until `part` holds exactly `length` bytes; DigestMismatch if the server has another length."""
@@ -98,6 +102,9 @@ class Downloader:
                     sent += len(chunk)
                     if on_progress is not None:
                         on_progress(written, length, False)
+                    if self.stopping():
+                        os.fsync(f.fileno())
+                        raise Interrupted(f"agent stopping mid-download at byte {written} of {length}")
                     self._throttle(started, sent)
                 os.fsync(f.fileno())
         return True

@@ -85,13 +85,24 @@ class DeviceSteps:
             self._http = httpx.Client(timeout=timeout, headers=headers, verify=tls_verify(self.settings.hub_ca_file))
         return self._http
 
+    def _sleep_unless_stopping(self, seconds: float) -> None:
+        """The downloader's pauses (bandwidth cap, retry backoff) end at once when the agent stops."""
+        if self.wait(seconds):
+            raise Interrupted("agent stopping mid-download")
+
     @property
     def downloader(self) -> Downloader:
         if self._downloader is None:
             from agent.download import Downloader, RetryPolicy
 
             retry = RetryPolicy(attempts=self.settings.retry_attempts, base_s=self.settings.retry_base_s)
-            self._downloader = Downloader(self.http, bandwidth_bps=self.settings.bandwidth_bps, retry=retry)
+            self._downloader = Downloader(
+                self.http,
+                bandwidth_bps=self.settings.bandwidth_bps,
+                retry=retry,
+                sleep=self._sleep_unless_stopping,
+                stopping=lambda: self.wait(0),
+            )
         return self._downloader
 
     def workdir(self, record: UpdateRecord) -> Path:

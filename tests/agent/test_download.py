@@ -117,3 +117,47 @@ def test_unreachable_server_retries_with_jittered_backoff_then_gives_up(tmp_path
     assert len(fake.sleeps) == 4
     assert all(0 <= s <= min(4.0, 0.5 * 2**i) for i, s in enumerate(fake.sleeps))
     assert len(set(fake.sleeps)) == 4  # jittered, not a fixed schedule
+
+
+def test_a_stop_ends_the_download_at_once_and_keeps_what_arrived(
+    tmp_path: Path, file_server: tuple[int, bytes]
+) -> None:
+    from agent.errors import Interrupted
+
+    port, payload = file_server
+    part = tmp_path / "b.part"
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def progress(written: int, _length: int, _resumed: bool) -> None:
+        seen.append(written)
+        if written >= 100_000:
+            stop.set()  # e.g. SIGTERM while the download runs
+
+    with httpx.Client() as client:
+        downloader = Downloader(client, stopping=stop.is_set)
+        with pytest.raises(Interrupted, match="mid-download at byte"):
+            downloader.fetch(f"http://127.0.0.1:{port}/blob.bin", part, SIZE, on_progress=progress)
+    kept = part.read_bytes()
+    assert 100_000 <= len(kept) < SIZE and kept == payload[: len(kept)] and len(kept) == seen[-1]
+    with httpx.Client() as client:  # the next start resumes from there
+        Downloader(client).fetch(f"http://127.0.0.1:{port}/blob.bin", part, SIZE)
+    assert part.read_bytes() == payload
+
+
+def test_a_stop_ends_a_capped_download_s_pause(tmp_path: Path, file_server: tuple[int, bytes]) -> None:
+    """The bandwidth cap's pauses go through `sleep`: a stop during one interrupts it (the agent's wait)."""
+    from agent.errors import Interrupted
+
+    port, _ = file_server
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        raise Interrupted("agent stopping mid-download")  # what DeviceSteps' sleep does once stop is set
+
+    with httpx.Client() as client, pytest.raises(Interrupted):
+        Downloader(client, bandwidth_bps=10_000, sleep=sleep).fetch(
+            f"http://127.0.0.1:{port}/blob.bin", tmp_path / "c.part", SIZE
+        )
+    assert len(pauses) == 1 and (tmp_path / "c.part").stat().st_size < SIZE
