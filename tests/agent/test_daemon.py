@@ -39,6 +39,9 @@ def test_enroll_install_update_and_report(tmp_path: Path, hub: HubStub, observer
     served = agent.serving.get("demo")
     assert served is not None and served.version == 1
     assert served.model.predict({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 3)
+    # the runtime runs with the profile's thread count (x86_gateway: 2)
+    options = served.model.runtime._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.intra_op_num_threads == agent.profile.threads == 2
     t2 = publish_version(hub, tmp_path, 2)
     observer.desire("dev-1", 2, [("demo", 2, t2, False)])
     wait_for(lambda: committed(observer, 2), what="v2 committed")
