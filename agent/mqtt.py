@@ -6,6 +6,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 7 * 24 * 3600
 UNSUPPORTED_PROTOCOL = ("Unsupported protocol version",)
 Handler = Callable[[Channel, bytes], None]
+_VERSION = {MQTTProtocolVersion.MQTTv5: "5", MQTTProtocolVersion.MQTTv311: "3.1.1"}
 
 
 class MqttSession:
@@ -43,10 +45,13 @@ class MqttSession:
         rng: random.Random | None = None,
         tls: bool = False,
         ca_file: Path | None = None,
+        connack_timeout_s: float = 10.0,
     ) -> None:
         self.device_id = device_id
         self.host, self.port = host, port
         self.tls, self.ca_file = tls, ca_file
+        self.connack_timeout_s = connack_timeout_s
+        self._connack = False
         self.username, self.password = username, password
         self.root = root
         self.on_message = on_message
@@ -120,12 +125,21 @@ class MqttSession:
 
     def _run(self) -> None:
         failures = 0
+        unanswered = 0  # connections in a row the broker took but never answered with a CONNACK
         while not self._stop.is_set():
             before = self.connects
+            opened = False
+            self._connack = False
             try:
                 self._connect()
+                opened, sent = True, time.monotonic()
                 while not self._stop.is_set() and not self._fallback:
                     if self._client.loop(timeout=0.2) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                    if not self._connack and time.monotonic() - sent > self.connack_timeout_s:
+                        log.info("mqtt broker %s:%s sent no CONNACK in %.0f s", self.host, self.port,
+                                 self.connack_timeout_s)  # fmt: skip
+                        self._client.disconnect()
                         break
             except ssl.SSLError as e:  # a certificate the device does not trust: say so louder than a refusal
                 log.warning("mqtt TLS handshake with %s:%s failed: %s", self.host, self.port, e)
@@ -136,6 +150,17 @@ class MqttSession:
             self.connected.clear()
             if self._stop.is_set():
                 return
+            # Some 3.1.1-only brokers (amqtt) cannot parse an MQTT 5 CONNECT and drop it without a CONNACK:
+            # after two such connections try the other version (and back, should that one fare no better).
+            unanswered = 0 if self._connack or not opened else unanswered + 1
+            if unanswered >= 2:
+                unanswered = 0
+                other = (MQTTProtocolVersion.MQTTv311 if self.protocol is MQTTProtocolVersion.MQTTv5
+                         else MQTTProtocolVersion.MQTTv5)  # fmt: skip
+                log.warning("broker %s:%s answers no MQTT %s CONNECT; trying MQTT %s", self.host, self.port,
+                            _VERSION[self.protocol], _VERSION[other])  # fmt: skip
+                self.protocol = other
+                self._client = self._make_client()
             if self._fallback:
                 log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
                 self._fallback = False
@@ -152,6 +177,7 @@ class MqttSession:
         return self.rng.uniform(low / 2, min(high, low * 2.0 ** min(failures - 1, 64)))
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        self._connack = True
         if getattr(reason, "is_failure", False):
             if str(reason) in UNSUPPORTED_PROTOCOL and self.protocol is MQTTProtocolVersion.MQTTv5:
                 self._fallback = True
