@@ -40,7 +40,14 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "the dashboard tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi
 
-setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(TFLITE_VENV)/bin/python $(CHROMIUM)
+# `systemd-analyze verify` checks the unit files in deploy/ (tests/ops).
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
+$(SYSTEMD_ANALYZE):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq systemd; \
+	else echo "the unit-file tests need systemd-analyze: sudo apt-get install systemd"; exit 1; fi
+
+setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(TFLITE_VENV)/bin/python $(CHROMIUM) \
+	$(SYSTEMD_ANALYZE)
 
 demo: setup
 	$(BIN)/edgefleet demo

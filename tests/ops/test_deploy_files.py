@@ -85,3 +85,29 @@ def test_mosquitto_config_starts_with_tls_and_auth(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_systemd_units_verify_and_match_what_the_code_uses(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts both units (ExecStart pointed at an existing binary, the venv is not
+    here); the agent unit's directories are the ones the agent's defaults and docs name."""
+    from agent.settings import AgentSettings
+
+    analyze = Path("/usr/bin/systemd-analyze")
+    assert analyze.exists(), "systemd-analyze missing: run `make setup` (it installs systemd)"
+    for unit in ("edgefleet-agent.service", "edgefleet-hub.service"):
+        text = (DEPLOY / unit).read_text()
+        exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+        binary = exec_line.removeprefix("ExecStart=").split()[0]
+        (tmp_path / unit).write_text(text.replace(f"ExecStart={binary}", "ExecStart=/bin/true"))
+        res = subprocess.run([str(analyze), "verify", str(tmp_path / unit)], capture_output=True, text=True)
+        assert res.returncode == 0 and not res.stderr.strip(), (unit, res.stderr)
+    agent_unit = dict(
+        line.split("=", 1) for line in (DEPLOY / "edgefleet-agent.service").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert agent_unit["ExecStart"].split()[1:4] == ["agent", "run", "--config"]
+    default_data_dir = AgentSettings.model_fields["data_dir"].default
+    assert Path("/var/lib") / agent_unit["StateDirectory"] == default_data_dir
+    assert agent_unit["ReadWritePaths"] == str(default_data_dir)
+    assert f"/run/{agent_unit['RuntimeDirectory']}/agent.sock" in (DEPLOY.parent / "docs" / "agent.md").read_text()
+    assert set(agent_unit["RestrictAddressFamilies"].split()) >= {"AF_INET", "AF_INET6", "AF_UNIX"}
