@@ -194,3 +194,15 @@ def test_an_unusable_outbox_stops_the_start_with_one_line(tmp_path: Path, hub: H
     assert res.stderr.strip() == (
         f"Error: {tmp_path / 'device' / 'outbox.sqlite'}: unable to open database file"
     ), res.stderr
+
+
+def test_an_unreachable_hub_at_first_start_is_one_line(tmp_path: Path, hub: HubStub, unique_root: str) -> None:
+    from tests.agent.ports import listen_port
+
+    config = write_config(tmp_path / "agent.toml", tmp_path / "device", hub, unique_root,
+                          hub_url=f"http://127.0.0.1:{listen_port()}")  # fmt: skip  # nothing listens there
+    res = run_agent(config)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the hub at http://127.0.0.1:"), res.stderr
+    assert not (tmp_path / "device" / "identity.json").exists()
