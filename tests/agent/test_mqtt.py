@@ -369,3 +369,29 @@ def test_falls_back_to_mqtt_311_against_a_real_311_only_broker(tmp_path: Path, u
         session.stop(timeout=2)
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_command_sent_while_the_agent_is_offline_arrives_when_it_is_back(
+    tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    """clean_start off + session expiry: the broker queues a QoS 1 command for the stopped agent."""
+    from protocol.messages import CommandKind
+    from tests.agent.procs import write_config
+
+    config = write_config(tmp_path / "agent.toml", tmp_path / "device", hub, unique_root)
+    proc = start_agent(config, tmp_path / "agent.log")
+    try:
+        for version in (1, 2):
+            art = onnx_linear(tmp_path / f"lin_v{version}.onnx", seed=version)
+            target = hub.publish(make_manifest(art, name="demo", version=version), art)
+            observer.desire("dev-1", version, [("demo", version, target, False)])
+            wait_for(lambda v=version: any(e["version"] == v for e in observer.events("committed")), timeout=60,
+                     what=f"v{version}")  # fmt: skip
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        observer.command("dev-1", CommandKind.ROLLBACK, "demo")  # nobody is subscribed right now
+        proc = start_agent(config, tmp_path / "agent.log")
+        wait_for(lambda: observer.events("rolled_back"), timeout=60, what="the queued command carried out")
+        assert "manual rollback (command" in observer.events("rolled_back")[-1]["reason"]
+    finally:
+        stop(proc)
