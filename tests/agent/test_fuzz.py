@@ -15,7 +15,7 @@ from agent.daemon import Agent
 from agent.errors import RefusedUpdate
 from agent.lifecycle import UpdateRecord
 from protocol.manifest import Manifest
-from protocol.messages import DesiredState
+from protocol.messages import Ack, Command, DesiredState
 from protocol.topics import Channel
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, agent_settings, wait_for
@@ -76,37 +76,26 @@ def test_desired_state_parser_rejects_and_counts(agent: Agent, payload: bytes, c
     assert agent.rejected == before + (0 if valid else 1)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=mutated(VALID_COMMAND))
-def test_command_parser_rejects_and_counts(agent: Agent, payload: bytes) -> None:
-    before = agent.rejected
-    agent._on_message(Channel.CMD, payload)
-    from protocol.messages import Command
-
-    try:
-        Command.from_json(payload)
-        valid = True
-    except ValidationError:
-        valid = False
-    assert agent.rejected == before + (0 if valid else 1)
-
-
 VALID_ACK = {"channel": "telemetry", "ids": [1, 2]}
 
 
+@pytest.mark.parametrize(
+    ("channel", "valid", "contract"), [(Channel.CMD, VALID_COMMAND, Command), (Channel.ACK, VALID_ACK, Ack)]
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=mutated(VALID_ACK))
-def test_ack_parser_rejects_and_counts(agent: Agent, payload: bytes) -> None:
-    from protocol.messages import Ack
-
+@given(data=st.data())
+def test_command_and_ack_parsers_reject_and_count(
+    agent: Agent, channel: Channel, valid: dict[str, Any], contract: type[Command | Ack], data: st.DataObject
+) -> None:
+    payload = data.draw(mutated(valid))
     before = agent.rejected
-    agent._on_message(Channel.ACK, payload)
+    agent._on_message(channel, payload)
     try:
-        Ack.from_json(payload)
-        valid = True
+        contract.from_json(payload)
+        ok = True
     except ValidationError:
-        valid = False
-    assert agent.rejected == before + (0 if valid else 1)
+        ok = False
+    assert agent.rejected == before + (0 if ok else 1)
 
 
 def test_rejections_are_reported_and_the_agent_keeps_working(

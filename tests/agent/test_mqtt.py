@@ -325,50 +325,35 @@ def test_tls_everywhere_with_a_private_ca(tmp_path: Path, unique_root: str, capl
 
 
 def test_falls_back_to_mqtt_311_against_a_real_311_only_broker(tmp_path: Path, unique_root: str) -> None:
-    """amqtt speaks only MQTT 3.1.1 (`make setup` installs it in .venv-amqtt): the session ends up on 3.1.1,
-    subscribed, and receives its desired state."""
-    import os
+    """amqtt speaks only MQTT 3.1.1: the session ends up on 3.1.1, subscribed, and receives its desired state."""
     import random
-    import subprocess
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
     from agent.mqtt import MqttSession
     from protocol.topics import Channel, device_topic
-    from tests.support.broker import free_port, wait_port
+    from tests.support.amqtt import amqtt_broker
 
-    amqtt = Path(os.environ.get("EDGEFLEET_TEST_AMQTT", Path(__file__).resolve().parents[2] / ".venv-amqtt/bin/amqtt"))
-    assert amqtt.exists(), f"{amqtt} missing: run `make setup` (it installs amqtt into .venv-amqtt)"
-    port = free_port()
-    conf = tmp_path / "amqtt.yaml"
-    conf.write_text(
-        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\nplugins:\n"
-        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
-    )
-    with (tmp_path / "amqtt.log").open("wb") as log:
-        proc = subprocess.Popen([str(amqtt), "-c", str(conf)], stdout=log, stderr=log)
     got: list[tuple[Channel, bytes]] = []
-    session = MqttSession(device_id="dev-311", host="127.0.0.1", port=port, username=None, password=None,
-                          root=unique_root, on_message=lambda c, p: got.append((c, p)), backoff=(0.05, 0.2),
-                          rng=random.Random(0), connack_timeout_s=2.0)  # fmt: skip
-    try:
-        wait_port("127.0.0.1", port)
-        session.start()
-        wait_for(session.connected.is_set, timeout=20, what="connected to amqtt")
-        assert session.protocol is MQTTProtocolVersion.MQTTv311
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        hub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-        hub.connect("127.0.0.1", port)
-        hub.loop_start()
-        topic = device_topic("dev-311", Channel.DESIRED, unique_root)
-        wait_for(lambda: hub.publish(topic, b"{}", qos=1).rc == 0 and got, timeout=20, what="desired state received")
-        hub.loop_stop()
-        hub.disconnect()
-        assert got[0] == (Channel.DESIRED, b"{}")
-    finally:
-        session.stop(timeout=2)
-        proc.terminate()
-        proc.wait(10)
+    with amqtt_broker(tmp_path) as port:
+        session = MqttSession(device_id="dev-311", host="127.0.0.1", port=port, username=None, password=None,
+                              root=unique_root, on_message=lambda c, p: got.append((c, p)), backoff=(0.05, 0.2),
+                              rng=random.Random(0), connack_timeout_s=2.0)  # fmt: skip
+        try:
+            session.start()
+            wait_for(session.connected.is_set, timeout=20, what="connected to amqtt")
+            assert session.protocol is MQTTProtocolVersion.MQTTv311
+            hub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+            hub.connect("127.0.0.1", port)
+            hub.loop_start()
+            topic = device_topic("dev-311", Channel.DESIRED, unique_root)
+            wait_for(lambda: hub.publish(topic, b"{}", qos=1).rc == 0 and got, timeout=20, what="desired received")
+            hub.loop_stop()
+            hub.disconnect()
+            assert got[0] == (Channel.DESIRED, b"{}")
+        finally:
+            session.stop(timeout=2)
 
 
 def test_a_command_sent_while_the_agent_is_offline_arrives_when_it_is_back(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,7 +20,8 @@ from hub.store import events as event_store
 from protocol.messages import Ack, DeviceStatus, Event, EventKind, ReportedState
 from protocol.telemetry import TelemetryMessage, TelemetrySummary, encode_message
 from tests.hub.mqttc import Collector
-from tests.support.broker import Broker, free_port, wait_port
+from tests.support.amqtt import amqtt_broker
+from tests.support.broker import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -84,33 +83,19 @@ def test_ingest_dedup_ack_and_rejections(
         hub.stop()
 
 
-# amqtt speaks only MQTT 3.1.1; `make test` installs it in its own venv (.venv-amqtt).
-AMQTT = Path(os.environ.get("EDGEFLEET_TEST_AMQTT", Path(__file__).resolve().parents[2] / ".venv-amqtt/bin/amqtt"))
-
-
 def test_auto_protocol_falls_back_to_mqtt_311(tmp_path: Path, unique_root: str) -> None:
-    assert AMQTT.exists(), f"{AMQTT} missing: run `make setup` (it installs amqtt into .venv-amqtt)"
-    port = free_port()
-    conf = tmp_path / "amqtt.yaml"
-    conf.write_text(
-        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\nplugins:\n"
-        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
-    )
-    log = (tmp_path / "amqtt.log").open("wb")
-    proc = subprocess.Popen([str(AMQTT), "-c", str(conf)], stdout=log, stderr=log)
-    hub = Hub(settings=HubSettings(data_dir=tmp_path / "d", admin_token="t" * 20, mqtt_port=port,
-                                   topic_root=unique_root, mqtt_protocol="auto"))  # fmt: skip
-    try:
-        wait_port("127.0.0.1", port)
-        hub.start()
-        assert hub.bridge is not None
-        assert _until(lambda: hub.bridge is not None and hub.bridge.connected.is_set(), timeout=15)
-        assert hub.bridge.protocol == "3.1.1"
-        dev = Collector(port, protocol=mqtt.MQTTv311).wait_connected()
-        dev.publish(f"{unique_root}/devices/d9/status", b"garbage")
-        assert _until(lambda: hub.bridge is not None and hub.bridge.processed >= 1)
-        dev.close()
-    finally:
-        hub.stop()
-        proc.terminate()
-        proc.wait(10)
+    """amqtt speaks only MQTT 3.1.1 (tests/support/amqtt.py)."""
+    with amqtt_broker(tmp_path) as port:
+        hub = Hub(settings=HubSettings(data_dir=tmp_path / "d", admin_token="t" * 20, mqtt_port=port,
+                                       topic_root=unique_root, mqtt_protocol="auto"))  # fmt: skip
+        try:
+            hub.start()
+            assert hub.bridge is not None
+            assert _until(lambda: hub.bridge is not None and hub.bridge.connected.is_set(), timeout=15)
+            assert hub.bridge.protocol == "3.1.1"
+            dev = Collector(port, protocol=mqtt.MQTTv311).wait_connected()
+            dev.publish(f"{unique_root}/devices/d9/status", b"garbage")
+            assert _until(lambda: hub.bridge is not None and hub.bridge.processed >= 1)
+            dev.close()
+        finally:
+            hub.stop()
