@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -173,5 +175,42 @@ def test_restart_mid_first_install_serves_nothing_untested(
         proc = start_agent(config, log)
         wait_for(lambda: observer.events("committed"), timeout=60, what="v1 committed")
         wait_for(lambda: serving() == {"demo": 1}, timeout=30, what="v1 serving after its self-test")
+    finally:
+        stop(proc)
+
+
+def test_kill9_at_seeded_random_instants_of_updates(
+    tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    """Not only at step starts (the table above): SIGKILL at seeded random instants within an update's span
+    (measured on v1), wherever they land — mostly mid-download, the longest step here. After every kill the
+    store holds exactly one complete, verified active model and the restarted agent converges."""
+    data = tmp_path / "device"
+    config = write_config(tmp_path / "agent.toml", data, hub, unique_root, bandwidth_bps=400_000)
+    log = tmp_path / "agent.log"
+    rng = random.Random(20261125)
+    landed: list[str] = []  # the persisted state each kill interrupted
+    proc = start_agent(config, log)
+    try:
+        observer.desire("dev-1", 1, [("demo", 1, publish(hub, tmp_path, 1, n_in=128), False)])
+        wait_for(lambda: observer.events("download_started"), timeout=60, what="v1 begun")
+        begun = time.monotonic()
+        wait_for(lambda: observer.events("committed"), timeout=60, what="v1")
+        span = time.monotonic() - begun  # how long an update takes here, as the hub sees it
+        for version in range(2, 12):
+            started = len(observer.events("download_started"))
+            observer.desire("dev-1", version, [("demo", version, publish(hub, tmp_path, version, n_in=128), False)])
+            wait_for(lambda s=started: len(observer.events("download_started")) > s, timeout=30, what="update begun")
+            time.sleep(rng.uniform(0.0, span))
+            kill9(proc)
+            assert assert_one_complete_active(data / "models", "demo") in (version - 1, version)
+            landed.append(json.loads((data / "lifecycle" / "demo.json").read_text())["state"])
+            proc = start_agent(config, log)
+            wait_for(
+                lambda v=version: assert_one_complete_active(data / "models", "demo") == v
+                and any(e["version"] == v for e in observer.events("committed")),
+                timeout=60,
+                what=f"v{version} after kills in {landed} ({log.read_text()[-400:]})",
+            )
     finally:
         stop(proc)
