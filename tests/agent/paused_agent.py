@@ -1,5 +1,6 @@
 """`python -m tests.agent.paused_agent STATE@VERSION ARGS...`: the real `edgefleet ARGS...`, except that it
 stops at the start of one lifecycle step (the state already persisted) until the test kills it -9.
+`crash:STATE@VERSION` instead dies there at once (exit 137, as a runtime that segfaults or the OOM killer).
 
 The hook lives here, in the tests, and wraps the agent's step method for that state; the agent's own
 code has no test switch.
@@ -18,13 +19,16 @@ from agent.steps import DeviceSteps
 from protocol.messages import LifecycleState as State
 
 
-def pause_in(state: str, version: int) -> None:
-    """Make DeviceSteps block in `state` for `version`, leaving `lifecycle/paused-in-<state>` as the signal."""
+def pause_in(state: str, version: int, crash: bool = False) -> None:
+    """Make DeviceSteps block in `state` for `version`, leaving `lifecycle/paused-in-<state>` as the signal
+    (or, with `crash`, end the process there)."""
     name = STEP_OF_STATE[State(state)]
     original: Callable[[DeviceSteps, UpdateRecord], Ev] = getattr(DeviceSteps, name)
 
     def paused(self: DeviceSteps, record: UpdateRecord) -> Ev:
         if record.target_version == version:
+            if crash:
+                os._exit(137)
             marker = self.settings.data_dir / "lifecycle" / f"paused-in-{state}"
             marker.write_text(json.dumps({"pid": os.getpid()}))
             while True:
@@ -36,8 +40,9 @@ def pause_in(state: str, version: int) -> None:
 
 if __name__ == "__main__":
     spec, *args = sys.argv[1:]
-    state, version = spec.split("@")
-    pause_in(state, int(version))
+    crash = spec.startswith("crash:")
+    state, version = spec.removeprefix("crash:").split("@")
+    pause_in(state, int(version), crash=crash)
     from edgefleet.cli import main
 
     sys.argv = ["edgefleet", *args]

@@ -214,3 +214,40 @@ def test_kill9_at_seeded_random_instants_of_updates(
             )
     finally:
         stop(proc)
+
+
+def test_a_step_that_kills_the_agent_every_time_is_abandoned(
+    tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
+) -> None:
+    """The loop guard through the real process: v2's self-test ends the process every time (a runtime that
+    segfaults on it); restarted like systemd's Restart=always, the agent gives v2 up after 3 entries, rolls
+    back to v1 and says why — instead of a crash loop."""
+    from agent.lifecycle import MAX_STATE_ENTRIES
+
+    data = tmp_path / "device"
+    config = write_config(tmp_path / "agent.toml", data, hub, unique_root)
+    log = tmp_path / "agent.log"
+    proc = start_agent(config, log)
+    try:
+        observer.desire("dev-1", 1, [("demo", 1, publish(hub, tmp_path, 1), False)])
+        wait_for(lambda: observer.events("committed"), timeout=60, what="v1")
+        stop(proc)
+        proc = start_agent(config, log, pause="crash:self_test@2")
+        observer.desire("dev-1", 2, [("demo", 2, publish(hub, tmp_path, 2), False)])
+        deaths, deadline = 0, time.monotonic() + 120
+        while not observer.events("rolled_back"):
+            assert time.monotonic() < deadline, f"no rollback after {deaths} deaths: {log.read_text()[-500:]}"
+            if proc.poll() is not None:  # died in the self-test: start it again, as systemd would
+                assert proc.returncode == 137
+                deaths += 1
+                assert deaths <= MAX_STATE_ENTRIES, "the loop guard did not stop the crash loop"
+                proc = start_agent(config, log, pause="crash:self_test@2")
+            time.sleep(0.1)
+        assert deaths == MAX_STATE_ENTRIES
+        rolled = observer.events("rolled_back")[-1]
+        assert rolled["version"] == 1
+        assert f"self_test started {MAX_STATE_ENTRIES} times without finishing" in rolled["reason"]
+        assert assert_one_complete_active(data / "models", "demo") == 1
+        assert proc.poll() is None  # and the agent now stays up
+    finally:
+        stop(proc)
