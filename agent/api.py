@@ -194,8 +194,18 @@ def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
 def bind_tcp_socket(host: str, port: int) -> socket.socket:
     """The local API's TCP socket, bound before the daemon starts (a port in use stops the start with one line)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=128)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # proto must say IPPROTO_TCP (socket.create_server leaves 0): asyncio sets TCP_NODELAY only on accepted
+        # sockets whose proto says TCP, and without it Nagle + delayed ACKs add ~40 ms to every response.
+        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        return sock
     except OSError as e:
         raise ConfigError(f"api_host/api_port: cannot listen on {host}:{port}: {e.strerror or e}") from e
 
