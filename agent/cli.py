@@ -174,6 +174,7 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
             where: dict[str, Any] = {"uds": str(uds)} if uds else {"host": host, "port": port}
             server_config = uvicorn.Config(app, log_level="warning", access_log=False, **where)
             uvicorn.Server(server_config).run(sockets=[sock] if sock else None)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C may cut the stop short
         else:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
