@@ -40,6 +40,7 @@ def start_bridge(engine: Engine, broker: Broker, root: str) -> MqttBridge:
         metrics=HubMetrics(),
     )
     bridge.start()
+    assert bridge.connected.wait(15), "the hub's bridge did not connect"
     return bridge
 
 
