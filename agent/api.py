@@ -208,21 +208,3 @@ def bind_tcp_socket(host: str, port: int) -> socket.socket:
         return sock
     except OSError as e:
         raise ConfigError(f"api_host/api_port: cannot listen on {host}:{port}: {e.strerror or e}") from e
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """Hold `data_dir/agent.lock` for the life of the process: two daemons on one store would resume the same
-    interrupted update twice and fight over the device's MQTT client id. Returns the open descriptor."""
-    import fcntl
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ConfigError(f"data_dir: another agent (pid {holder}) is running on {data_dir}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd

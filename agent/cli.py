@@ -121,7 +121,8 @@ def run(config: Path | None) -> None:
     import logging
     import os
 
-    from agent.api import bind_tcp_socket, bind_unix_socket, lock_data_dir
+    from agent.api import bind_tcp_socket, bind_unix_socket
+    from agent.fsutil import lock_data_dir
     from agent.settings import load_settings
 
     settings = load_settings(config)
