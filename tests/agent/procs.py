@@ -36,9 +36,20 @@ def write_config(path: Path, data_dir: Path, hub: HubStub, root: str, **extra: A
     return path
 
 
+def _env() -> dict[str, str]:
+    """This environment without EDGEFLEET_AGENT_* (the test's agent.toml is the whole config)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
+
+
+def run_agent(config: Path) -> subprocess.CompletedProcess[str]:
+    """`edgefleet agent run` to completion (for starts that must be refused)."""
+    return subprocess.run([sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=_env())  # fmt: skip
+
+
 def start_agent(config: Path, log: Path, pause: str | None = None) -> subprocess.Popen[bytes]:
     """Start the daemon; `pause="state@version"` makes it stop after persisting that state."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
+    env = _env()
     entry = ["-m", "tests.agent.paused_agent", pause] if pause else ["-m", "edgefleet"]
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -37,6 +37,16 @@ def publish(hub: HubStub, tmp_path: Path, version: int, good: bool = True, n_in:
     return hub.publish(make_manifest(art, name="demo", version=version, golden_from=ref), art)
 
 
+def serving(port: int) -> dict[str, int] | None:
+    """What the daemon's local API says it serves (None while it does not answer)."""
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["serving"]
+    except httpx.HTTPError:
+        return None
+
+
 @pytest.mark.parametrize("state", list(CRASH_TABLE))
 def test_kill9_in_state_then_converge(
     state: str, tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
@@ -107,7 +117,6 @@ def test_kill9_mid_download_at_seeded_offsets_resumes(
 def test_restart_mid_self_test_serves_the_tested_version(
     tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
 ) -> None:
-    import httpx
 
     port = listen_port()
     data = tmp_path / "device"
@@ -125,19 +134,13 @@ def test_restart_mid_self_test_serves_the_tested_version(
         proc = start_agent(config, log, pause="self_test@2")  # pauses again inside the re-run self-test
         wait_for(paused.exists, timeout=60, what="re-entered self_test")
 
-        def serving() -> dict[str, int] | None:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["serving"]
-            except httpx.HTTPError:
-                return None
-
-        assert wait_for(serving, timeout=30, what="local API") == {"demo": 1}  # active is v2, untested
+        assert wait_for(lambda: serving(port), timeout=30, what="local API") == {"demo": 1}  # active is v2, untested
         assert assert_one_complete_active(data / "models", "demo") == 2
         kill9(proc)
         paused.unlink()
         proc = start_agent(config, log)
         wait_for(lambda: any(e["version"] == 2 for e in observer.events("committed")), timeout=60, what="v2")
-        wait_for(lambda: serving() == {"demo": 2}, timeout=30, what="v2 serving after its self-test")
+        wait_for(lambda: serving(port) == {"demo": 2}, timeout=30, what="v2 serving after its self-test")
     finally:
         stop(proc)
 
@@ -146,19 +149,12 @@ def test_restart_mid_self_test_serves_the_tested_version(
 def test_restart_mid_first_install_serves_nothing_untested(
     state: str, tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
 ) -> None:
-    import httpx
 
     port = listen_port()
     data = tmp_path / "device"
     config = write_config(tmp_path / "agent.toml", data, hub, unique_root, api_enabled=True, api_port=port)
     log = tmp_path / "agent.log"
     paused = data / "lifecycle" / f"paused-in-{state}"
-
-    def serving() -> dict[str, int] | None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["serving"]
-        except httpx.HTTPError:
-            return None
 
     proc = start_agent(config, log, pause=f"{state}@1")
     try:
@@ -168,13 +164,13 @@ def test_restart_mid_first_install_serves_nothing_untested(
         paused.unlink()
         proc = start_agent(config, log, pause="self_test@1")  # pauses inside the resumed self-test
         wait_for(lambda: (data / "lifecycle" / "paused-in-self_test").exists(), timeout=60, what="self_test again")
-        wait_for(lambda: serving() is not None, timeout=30, what="local API")
-        assert serving() == {}  # v1 is untested: nothing serves
+        wait_for(lambda: serving(port) is not None, timeout=30, what="local API")
+        assert serving(port) == {}  # v1 is untested: nothing serves
         kill9(proc)
         (data / "lifecycle" / "paused-in-self_test").unlink()
         proc = start_agent(config, log)
         wait_for(lambda: observer.events("committed"), timeout=60, what="v1 committed")
-        wait_for(lambda: serving() == {"demo": 1}, timeout=30, what="v1 serving after its self-test")
+        wait_for(lambda: serving(port) == {"demo": 1}, timeout=30, what="v1 serving after its self-test")
     finally:
         stop(proc)
 

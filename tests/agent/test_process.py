@@ -5,12 +5,9 @@ one daemon per data_dir, a port in use refused before anything starts, SIGTERM a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ from edgefleet.cli import cli
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, wait_for
 from tests.agent.hubstub import HubStub
-from tests.agent.procs import kill9, start_agent, stop, write_config
+from tests.agent.procs import kill9, run_agent, start_agent, stop, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +33,6 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ef-uds-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def run_agent(config: Path) -> subprocess.CompletedProcess[str]:
-    """`edgefleet agent run` to completion (for starts that must be refused)."""
-    return subprocess.run(
-        [sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")},
-    )
 
 
 def _client(sock: Path) -> httpx.Client:
