@@ -123,7 +123,10 @@ class Story:
                  drop_one: bool = False, auto_rollback: bool = False) -> None:
         spec = {"id": f"digits-v{version}", "model": NAME, "version": version, "canary_percent": canary,
                 "stages": stages, "probation_s": 6.0, "timeout_s": 120.0, "gates": gates,
-                "auto_rollback": auto_rollback, "success_threshold": 1.0, "error_threshold": 0.0}
+                "auto_rollback": auto_rollback, "success_threshold": 1.0, "error_threshold": 0.0,
+                # Ten "devices" share this machine's cores with the hub and the traffic: sub-ms p95 latencies
+                # jump by a millisecond or two when the scheduler is busy, which is not a slower model.
+                "gate_limits": {"latency_p95_slack_ms": 5.0}}
         self.env.api("POST", "/api/v1/rollouts", json=spec)
         self.say(f"rollout v{version}: canary {canary:g}%, then {stages}, gates {', '.join(gates)}")
         dropped: AgentProcess | None = None
