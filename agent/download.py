@@ -18,16 +18,27 @@ Progress = Callable[[int, int, bool], None]  # (bytes on disk, expected length, 
 
 @dataclass
 class RetryPolicy:
-    """How often and how long to retry: full-jitter exponential backoff between attempts."""
+    """How often and how long to retry: full-jitter exponential backoff between attempts.
+
+    A streak of failures is given up only when it has both `attempts` failures and lasted `window_s`
+    seconds: a link that is down for minutes (a cellular dead spot, a hub restart) delays an update
+    instead of failing it, which would count against the rollout's error threshold.
+    """
 
     attempts: int = 8
     base_s: float = 0.5
     cap_s: float = 30.0
+    window_s: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after `failures` consecutive failures."""
-        return self.rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (failures - 1)))
+        exponent = min(failures - 1, 62)  # 2 ** 1025 would overflow a float
+        return self.rng.uniform(0, min(self.cap_s, self.base_s * 2**exponent))
+
+    def exhausted(self, failures: int, streak_s: float) -> bool:
+        """True when a streak of `failures` failures spanning `streak_s` seconds should be given up."""
+        return failures >= self.attempts and streak_s >= self.window_s
 
 
 class Downloader:
@@ -55,7 +66,7 @@ class Downloader:
     def fetch(self, url: str, part: Path, length: int, on_progress: Progress | None = None) -> Path:
         """Download until `part` holds exactly `length` bytes; DigestMismatch if the server has another length."""
         part.parent.mkdir(parents=True, exist_ok=True)
-        failures = 0
+        failures, streak_started = 0, self.clock()
         while True:
             have = part.stat().st_size if part.exists() else 0
             if have > length:
@@ -67,8 +78,10 @@ class Downloader:
                 complete = self._attempt(url, part, have, length, on_progress)
             except (httpx.TransportError, DownloadError) as e:
                 grew = (part.stat().st_size if part.exists() else 0) > have
-                failures = 1 if grew else failures + 1
-                if failures >= self.retry.attempts:
+                if grew or failures == 0:  # progress starts a new streak
+                    failures, streak_started = 0, self.clock()
+                failures += 1
+                if self.retry.exhausted(failures, self.clock() - streak_started):
                     raise DownloadError(f"{url}: giving up after {failures} failed attempts: {e}") from e
                 self.sleep(self.retry.delay(failures))
                 continue

@@ -72,6 +72,9 @@ class AgentSettings(BaseSettings):
     read_timeout_s: float = Field(default=30.0, gt=0)
     retry_attempts: int = Field(default=8, ge=1)
     retry_base_s: float = Field(default=0.5, ge=0)
+    retry_max_s: float = Field(default=60.0, gt=0)
+    # A request to the hub that keeps failing fails the update only after `retry_attempts` tries AND this long.
+    retry_window_s: float = Field(default=900.0, ge=0)
     retry_failed_after_s: float = Field(default=60.0, gt=0)
     # Activation.
     probation_s: float = Field(default=10.0, ge=0)

@@ -35,7 +35,7 @@ from agent.store import ModelStore
 if TYPE_CHECKING:
     import httpx
 
-    from agent.download import Downloader
+    from agent.download import Downloader, RetryPolicy
     from agent.tufclient import TufClient
 from firmware_profiles import FirmwareProfile
 from protocol.http import EnrollResponse, artifact_target
@@ -93,17 +93,24 @@ class DeviceSteps:
     @property
     def downloader(self) -> Downloader:
         if self._downloader is None:
-            from agent.download import Downloader, RetryPolicy
+            from agent.download import Downloader
 
-            retry = RetryPolicy(attempts=self.settings.retry_attempts, base_s=self.settings.retry_base_s)
             self._downloader = Downloader(
                 self.http,
                 bandwidth_bps=self.settings.bandwidth_bps,
-                retry=retry,
+                retry=self.retry_policy(),
                 sleep=self._sleep_unless_stopping,
                 stopping=lambda: self.wait(0),
             )
         return self._downloader
+
+    def retry_policy(self) -> RetryPolicy:
+        from agent.download import RetryPolicy
+
+        s = self.settings
+        return RetryPolicy(
+            attempts=s.retry_attempts, base_s=s.retry_base_s, cap_s=s.retry_max_s, window_s=s.retry_window_s
+        )
 
     def workdir(self, record: UpdateRecord) -> Path:
         return self.settings.data_dir / "downloads" / record.name / str(record.target_version)
@@ -147,20 +154,21 @@ class DeviceSteps:
         """Run a step: a refusal or an error becomes the step's event with the reason in the record.
 
         A request to the hub that fails once (metadata or manifest: refused, cut, timed out) is retried
-        with full-jitter backoff up to `retry_attempts` times, so a flaky network does not fail the
-        update; the artifact download retries on its own (Downloader). Anything unexpected is an error
-        too, never an exception out of the lifecycle (that would leave the record mid-step).
+        with full-jitter backoff until `retry_attempts` tries and `retry_window_s` have passed, so a
+        flaky or briefly absent network does not fail the update; the artifact download retries on its
+        own (Downloader, same policy). Anything unexpected is an error too, never an exception out of
+        the lifecycle (that would leave the record mid-step).
         """
-        from agent.download import RetryPolicy
-
-        policy = RetryPolicy(attempts=self.settings.retry_attempts, base_s=self.settings.retry_base_s)
-        failures = 0
+        policy = self.retry_policy()
+        failures, streak_started = 0, time.monotonic()
         while True:
             try:
                 return action()
             except Unreachable as e:
+                if failures == 0:
+                    streak_started = time.monotonic()
                 failures += 1
-                if failures >= policy.attempts:
+                if policy.exhausted(failures, time.monotonic() - streak_started):
                     record.reason = f"DownloadError: {e} (after {failures} attempts)"
                     return error
                 delay = policy.delay(failures)

@@ -39,6 +39,14 @@ def _chunks(response: httpx.Response) -> Iterator[bytes]:
         response.close()
 
 
+def _download_error(message: str, error: tuf_errors.DownloadError) -> Unreachable | MetadataRefused:
+    """A request that may succeed when retried (refused, cut, timed out, 5xx) is Unreachable; a hub that says
+    this device may not have it (401/403: token revoked or re-enrolled elsewhere) refuses the update at once."""
+    if isinstance(error, tuf_errors.DownloadHTTPError) and error.status_code in (401, 403):
+        return MetadataRefused(f"{message} (the hub refused this device's token)")
+    return Unreachable(message)
+
+
 class TufClient:
     """One refreshed view of the hub's signed metadata (make a new one per poll)."""
 
@@ -65,7 +73,7 @@ class TufClient:
         try:
             self.updater.refresh()
         except tuf_errors.DownloadError as e:
-            raise Unreachable(f"cannot reach the update metadata: {e}") from e
+            raise _download_error(f"cannot reach the update metadata: {e}", e) from e
         except tuf_errors.RepositoryError as e:
             raise MetadataRefused(f"update metadata refused ({type(e).__name__}): {e}") from e
         self._refreshed = True
@@ -90,7 +98,7 @@ class TufClient:
         except tuf_errors.LengthOrHashMismatchError as e:
             raise DigestMismatch(f"{target_path}: {e}") from e
         except tuf_errors.DownloadError as e:
-            raise Unreachable(f"{target_path}: {e}") from e
+            raise _download_error(f"{target_path}: {e}", e) from e
         return dest.read_bytes()
 
     def target_url(self, info: Any) -> str:

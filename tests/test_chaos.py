@@ -43,7 +43,9 @@ IDLE_STATES = ("idle", "committed", "failed", "rolled_back")  # the agent's term
 AGENT_SETTINGS: dict[str, Any] = {
     "topic_root": TOPIC_ROOT, "probation_s": 1.0, "latency_basis": "host", "log_level": "INFO",
     "reconnect_min_s": 0.3, "reconnect_max_s": 2.0, "keepalive_s": 5,
-    "connect_timeout_s": 2.0, "read_timeout_s": 5.0, "retry_base_s": 0.2, "retry_failed_after_s": 5.0,
+    "connect_timeout_s": 2.0, "read_timeout_s": 5.0, "retry_base_s": 0.2, "retry_max_s": 1.0,
+    "retry_failed_after_s": 5.0,
+    # The default retry_window_s (15 min) holds: a link that flaps never fails an update.
     # Short windows and quick resends: telemetry flows (and is acknowledged) within the test's seconds.
     "telemetry": {"window_s": 2.0, "tick_s": 0.5, "ack_timeout_s": 5.0},
 }  # fmt: skip

@@ -126,6 +126,7 @@ def agent_settings(data_dir: Path, hub: HubStub, root: str, **overrides: Any) ->
         "probation_s": 0.0,
         "retry_base_s": 0.05,
         "retry_attempts": 4,
+        "retry_window_s": 0.0,  # fail fast: tests of a failed download need not wait out a real retry window
         "reconnect_min_s": 0.2,
         "reconnect_max_s": 1.0,
         "api_enabled": False,

@@ -43,6 +43,7 @@ class HubStub:
     public_url: str | None = None  # what enrollment tells devices (e.g. a proxy in front of this server)
     mqtt_tls: bool = False  # what enrollment tells devices: the broker's listener is TLS
     tls_files: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS
+    revoked: bool = False  # answer every /tuf/ request with 401, as for a device whose token was revoked
 
     @property
     def url(self) -> str:
@@ -71,7 +72,8 @@ class HubStub:
         class Auth(BaseHTTPMiddleware):
             async def dispatch(inner, request: Request, call_next: RequestResponseEndpoint) -> Response:
                 self.requests.append(f"{request.method} {request.url.path} {request.headers.get('range', '')}")
-                if request.url.path.startswith("/tuf/") and request.headers.get("authorization") != f"Bearer {TOKEN}":
+                authorized = request.headers.get("authorization") == f"Bearer {TOKEN}" and not self.revoked
+                if request.url.path.startswith("/tuf/") and not authorized:
                     return JSONResponse({"error": "unauthorized"}, status_code=401)
                 return await call_next(request)
 

@@ -24,6 +24,7 @@ def write_config(path: Path, data_dir: Path, hub: HubStub, root: str, **extra: A
         "topic_root": root,
         "probation_s": 0.0,
         "retry_base_s": 0.05,
+        "retry_window_s": 0.0,
         "reconnect_min_s": 0.2,
         "reconnect_max_s": 1.0,
         "api_enabled": False,

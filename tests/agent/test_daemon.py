@@ -147,6 +147,20 @@ def test_hub_unreachable_then_back_is_retried_with_backoff(
     wait_for(lambda: committed(observer, 1), what="retried and committed once the hub is back")
 
 
+def test_a_hub_that_rejects_the_device_token_refuses_the_update_at_once(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    # Unlike an unreachable hub (retried for `retry_window_s`), a 401 will not heal by waiting: refused at once.
+    target = publish_version(hub, tmp_path, 1)
+    agent = make_agent(retry_window_s=600.0, retry_attempts=50)
+    wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
+    hub.revoked = True
+    observer.desire("dev-1", 1, [("demo", 1, target, False)])
+    refused = wait_for(lambda: observer.events("refused"), timeout=20, what="the refusal")[-1]
+    assert "refused this device's token" in refused["reason"] and "401" in refused["reason"]
+    assert observer.events("failed") == [] and agent.store.slot_version("demo", "active") is None
+
+
 def _port_closed(port: int) -> bool:
     import socket
 
@@ -202,7 +216,7 @@ def test_metadata_and_manifest_requests_survive_a_flapping_link_without_a_failed
     proxy = FlappingProxy(hub.port, up_s=(0.3, 0.8), down_s=(0.2, 0.6), cut_share=0.5, cut_bytes=(64, 4096), seed=7)
     hub.public_url = proxy.url
     try:
-        agent = make_agent(retry_attempts=40, retry_base_s=0.05)
+        agent = make_agent(retry_attempts=4, retry_base_s=0.05, retry_max_s=0.5, retry_window_s=600.0)
         wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
         proxy.start_flapping()
         for version in (1, 2):

@@ -119,6 +119,49 @@ def test_unreachable_server_retries_with_jittered_backoff_then_gives_up(tmp_path
     assert len(set(fake.sleeps)) == 4  # jittered, not a fixed schedule
 
 
+def test_a_failure_streak_is_given_up_only_after_the_retry_window_too(tmp_path: Path) -> None:
+    # 3 attempts would be spent in well under a second; the 120 s window keeps retrying (capped at 30 s pauses)
+    # so a link that is away for minutes delays the update instead of failing it.
+    fake = FakeTime()
+    policy = RetryPolicy(attempts=3, base_s=0.5, cap_s=30.0, window_s=120.0, rng=random.Random(5))
+    with httpx.Client(timeout=httpx.Timeout(1.0, connect=0.5)) as client, pytest.raises(DownloadError) as caught:
+        Downloader(client, retry=policy, sleep=fake.sleep, clock=fake.clock).fetch(
+            f"http://127.0.0.1:{free_port()}/x", tmp_path / "x.part", 10
+        )
+    failures = len(fake.sleeps) + 1
+    assert f"after {failures} failed attempts" in str(caught.value)
+    assert failures > 3 and sum(fake.sleeps) >= 120.0
+    assert sum(fake.sleeps[:-1]) < 120.0  # gave up at the first failure past the window, not later
+    assert max(fake.sleeps) <= 30.0
+
+
+def test_a_link_that_comes_back_within_the_window_completes_the_download(
+    tmp_path: Path, file_server: tuple[int, bytes]
+) -> None:
+    port, blob = file_server
+    down = {"left": 12}  # twelve refused requests (more than `attempts`), then the server answers
+
+    class Flaky(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if down["left"] > 0:
+                down["left"] -= 1
+                raise httpx.ConnectError("connection refused (simulated link down)", request=request)
+            return super().handle_request(request)
+
+    fake = FakeTime()
+    policy = RetryPolicy(attempts=4, base_s=0.5, cap_s=10.0, window_s=300.0, rng=random.Random(2))
+    with httpx.Client(transport=Flaky()) as client:
+        part = Downloader(client, retry=policy, sleep=fake.sleep, clock=fake.clock).fetch(
+            f"http://127.0.0.1:{port}/blob.bin", tmp_path / "y.part", SIZE
+        )
+    assert part.read_bytes() == blob and len(fake.sleeps) == 12 and down["left"] == 0
+
+
+def test_backoff_delay_does_not_overflow_after_days_of_failures() -> None:
+    policy = RetryPolicy(base_s=0.5, cap_s=60.0, rng=random.Random(1))
+    assert 0 <= policy.delay(5000) <= 60.0
+
+
 def test_a_stop_ends_the_download_at_once_and_keeps_what_arrived(
     tmp_path: Path, file_server: tuple[int, bytes]
 ) -> None:
