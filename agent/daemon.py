@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from agent.enroll import ensure_identity
 from agent.inference import Prediction
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
+from agent.memory import release_free_memory
 from agent.metrics import AgentMetrics
 from agent.mqtt import MqttSession
 from agent.reporting import EventLog, event_for_transition, reported_state
@@ -103,6 +104,7 @@ class Agent:
             if self.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume", name))
         self.uplink.start()  # first: an unusable outbox stops the start before any update resumes
+        release_free_memory()  # what loading the active models freed (see agent/memory.py)
         self._worker.start()
         self.mqtt.start()
 
@@ -173,6 +175,8 @@ class Agent:
                 elif kind == "command":
                     self.handle_command(item)
                 self.report()
+                if kind != "report" and self._work.empty():
+                    release_free_memory()  # an update at rest: its downloads, self-test and old model are freed
             except Exception:  # one bad update must not stop the worker; it is logged with its traceback
                 log.exception("reconcile step failed")
 
