@@ -54,11 +54,15 @@ class Agent:
         self.serving = ServingRegistry()
         self._stop = threading.Event()
         self.steps = DeviceSteps(
-            settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait
-        )
+            settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait,
+            superseded=self._superseded,
+        )  # fmt: skip
         self.lifecycle = Lifecycle(settings.data_dir / "lifecycle", self.steps, self._on_transition)
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
+        # The newest desired state received (set by the MQTT thread before the worker takes it up): an update
+        # still downloading that it no longer asks for ends at once (see DeviceSteps._guard).
+        self.latest_desired: DesiredState | None = None
         self.reconciles = 0  # passes of `reconcile` (tests wait on it)
         self.applied_generation = 0
         self.rejected = 0
@@ -139,6 +143,9 @@ class Agent:
                 desired = DesiredState.from_json(payload)
                 if desired.device_id != self.device_id:
                     raise ValueError(f"desired state for device {desired.device_id!r}")
+                latest = self.latest_desired
+                if latest is None or desired.generation >= latest.generation:
+                    self.latest_desired = desired
                 self._work.put(("desired", desired))
             else:
                 self._work.put(("command", Command.from_json(payload)))
@@ -211,6 +218,19 @@ class Agent:
             if name not in wanted:
                 self.uninstall(name, f"not in desired state generation {desired.generation}")
         self.applied_generation = desired.generation
+
+    def _superseded(self, record: UpdateRecord) -> str | None:
+        """Why the newest desired state no longer asks for `record`'s update (None while it does)."""
+        latest = self.latest_desired
+        if latest is None or (record.generation is not None and latest.generation <= record.generation):
+            return None
+        want = next((m for m in latest.models if m.name == record.name), None)
+        if want is None:
+            return f"desired generation {latest.generation} no longer has {record.name}"
+        if (want.version, want.rollback) == (record.target_version, record.explicit_rollback):
+            return None
+        wanted = f"v{want.version}{' (rollback)' if want.rollback else ''}"
+        return f"desired generation {latest.generation} wants {record.name} {wanted}, not v{record.target_version}"
 
     def uninstall(self, name: str, reason: str) -> None:
         """A model the hub no longer wants: stop serving it, delete its versions and its record."""

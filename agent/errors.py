@@ -88,5 +88,9 @@ class LifecycleError(AgentError):
     """An impossible lifecycle transition or a runaway loop."""
 
 
+class Superseded(AgentError):
+    """A newer desired state no longer asks for the update under way: it ends (failed, with the reason)."""
+
+
 class Interrupted(AgentError):
     """The agent is stopping; the persisted step resumes at the next start."""

@@ -22,6 +22,7 @@ from agent.errors import (
     RefusedUpdate,
     RuntimeMissing,
     SelfTestFailed,
+    Superseded,
     Unreachable,
 )
 from agent.lifecycle import Ev, UpdateRecord
@@ -59,7 +60,10 @@ class DeviceSteps:
         serving: ServingRegistry,
         notify: Notify | None = None,
         wait: Callable[[float], bool] | None = None,
+        superseded: Callable[[UpdateRecord], str | None] | None = None,
     ) -> None:
+        """`wait(seconds)` pauses and says True when the agent stops; `superseded(record)` says why a newer
+        desired state no longer wants that update (None while it still does)."""
         self.settings = settings
         self.profile = profile
         self.identity = identity
@@ -67,6 +71,8 @@ class DeviceSteps:
         self.serving = serving
         self.notify = notify or _ignore
         self.wait = wait or _sleep  # returns True when asked to stop
+        self.superseded = superseded or _never
+        self._active: UpdateRecord | None = None  # the update whose step runs now (checked while downloading)
         self._http: httpx.Client | None = None
         self._downloader: Downloader | None = None
 
@@ -86,9 +92,24 @@ class DeviceSteps:
         return self._http
 
     def _sleep_unless_stopping(self, seconds: float) -> None:
-        """The downloader's pauses (bandwidth cap, retry backoff) end at once when the agent stops."""
-        if self.wait(seconds):
-            raise Interrupted("agent stopping mid-download")
+        """The downloader's pauses (bandwidth cap, retry backoff) end at once when the agent stops or a newer
+        desired state supersedes the update (`_guard` tells the two apart)."""
+        if self._pause(seconds):
+            raise Interrupted("agent stopping or update superseded mid-download")
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True as soon as the agent stops or the update under way is superseded."""
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if self.wait(max(0.0, min(left, 0.25))) or self._superseded_now() is not None:
+                return True
+            if left <= 0.25:
+                return False
+
+    def _superseded_now(self) -> str | None:
+        active = self._active
+        return None if active is None else self.superseded(active)
 
     @property
     def downloader(self) -> Downloader:
@@ -100,7 +121,7 @@ class DeviceSteps:
                 bandwidth_bps=self.settings.bandwidth_bps,
                 retry=self.retry_policy(),
                 sleep=self._sleep_unless_stopping,
-                stopping=lambda: self.wait(0),
+                stopping=lambda: self.wait(0) or self._superseded_now() is not None,
             )
         return self._downloader
 
@@ -150,7 +171,14 @@ class DeviceSteps:
         if active is not None and manifest.version < active and not record.explicit_rollback:
             raise OlderVersion(f"v{manifest.version} is older than installed v{active} and not an explicit rollback")
 
-    def _guard(self, record: UpdateRecord, action: Callable[[], Ev], refusal: Ev, error: Ev = Ev.ERROR) -> Ev:
+    def _guard(
+        self,
+        record: UpdateRecord,
+        action: Callable[[], Ev],
+        refusal: Ev,
+        error: Ev = Ev.ERROR,
+        supersedable: bool = False,
+    ) -> Ev:
         """Run a step: a refusal or an error becomes the step's event with the reason in the record.
 
         A request to the hub that fails once (metadata or manifest: refused, cut, timed out) is retried
@@ -158,11 +186,26 @@ class DeviceSteps:
         flaky or briefly absent network does not fail the update; the artifact download retries on its
         own (Downloader, same policy). Anything unexpected is an error too, never an exception out of
         the lifecycle (that would leave the record mid-step).
+
+        `supersedable` (download and verify: nothing is installed yet): a newer desired state that no longer
+        wants this update ends the step, also mid-download or mid-retry, instead of finishing an update
+        the hub has moved away from (e.g. an aborted rollout). Later steps always run to the end.
         """
+        if not supersedable:
+            return self._run_guarded(record, action, refusal, error)
+        self._active = record
+        try:
+            return self._run_guarded(record, action, refusal, error)
+        finally:
+            self._active = None
+
+    def _run_guarded(self, record: UpdateRecord, action: Callable[[], Ev], refusal: Ev, error: Ev) -> Ev:
         policy = self.retry_policy()
         failures, streak_started = 0, time.monotonic()
         while True:
             try:
+                if (why := self._superseded_now()) is not None:
+                    raise Superseded(why)
                 return action()
             except Unreachable as e:
                 if failures == 0:
@@ -173,10 +216,16 @@ class DeviceSteps:
                     return error
                 delay = policy.delay(failures)
                 log.warning("%s v%s: %s; retry %d in %.1f s", record.name, record.target_version, e, failures, delay)
-                if self.wait(delay):
+                if self._pause(delay) and self._superseded_now() is None:
                     raise Interrupted("agent stopping while retrying") from e
+            except Superseded as e:
+                record.reason = f"Superseded: {e}"
+                return error
             except Interrupted:
-                raise
+                if self.wait(0) or (why := self._superseded_now()) is None:
+                    raise  # the agent stops: the step resumes at the next start
+                record.reason = f"Superseded: {why}"
+                return error
             except RefusedUpdate as e:
                 record.reason = f"{type(e).__name__}: {e}"
                 return refusal
@@ -212,7 +261,7 @@ class DeviceSteps:
             self.downloader.fetch(tuf.target_url(info), part, info.length)
             return Ev.DOWNLOADED
 
-        return self._guard(record, act, Ev.REFUSED)
+        return self._guard(record, act, Ev.REFUSED, supersedable=True)
 
     def verify(self, record: UpdateRecord) -> Ev:
         """Check manifest and artifact against the signed length + sha256 (a fresh metadata refresh)."""
@@ -237,7 +286,7 @@ class DeviceSteps:
                 part.replace(final)
             return Ev.VERIFIED
 
-        return self._guard(record, act, Ev.REFUSED)
+        return self._guard(record, act, Ev.REFUSED, supersedable=True)
 
     def stage(self, record: UpdateRecord) -> Ev:
         """Copy the verified files into a complete version directory (the staging slot)."""
@@ -323,6 +372,10 @@ class DeviceSteps:
 
 def _ignore(kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
     """Default notifier: progress is not reported."""
+
+
+def _never(_record: UpdateRecord) -> str | None:
+    return None
 
 
 def _sleep(seconds: float) -> bool:

@@ -161,6 +161,79 @@ def test_a_hub_that_rejects_the_device_token_refuses_the_update_at_once(
     assert observer.events("failed") == [] and agent.store.slot_version("demo", "active") is None
 
 
+def test_an_update_retrying_an_unreachable_hub_is_superseded_by_a_newer_desired_state(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    # v2 is wanted while the hub cannot be reached (retried for `retry_window_s`); the hub then goes back to v1
+    # (say the rollout was aborted). The retry ends at once, and v2 is never installed when the hub returns.
+    from tests.support.broker import wait_port
+
+    t1, t2 = publish_version(hub, tmp_path, 1), publish_version(hub, tmp_path, 2)
+    agent = make_agent(retry_window_s=600.0, retry_attempts=50, retry_max_s=0.5)
+    observer.desire("dev-1", 1, [("demo", 1, t1, False)])
+    wait_for(lambda: committed(observer, 1), what="v1")
+    hub.stop()
+    wait_for(lambda: _port_closed(hub.port), what="hub down")
+    observer.desire("dev-1", 2, [("demo", 2, t2, False)])
+    wait_for(lambda: agent.lifecycle.load("demo").target_version == 2, what="the update to v2 under way")
+    observer.desire("dev-1", 3, [("demo", 1, t1, False)])
+    failed = wait_for(lambda: observer.events("failed"), timeout=15, what="v2 given up")[-1]
+    assert failed["version"] == 2
+    assert failed["reason"] == "Superseded: desired generation 3 wants demo v1, not v2", failed
+    wait_for(lambda: agent.applied_generation == 3, what="generation 3 applied")
+    hub.requests.clear()
+    hub.start()
+    wait_port("127.0.0.1", hub.port)
+    agent.reconcile(retry_failed=True)  # what the idle retry pass does: nothing is left to retry
+    record = agent.lifecycle.load("demo")
+    assert agent.store.slot_version("demo", "active") == 1 and record.state.value == "failed", record
+    assert hub.requests == [] and not committed(observer, 2)
+
+
+def test_a_download_in_progress_is_superseded_by_a_newer_desired_state(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    # A capped download (a 12 KB artifact at 1 KB/s: ~12 s of throttling) stops once the hub no longer wants it.
+    t1 = publish_version(hub, tmp_path, 1)
+    t2 = publish_version(hub, tmp_path, 2, poison="slow")
+    agent = make_agent(bandwidth_bps=1024)
+    observer.desire("dev-1", 1, [("demo", 1, t1, False)])
+    wait_for(lambda: committed(observer, 1), what="v1")
+    observer.desire("dev-1", 2, [("demo", 2, t2, False)])
+    wait_for(lambda: [e for e in observer.events("download_started") if e["version"] == 2], what="v2 downloading")
+    observer.desire("dev-1", 3, [("demo", 1, t1, False)])
+    failed = wait_for(lambda: observer.events("failed"), timeout=15, what="v2 given up")[-1]
+    assert failed["reason"] == "Superseded: desired generation 3 wants demo v1, not v2", failed
+    # The download step never finished: what arrived stays as .part (a later want of v2 resumes from it).
+    work = tmp_path / "device" / "downloads" / "demo" / "2"
+    assert sorted(p.name for p in work.iterdir()) == ["lin_v2.onnx.part", "manifest.json"]
+    assert [e["version"] for e in observer.events("downloaded")] == [1]
+    assert agent.store.slot_version("demo", "active") == 1
+
+
+def test_only_a_desired_state_that_changes_the_update_supersedes_it(tmp_path: Path, make_agent) -> None:
+    from datetime import UTC, datetime
+
+    from agent.lifecycle import UpdateRecord
+    from protocol.messages import DesiredModel, DesiredState
+
+    def desired(generation: int, *models: tuple[str, int, bool]) -> DesiredState:
+        wanted = [DesiredModel(name=n, version=v, manifest_target=f"{n}/{v}", rollback=r) for n, v, r in models]
+        return DesiredState(device_id="dev-1", generation=generation, models=wanted, issued_at=datetime.now(UTC))
+
+    agent = make_agent()
+    record = UpdateRecord(name="demo", target_version=2, generation=4)
+    assert agent._superseded(record) is None  # nothing received yet
+    agent.latest_desired = desired(4, ("demo", 1, False))
+    assert agent._superseded(record) is None  # the generation that asked for this update (or an older one)
+    agent.latest_desired = desired(5, ("demo", 2, False), ("other", 1, False))
+    assert agent._superseded(record) is None  # newer, but still wants demo v2: another model was added
+    agent.latest_desired = desired(6, ("demo", 2, True))
+    assert agent._superseded(record) == "desired generation 6 wants demo v2 (rollback), not v2"
+    agent.latest_desired = desired(7, ("other", 1, False))
+    assert agent._superseded(record) == "desired generation 7 no longer has demo"
+
+
 def _port_closed(port: int) -> bool:
     import socket
 
