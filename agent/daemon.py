@@ -60,7 +60,7 @@ class Agent:
         self.lifecycle = Lifecycle(settings.data_dir / "lifecycle", self.steps, self._on_transition)
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
-        # The newest desired state received (set by the MQTT thread before the worker takes it up): an update
+        # The desired state received last (set by the MQTT thread before the worker takes it up): an update
         # still downloading that it no longer asks for ends at once (see DeviceSteps._guard).
         self.latest_desired: DesiredState | None = None
         self.reconciles = 0  # passes of `reconcile` (tests wait on it)
@@ -143,9 +143,7 @@ class Agent:
                 desired = DesiredState.from_json(payload)
                 if desired.device_id != self.device_id:
                     raise ValueError(f"desired state for device {desired.device_id!r}")
-                latest = self.latest_desired
-                if latest is None or desired.generation >= latest.generation:
-                    self.latest_desired = desired
+                self.latest_desired = desired
                 self._work.put(("desired", desired))
             else:
                 self._work.put(("command", Command.from_json(payload)))
@@ -173,8 +171,9 @@ class Agent:
                 if kind == "resume":
                     self.lifecycle.run(self.lifecycle.load(item))
                 elif kind == "desired":
-                    self.desired = item
-                    self.reconcile()
+                    if self.latest_desired in (None, item):  # else a later one is queued behind: apply that one
+                        self.desired = item
+                        self.reconcile()
                 elif kind == "retry" and self.desired is not None:
                     self.reconcile(retry_failed=True)
                 elif kind == "rollback":

@@ -166,9 +166,10 @@ def test_an_update_retrying_an_unreachable_hub_is_superseded_by_a_newer_desired_
 ) -> None:
     # v2 is wanted while the hub cannot be reached (retried for `retry_window_s`); the hub then goes back to v1
     # (say the rollout was aborted). The retry ends at once, and v2 is never installed when the hub returns.
+    from protocol.topics import Channel
     from tests.support.broker import wait_port
 
-    t1, t2 = publish_version(hub, tmp_path, 1), publish_version(hub, tmp_path, 2)
+    t1, t2, t3 = (publish_version(hub, tmp_path, v) for v in (1, 2, 3))
     agent = make_agent(retry_window_s=600.0, retry_attempts=50, retry_max_s=0.5)
     observer.desire("dev-1", 1, [("demo", 1, t1, False)])
     wait_for(lambda: committed(observer, 1), what="v1")
@@ -176,11 +177,15 @@ def test_an_update_retrying_an_unreachable_hub_is_superseded_by_a_newer_desired_
     wait_for(lambda: _port_closed(hub.port), what="hub down")
     observer.desire("dev-1", 2, [("demo", 2, t2, False)])
     wait_for(lambda: agent.lifecycle.load("demo").target_version == 2, what="the update to v2 under way")
-    observer.desire("dev-1", 3, [("demo", 1, t1, False)])
+    # Two desired states in a row (as the broker hands them to the MQTT thread): v3 is already out of date
+    # when the worker gets to it, so it is never started; the last one (back to v1) is applied.
+    for generation, version, target in ((3, 3, t3), (4, 1, t1)):
+        agent._on_message(Channel.DESIRED, _desired_bytes(generation, [("demo", version, target, False)]))
     failed = wait_for(lambda: observer.events("failed"), timeout=15, what="v2 given up")[-1]
     assert failed["version"] == 2
-    assert failed["reason"] == "Superseded: desired generation 3 wants demo v1, not v2", failed
-    wait_for(lambda: agent.applied_generation == 3, what="generation 3 applied")
+    assert failed["reason"] == "Superseded: desired generation 4 wants demo v1, not v2", failed
+    wait_for(lambda: agent.applied_generation == 4, what="generation 4 applied")
+    assert [e["version"] for e in observer.events() if e["version"] == 3] == []  # v3 never started
     hub.requests.clear()
     hub.start()
     wait_port("127.0.0.1", hub.port)
@@ -232,6 +237,16 @@ def test_only_a_desired_state_that_changes_the_update_supersedes_it(tmp_path: Pa
     assert agent._superseded(record) == "desired generation 6 wants demo v2 (rollback), not v2"
     agent.latest_desired = desired(7, ("other", 1, False))
     assert agent._superseded(record) == "desired generation 7 no longer has demo"
+
+
+def _desired_bytes(generation: int, models: list[tuple[str, int, str, bool]]) -> bytes:
+    from datetime import UTC, datetime
+
+    from protocol.messages import DesiredModel, DesiredState
+
+    wanted = [DesiredModel(name=n, version=v, manifest_target=t, rollback=r) for n, v, t, r in models]
+    state = DesiredState(device_id="dev-1", generation=generation, models=wanted, issued_at=datetime.now(UTC))
+    return state.to_bytes()
 
 
 def _port_closed(port: int) -> bool:
