@@ -6,6 +6,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +40,8 @@ from protocol.topics import Channel
 
 log = logging.getLogger(__name__)
 
+RETRY_REPORT_EVERY_S = 10.0
+
 
 class Agent:
     """One device agent: owns the store, the lifecycle, the MQTT session and the serving registry."""
@@ -63,6 +66,7 @@ class Agent:
         # The desired state received last (set by the MQTT thread before the worker takes it up): an update
         # still downloading that it no longer asks for ends at once (see DeviceSteps._guard).
         self.latest_desired: DesiredState | None = None
+        self._retry_reported: dict[str, float] = {}  # model -> when a retry was last reported
         self.reconciles = 0  # passes of `reconcile` (tests wait on it)
         self.applied_generation = 0
         self.rejected = 0
@@ -301,6 +305,14 @@ class Agent:
         self.report()
 
     def _notify(self, kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
+        if kind == "retrying":  # the hub is out of reach: say so in the reported state, at most every 10 s
+            self.metrics.hub_retries.labels(record.name).inc()
+            now = time.monotonic()
+            if now - self._retry_reported.get(record.name, float("-inf")) >= RETRY_REPORT_EVERY_S:
+                self._retry_reported[record.name] = now
+                self.lifecycle.save(record)  # the same state, with the reason; reported_state reads the records
+                self.report()
+            return
         events = {"download_started": EventKind.DOWNLOAD_STARTED, "download_resumed": EventKind.DOWNLOAD_RESUMED}
         if kind not in events:  # e.g. the self-test measurements: sent with the next state's event
             self._details[record.name] = details

@@ -14,6 +14,7 @@ import httpx
 from agent.errors import DigestMismatch, DownloadError, Interrupted, RefusedUpdate
 
 Progress = Callable[[int, int, bool], None]  # (bytes on disk, expected length, resumed)
+Retrying = Callable[[int, float, Exception], None]  # (failures in this streak, seconds until the next try, error)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Downloader:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         stopping: Callable[[], bool] = lambda: False,
+        on_retry: Retrying | None = None,
     ) -> None:
         """`stopping`: checked after every chunk; when it says so the download stops (Interrupted) and what
         arrived stays in the `.part` file for the next start. `sleep` may raise Interrupted too."""
@@ -62,6 +64,7 @@ class Downloader:
         self.sleep = sleep
         self.clock = clock
         self.stopping = stopping
+        self.on_retry = on_retry
 
     def fetch(self, url: str, part: Path, length: int, on_progress: Progress | None = None) -> Path:
         """Download until `part` holds exactly `length` bytes; DigestMismatch if the server has another length."""
@@ -83,7 +86,10 @@ class Downloader:
                 failures += 1
                 if self.retry.exhausted(failures, self.clock() - streak_started):
                     raise DownloadError(f"{url}: giving up after {failures} failed attempts: {e}") from e
-                self.sleep(self.retry.delay(failures))
+                delay = self.retry.delay(failures)
+                if self.on_retry is not None:
+                    self.on_retry(failures, delay, e)
+                self.sleep(delay)
                 continue
             size = part.stat().st_size
             if complete and size < length:

@@ -121,6 +121,12 @@ class AgentMetrics:
             ["what"],
             registry=self.registry,
         )
+        self.hub_retries = Counter(
+            "edgefleet_agent_hub_retries",
+            "Update requests to the hub (metadata, manifest, artifact) retried after a network failure",
+            ["model"],
+            registry=self.registry,
+        )
         self.mqtt_connected = Gauge("edgefleet_agent_mqtt_connected", "1 when connected", registry=self.registry)
 
     def predict_series(self, model: str) -> PredictSeries:

@@ -44,6 +44,9 @@ from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
+# The reason a model reports while a step waits to retry the hub (cleared once the step goes on).
+RETRYING = "waiting for the hub: "
+
 # (kind, record, details): lets the daemon report progress that is not a state change.
 Notify = Callable[[str, UpdateRecord, dict[str, Any]], None]
 
@@ -107,6 +110,15 @@ class DeviceSteps:
             if left <= 0.25:
                 return False
 
+    def _artifact_retry(self, failures: int, delay: float, error: Exception) -> None:
+        if self._active is not None:
+            self._retrying(self._active, failures, delay, error)
+
+    def _retrying(self, record: UpdateRecord, failures: int, delay: float, error: Exception) -> None:
+        """Say why the update waits: the reason reported for the model until the step moves on."""
+        record.reason = f"{RETRYING}{error} (attempt {failures}; next in {delay:.0f} s)"
+        self.notify("retrying", record, {"attempt": failures, "retry_in_s": round(delay, 1)})
+
     def _superseded_now(self) -> str | None:
         active = self._active
         return None if active is None else self.superseded(active)
@@ -122,6 +134,7 @@ class DeviceSteps:
                 retry=self.retry_policy(),
                 sleep=self._sleep_unless_stopping,
                 stopping=lambda: self.wait(0) or self._superseded_now() is not None,
+                on_retry=self._artifact_retry,
             )
         return self._downloader
 
@@ -206,7 +219,10 @@ class DeviceSteps:
             try:
                 if (why := self._superseded_now()) is not None:
                     raise Superseded(why)
-                return action()
+                event = action()
+                if (record.reason or "").startswith(RETRYING):  # the wait is over (also one from before a restart)
+                    record.reason = None
+                return event
             except Unreachable as e:
                 if failures == 0:
                     streak_started = time.monotonic()
@@ -216,6 +232,7 @@ class DeviceSteps:
                     return error
                 delay = policy.delay(failures)
                 log.warning("%s v%s: %s; retry %d in %.1f s", record.name, record.target_version, e, failures, delay)
+                self._retrying(record, failures, delay, e)
                 if self._pause(delay) and self._superseded_now() is None:
                     raise Interrupted("agent stopping while retrying") from e
             except Superseded as e:

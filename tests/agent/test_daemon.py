@@ -147,6 +147,35 @@ def test_hub_unreachable_then_back_is_retried_with_backoff(
     wait_for(lambda: committed(observer, 1), what="retried and committed once the hub is back")
 
 
+def test_an_update_waiting_for_the_hub_says_so_and_commits_once_it_is_back(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent
+) -> None:
+    # Within `retry_window_s` an unreachable hub is not a failure: the model reports why it waits (reported
+    # state and a counter), and the update commits when the hub returns, with that reason gone.
+    from tests.support.broker import wait_port
+
+    target = publish_version(hub, tmp_path, 1)
+    agent = make_agent(retry_window_s=600.0, retry_attempts=50, retry_max_s=0.5)
+    wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
+    hub.stop()
+    wait_for(lambda: _port_closed(hub.port), what="hub down")
+    observer.desire("dev-1", 1, [("demo", 1, target, False)])
+
+    def waiting() -> dict[str, object] | None:
+        models = (observer.last_reported() or {}).get("models", [])
+        return next((m for m in models if (m.get("reason") or "").startswith("waiting for the hub: ")), None)
+
+    model = wait_for(waiting, what="the reported reason")
+    assert model["state"] == "downloading" and "cannot reach the update metadata" in model["reason"], model
+    retries = agent.metrics.registry.get_sample_value("edgefleet_agent_hub_retries_total", {"model": "demo"})
+    assert retries is not None and retries >= 1
+    hub.start()
+    wait_port("127.0.0.1", hub.port)
+    wait_for(lambda: committed(observer, 1), what="committed once the hub is back")
+    assert observer.events("failed") == [] and observer.events("committed")[-1]["reason"] is None
+    wait_for(lambda: [m["reason"] for m in observer.last_reported()["models"]] == [None], what="the reason cleared")
+
+
 def test_a_hub_that_rejects_the_device_token_refuses_the_update_at_once(
     tmp_path: Path, hub: HubStub, observer: Observer, make_agent
 ) -> None:

@@ -150,11 +150,13 @@ def test_a_link_that_comes_back_within_the_window_completes_the_download(
 
     fake = FakeTime()
     policy = RetryPolicy(attempts=4, base_s=0.5, cap_s=10.0, window_s=300.0, rng=random.Random(2))
+    told: list[tuple[int, float]] = []
     with httpx.Client(transport=Flaky()) as client:
-        part = Downloader(client, retry=policy, sleep=fake.sleep, clock=fake.clock).fetch(
-            f"http://127.0.0.1:{port}/blob.bin", tmp_path / "y.part", SIZE
-        )
+        part = Downloader(
+            client, retry=policy, sleep=fake.sleep, clock=fake.clock, on_retry=lambda n, d, _e: told.append((n, d))
+        ).fetch(f"http://127.0.0.1:{port}/blob.bin", tmp_path / "y.part", SIZE)
     assert part.read_bytes() == blob and len(fake.sleeps) == 12 and down["left"] == 0
+    assert told == list(zip(range(1, 13), fake.sleeps, strict=True))  # each pause announced before it is taken
 
 
 def test_backoff_delay_does_not_overflow_after_days_of_failures() -> None:
