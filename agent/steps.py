@@ -116,7 +116,8 @@ class DeviceSteps:
 
     def _retrying(self, record: UpdateRecord, failures: int, delay: float, error: Exception) -> None:
         """Say why the update waits: the reason reported for the model until the step moves on."""
-        record.reason = f"{RETRYING}{error} (attempt {failures}; next in {delay:.0f} s)"
+        what = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        record.reason = f"{RETRYING}{what} (attempt {failures}; next in {delay:.0f} s)"
         self.notify("retrying", record, {"attempt": failures, "retry_in_s": round(delay, 1)})
 
     def _superseded_now(self) -> str | None:
