@@ -90,17 +90,21 @@ class Observer:
         info.wait_for_publish(timeout=5)
 
     def desire(self, device_id: str, generation: int, models: list[tuple[str, int, str, bool]]) -> None:
-        state = DesiredState(
-            device_id=device_id,
-            generation=generation,
-            models=[DesiredModel(name=n, version=v, manifest_target=t, rollback=r) for n, v, t, r in models],
-            issued_at=datetime.now(UTC),
-        )
-        self.publish(device_id, Channel.DESIRED, state.to_bytes(), retain=True)
+        self.publish(device_id, Channel.DESIRED, desired_state(device_id, generation, models).to_bytes(), retain=True)
 
     def command(self, device_id: str, kind: CommandKind, model: str | None = None) -> None:
         cmd = Command(command_id=uuid.uuid4().hex[:8], kind=kind, model=model, issued_at=datetime.now(UTC))
         self.publish(device_id, Channel.CMD, cmd.to_bytes())
+
+
+def desired_state(device_id: str, generation: int, models: list[tuple[str, int, str, bool]]) -> DesiredState:
+    """A desired state of (name, version, manifest target, rollback) models, issued now."""
+    return DesiredState(
+        device_id=device_id,
+        generation=generation,
+        models=[DesiredModel(name=n, version=v, manifest_target=t, rollback=r) for n, v, t, r in models],
+        issued_at=datetime.now(UTC),
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

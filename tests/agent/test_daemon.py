@@ -10,7 +10,7 @@ import pytest
 
 from protocol.messages import CommandKind
 from tests.agent.builders import make_manifest, onnx_linear
-from tests.agent.harness import Observer, wait_for
+from tests.agent.harness import Observer, desired_state, wait_for
 from tests.agent.hubstub import HubStub
 
 pytestmark = pytest.mark.integration
@@ -209,7 +209,8 @@ def test_an_update_retrying_an_unreachable_hub_is_superseded_by_a_newer_desired_
     # Two desired states in a row (as the broker hands them to the MQTT thread): v3 is already out of date
     # when the worker gets to it, so it is never started; the last one (back to v1) is applied.
     for generation, version, target in ((3, 3, t3), (4, 1, t1)):
-        agent._on_message(Channel.DESIRED, _desired_bytes(generation, [("demo", version, target, False)]))
+        desired = desired_state("dev-1", generation, [("demo", version, target, False)])
+        agent._on_message(Channel.DESIRED, desired.to_bytes())
     failed = wait_for(lambda: observer.events("failed"), timeout=15, what="v2 given up")[-1]
     assert failed["version"] == 2
     assert failed["reason"] == "Superseded: desired generation 4 wants demo v1, not v2", failed
@@ -246,14 +247,11 @@ def test_a_download_in_progress_is_superseded_by_a_newer_desired_state(
 
 
 def test_only_a_desired_state_that_changes_the_update_supersedes_it(tmp_path: Path, make_agent) -> None:
-    from datetime import UTC, datetime
-
     from agent.lifecycle import UpdateRecord
-    from protocol.messages import DesiredModel, DesiredState
+    from protocol.messages import DesiredState
 
     def desired(generation: int, *models: tuple[str, int, bool]) -> DesiredState:
-        wanted = [DesiredModel(name=n, version=v, manifest_target=f"{n}/{v}", rollback=r) for n, v, r in models]
-        return DesiredState(device_id="dev-1", generation=generation, models=wanted, issued_at=datetime.now(UTC))
+        return desired_state("dev-1", generation, [(n, v, f"{n}/{v}", r) for n, v, r in models])
 
     agent = make_agent()
     record = UpdateRecord(name="demo", target_version=2, generation=4)
@@ -266,16 +264,6 @@ def test_only_a_desired_state_that_changes_the_update_supersedes_it(tmp_path: Pa
     assert agent._superseded(record) == "desired generation 6 wants demo v2 (rollback), not v2"
     agent.latest_desired = desired(7, ("other", 1, False))
     assert agent._superseded(record) == "desired generation 7 no longer has demo"
-
-
-def _desired_bytes(generation: int, models: list[tuple[str, int, str, bool]]) -> bytes:
-    from datetime import UTC, datetime
-
-    from protocol.messages import DesiredModel, DesiredState
-
-    wanted = [DesiredModel(name=n, version=v, manifest_target=t, rollback=r) for n, v, t, r in models]
-    state = DesiredState(device_id="dev-1", generation=generation, models=wanted, issued_at=datetime.now(UTC))
-    return state.to_bytes()
 
 
 def _port_closed(port: int) -> bool:
