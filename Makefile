@@ -34,16 +34,19 @@ $(TFLITE_VENV)/bin/python:
 	$(PYTHON) -m venv $(TFLITE_VENV)
 	$(TFLITE_VENV)/bin/python -m pip install --quiet 'tflite-runtime==2.14.0' 'numpy>=1.26,<2' 'pydantic>=2.6,<3'
 
+# apt-get waits for a lock held by another apt run (a parallel set-up, unattended-upgrades) instead of failing.
+APT_GET := apt-get -o DPkg::Lock::Timeout=600
+
 # Headless Chromium for the dashboard's browser tests: Debian's package, used as Playwright's executable.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	@if [ "$$(id -u)" = 0 ]; then $(APT_GET) update -qq && $(APT_GET) install -y -qq chromium; \
 	else echo "the dashboard tests need Debian's chromium: sudo apt-get install chromium"; exit 1; fi
 
 # `systemd-analyze verify` checks the unit files in deploy/ (tests/ops).
 SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
 $(SYSTEMD_ANALYZE):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq systemd; \
+	@if [ "$$(id -u)" = 0 ]; then $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; \
 	else echo "the unit-file tests need systemd-analyze: sudo apt-get install systemd"; exit 1; fi
 
 setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(TFLITE_VENV)/bin/python $(CHROMIUM) \
