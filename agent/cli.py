@@ -121,8 +121,8 @@ def run(config: Path | None) -> None:
     import logging
     import os
 
-    from agent.api import bind_tcp_socket, bind_unix_socket
     from agent.fsutil import lock_data_dir
+    from agent.httpserver import bind_tcp_socket, bind_unix_socket
     from agent.settings import load_settings
 
     settings = load_settings(config)
@@ -145,19 +145,22 @@ def run(config: Path | None) -> None:
 
 
 def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
-    """Start the daemon, serve the local API (or wait for SIGTERM when it is off), stop the daemon."""
+    """Start the daemon, serve the local API on `sock` (when it is on) until SIGTERM/SIGINT, stop the daemon."""
     import signal
     import threading
 
-    import uvicorn
-
     from agent.api import build_app
     from agent.daemon import Agent
+    from agent.httpserver import LocalApiServer
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     daemon = Agent(settings)
     daemon.start()
+    server: LocalApiServer | None = None
     try:
-        if settings.api_enabled:
+        if sock is not None:
             app = build_app(
                 daemon.serving,
                 daemon.metrics,
@@ -166,22 +169,13 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
                 daemon.request_rollback,
                 inference=daemon.inference,
             )
-            # uvicorn answers SIGTERM/SIGINT by shutting down and then raising the signal again with the
-            # handlers it found installed: with the default ones the process would die there, before
-            # `daemon.stop()` has put the open telemetry windows in the outbox. These make that a no-op.
-            signal.signal(signal.SIGTERM, lambda *_: None)
-            signal.signal(signal.SIGINT, lambda *_: None)
-            uds, host, port = settings.api_uds, settings.api_host, settings.api_port
-            where: dict[str, Any] = {"uds": str(uds)} if uds else {"host": host, "port": port}
-            server_config = uvicorn.Config(app, log_level="warning", access_log=False, **where)
-            uvicorn.Server(server_config).run(sockets=[sock] if sock else None)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C may cut the stop short
-        else:
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-            stop.wait()
+            server = LocalApiServer(app, sock)
+            server.start()
+        stop.wait()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C may cut the stop short
     finally:
+        if server is not None:
+            server.stop()
         daemon.stop()
 
 

@@ -10,7 +10,6 @@ subprocess with a private Mosquitto, the model installed in its A/B store and th
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import itertools
 import json
@@ -280,7 +279,7 @@ def main() -> None:
     result = {
         "model": "mlp 256-1024-1024-10 float32, 1 thread in-process; batch 8 unless suffixed _b1",
         "inproc_path": "InferenceService.predict (= Agent.predict), telemetry recording included",
-        "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "http_server": "http.server (stdlib), one thread per connection",
         # Headline keys (onnxruntime): in-process at batch 8; HTTP for a one-sample request (256 floats of JSON).
         "inproc_p50_ratio": round(p50(t["inproc"]) / p50(t["raw"]), 4),
         "http_added_p50_ms": round(p50(h["http1"]) - p50(t["inproc1"]), 4),

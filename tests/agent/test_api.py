@@ -1,22 +1,20 @@
-"""Local API over real uvicorn: predict, bad input 4xx, healthz, models, metrics, rollback."""
+"""Local API over its real HTTP server: predict, bad input 4xx, healthz, models, metrics, rollback."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from agent.api import build_app
 from agent.daemon import Agent
+from agent.httpserver import LocalApiServer, bind_tcp_socket
 from tests.agent.builders import make_manifest, onnx_linear, onnx_multi
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
 from tests.agent.ports import listen_port
-from tests.support.broker import wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +44,10 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
         agent.request_rollback,
         inference=agent.inference,
     )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    threading.Thread(target=server.run, daemon=True).start()
-    wait_port("127.0.0.1", port)
+    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
+    server.start()
     yield f"http://127.0.0.1:{port}", agent
-    server.should_exit = True
+    server.stop()
     agent.stop()
 
 

@@ -1,24 +1,22 @@
-"""Local API over real uvicorn: delayed labels -> accuracy in the next summary; drift view and gauges."""
+"""Local API over its real HTTP server: delayed labels -> accuracy in the next summary; drift view and gauges."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from agent.api import build_app
 from agent.daemon import Agent
+from agent.httpserver import LocalApiServer, bind_tcp_socket
 from protocol.messages import CommandKind
 from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
 from tests.agent.ports import listen_port
 from tests.agent.telemetry_support import install_classifier, observed
-from tests.support.broker import wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +34,10 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
         agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
         inference=agent.inference,
     )  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    threading.Thread(target=server.run, daemon=True).start()
-    wait_port("127.0.0.1", port)
+    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
+    server.start()
     yield f"http://127.0.0.1:{port}", agent
-    server.should_exit = True
+    server.stop()
     agent.stop()
 
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from agent.api import bind_unix_socket
 from agent.errors import ConfigError
+from agent.httpserver import bind_unix_socket
 from edgefleet.cli import cli
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, wait_for
@@ -192,32 +192,3 @@ def test_an_unreachable_hub_at_first_start_is_one_line(tmp_path: Path, hub: HubS
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the hub at http://127.0.0.1:"), res.stderr
     assert not (tmp_path / "device" / "identity.json").exists()
-
-
-def test_the_tcp_api_socket_gets_tcp_nodelay_on_every_connection() -> None:
-    """The pre-bound TCP socket must say IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets whose
-    proto does, and without it Nagle's algorithm and delayed ACKs held each local-API answer ~40 ms."""
-    import asyncio
-    import socket
-
-    from agent.api import bind_tcp_socket
-    from tests.agent.ports import listen_port
-
-    sock = bind_tcp_socket("127.0.0.1", listen_port())
-    assert sock.proto == socket.IPPROTO_TCP
-    nodelay: list[int] = []
-
-    async def main() -> None:
-        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nodelay.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            writer.close()
-
-        server = await asyncio.start_server(accepted, sock=sock)
-        _, writer = await asyncio.open_connection(*sock.getsockname())
-        while not nodelay:
-            await asyncio.sleep(0.01)
-        writer.close()
-        server.close()
-
-    asyncio.run(asyncio.wait_for(main(), 10))
-    assert nodelay == [1]

@@ -7,16 +7,15 @@ with a clear message, never a hang.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from agent.api import build_app
 from agent.daemon import Agent
+from agent.httpserver import LocalApiServer, bind_tcp_socket
 from protocol import layout
 from protocol.manifest import Manifest
 from tests.agent.conftest import hub, observer  # noqa: F401 - fixtures: a real TUF hub stub, an MQTT observer
@@ -24,22 +23,21 @@ from tests.agent.harness import Observer, agent_settings, wait_for
 from tests.agent.hubstub import HubStub
 from tests.agent.ports import listen_port
 from tests.fallback.servers import DroppingEndpoint, torchserve
-from tests.support.broker import Broker, wait_port
+from tests.support.broker import Broker
 from tests.support.converted import Converted
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 NAME = "digits-torch"
 
 
-def _serve_api(agent: Agent) -> tuple[str, uvicorn.Server]:
+def _serve_api(agent: Agent) -> tuple[str, LocalApiServer]:
     port = listen_port()
     app = build_app(
         agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
         inference=agent.inference,
     )  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    threading.Thread(target=server.run, daemon=True).start()
-    wait_port("127.0.0.1", port)
+    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
+    server.start()
     return f"http://127.0.0.1:{port}", server
 
 
@@ -102,6 +100,6 @@ def test_predict_falls_back_to_torchserve_until_the_model_is_installed(
             assert httpx.post(f"{url}/v1/models/ghost/predict", content=b"{", timeout=5).status_code == 400
             assert httpx.post(f"{url}/v1/models/unknown/predict", json=body, timeout=5).status_code == 404
         finally:
-            server.should_exit = True
+            server.stop()
             agent.stop()
             down.close()

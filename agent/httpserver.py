@@ -1,0 +1,223 @@
+"""The local API's HTTP/1.1 server: the standard library's `http.server` with one thread per connection.
+
+Why not uvicorn + Starlette (which the agent used before): the API is a handful of routes on 127.0.0.1 or a
+unix socket, and the daemon's memory is budgeted (<= 80 MB with a model loaded, docs/agent.md). uvicorn,
+Starlette, anyio and httptools cost ~5 MB of the daemon's RSS and an asyncio event loop; `http.server` is
+already imported by prometheus-client. What the standard server leaves to its user is done here: keep-alive
+with an idle timeout, a bound on open connections (503 past it), a body size limit read from Content-Length
+before the body (413), JSON errors for malformed requests, no Nagle delay, and a stop that closes open
+connections."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from agent.api import MAX_BODY_BYTES, LocalApi, Reply, error_reply
+from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with no request for this long is closed; so is a stalled body
+
+
+def _head(handler: BaseHTTPRequestHandler, reply: Reply, close: bool) -> bytes:
+    phrase = handler.responses.get(reply.status, ("",))[0]
+    lines = [
+        f"HTTP/1.1 {reply.status} {phrase}",
+        f"Content-Type: {reply.content_type}",
+        f"Content-Length: {len(reply.body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in reply.headers]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive unless the client says otherwise
+    server: _Server
+
+    def setup(self) -> None:
+        self.request.settimeout(self.server.idle_timeout_s)
+        if self.request.family != socket.AF_UNIX:
+            # Headers and body leave in one write; no Nagle, so a reply never waits for the client's delayed ACK.
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
+
+    def _write(self, reply: Reply) -> None:
+        body = b"" if self.command == "HEAD" else reply.body
+        self.wfile.write(_head(self, reply, self.close_connection) + body)
+
+    def _dispatch(self) -> None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.send_error(411, "send the body with a Content-Length (chunked bodies are not accepted)")
+            return
+        declared = self.headers.get("Content-Length", "0").strip() or "0"
+        if not declared.isdigit():
+            self.send_error(400, f"Content-Length {declared!r} is not a number")
+            return
+        length = int(declared)
+        if length > MAX_BODY_BYTES:
+            self.send_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            return
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-body
+            self.close_connection = True
+            return
+        self._write(self.server.api.handle(self.command, self.path, body))
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:  # noqa: ARG002
+        """http.server's own refusals (malformed request line, header too long, unknown method) as JSON; the
+        connection is closed after them, as the request may not have been read to its end."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        log.debug("local API: %d %s", code, text)
+        with contextlib.suppress(OSError):
+            self._write(error_reply(code, text))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("local API: " + format, *args)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, sock: socket.socket, api: LocalApi, max_connections: int, idle_timeout_s: float) -> None:
+        self.api = api
+        self.idle_timeout_s = idle_timeout_s
+        self.busy_refusals = 0
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(sock.getsockname(), _Handler, bind_and_activate=False)
+        self.socket.close()  # the one TCPServer made: serve on the socket bound before the daemon started
+        self.socket = sock
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.busy_refusals += 1
+            log.warning("local API: %d connections open, refusing one more with 503", len(self._open))
+            reply = error_reply(503, "too many open connections to the local API; retry")
+            with contextlib.suppress(OSError):
+                request.sendall(
+                    f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {reply.content_type}\r\n"
+                    f"Content-Length: {len(reply.body)}\r\nConnection: close\r\n\r\n".encode()
+                    + reply.body
+                )
+            self.shutdown_request(request)
+            return
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
+        log.warning("local API: connection failed", exc_info=True)
+
+    def close_connections(self) -> None:
+        with self._open_lock:
+            open_now = list(self._open)
+        for conn in open_now:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class LocalApiServer:
+    """Serves a `LocalApi` on a bound, listening socket (TCP or unix): `start()` in a thread, `stop()`."""
+
+    def __init__(
+        self,
+        api: LocalApi,
+        sock: socket.socket,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self._server = _Server(sock, api, max_connections, idle_timeout_s)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy_refusals(self) -> int:
+        """Connections refused with 503 because `max_connections` were open."""
+        return self._server.busy_refusals
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.5,), name="local-api", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close the open connections (a request being answered finishes its write or fails it)."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.close_connections()
+        self._server.server_close()
+
+
+def bind_unix_socket(path: os.PathLike[str], mode: int = 0o660) -> socket.socket:
+    """The local API's unix socket, bound before the daemon starts: owner and group may connect (`mode`).
+
+    A socket file left by an agent that was killed is replaced; one another agent still listens on is not,
+    and neither is a path that is not a socket."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:  # nobody listens: left by a killed agent
+            path.unlink(missing_ok=True)
+        else:
+            raise ConfigError(f"api_uds: another process is serving on {path}")
+        finally:
+            probe.close()
+    elif path.exists() or path.is_symlink():
+        raise ConfigError(f"api_uds: {path} exists and is not a socket")
+    if not path.parent.is_dir():
+        raise ConfigError(f"api_uds: directory {path.parent} does not exist")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, mode)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"api_uds: cannot listen on {path}: {e.strerror or e}") from e
+    return sock
+
+
+def bind_tcp_socket(host: str, port: int) -> socket.socket:
+    """The local API's TCP socket, bound before the daemon starts (a port in use stops the start with one line)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    except OSError as e:
+        raise ConfigError(f"api_host/api_port: cannot listen on {host}:{port}: {e.strerror or e}") from e
