@@ -15,7 +15,10 @@ import logging
 import os
 import socket
 import socketserver
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with no request for this long is closed; so is a stalled body
+STOP_GRACE_S = 5.0  # on stop, how long requests being answered may take to finish
 
 
 def _head(handler: BaseHTTPRequestHandler, reply: Reply, close: bool) -> bytes:
@@ -56,23 +60,38 @@ class _Handler(BaseHTTPRequestHandler):
         body = b"" if self.command == "HEAD" else reply.body
         self.wfile.write(_head(self, reply, self.close_connection) + body)
 
-    def _dispatch(self) -> None:
+    def _refuse_body(self) -> bool:
+        """Refuse a body we will not read (chunked, a bad or too large Content-Length) before it is sent."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.send_error(411, "send the body with a Content-Length (chunked bodies are not accepted)")
-            return
+            return True
         declared = self.headers.get("Content-Length", "0").strip() or "0"
         if not declared.isdigit():
             self.send_error(400, f"Content-Length {declared!r} is not a number")
-            return
-        length = int(declared)
-        if length > MAX_BODY_BYTES:
+            return True
+        if int(declared) > MAX_BODY_BYTES:
             self.send_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            return True
+        return False
+
+    def handle_expect_100(self) -> bool:
+        # `Expect: 100-continue` (curl sends it for bodies over 1 MB): a body that will be refused is never sent.
+        return not self._refuse_body() and super().handle_expect_100()
+
+    def _dispatch(self) -> None:
+        if self._refuse_body():
             return
-        body = self.rfile.read(length) if length else b""
-        if len(body) < length:  # the client went away mid-body
-            self.close_connection = True
-            return
-        self._write(self.server.api.handle(self.command, self.path, body))
+        length = int(self.headers.get("Content-Length", "0").strip() or "0")
+        server = self.server
+        with server.busy(self.request):
+            body = self.rfile.read(length) if length else b""
+            if len(body) < length:  # the client went away mid-body
+                self.close_connection = True
+                return
+            reply = server.api.handle(self.command, self.path, body)
+            if server.stopping:  # answer this one, then let the connection go
+                self.close_connection = True
+            self._write(reply)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
 
@@ -98,7 +117,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.idle_timeout_s = idle_timeout_s
         self.busy_refusals = 0
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.stopping = False
         self._open: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(sock.getsockname(), _Handler, bind_and_activate=False)
         self.socket.close()  # the one TCPServer made: serve on the socket bound before the daemon started
@@ -129,13 +150,40 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 self._open.discard(request)
             self._slots.release()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
-        log.warning("local API: connection failed", exc_info=True)
-
-    def close_connections(self) -> None:
+    @contextlib.contextmanager
+    def busy(self, conn: socket.socket) -> Iterator[None]:
+        """Mark a connection as answering a request (stop() waits for it) while the block runs."""
         with self._open_lock:
-            open_now = list(self._open)
-        for conn in open_now:
+            self._busy.add(conn)
+        try:
+            yield
+        finally:
+            with self._open_lock:
+                self._busy.discard(conn)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            log.debug("local API: the client went away mid-answer")
+        else:
+            log.warning("local API: connection failed", exc_info=True)
+
+    def close_connections(self, grace_s: float) -> None:
+        """Close idle connections now; give those answering a request up to `grace_s` to finish it."""
+        self.stopping = True
+        deadline = time.monotonic() + grace_s
+        while True:
+            with self._open_lock:
+                idle = self._open - self._busy
+                busy = len(self._busy)
+            for conn in idle:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        with self._open_lock:
+            left = list(self._open)
+        for conn in left:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
@@ -163,13 +211,14 @@ class LocalApiServer:
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.5,), name="local-api", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop accepting, close the open connections (a request being answered finishes its write or fails it)."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop accepting; close idle connections at once and the others once their answer is written (or after
+        `grace_s`: a prediction waiting on a cloud fallback does not hold up the daemon's stop for long)."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
-        self._server.close_connections()
+        self._server.close_connections(grace_s)
         self._server.server_close()
 
 

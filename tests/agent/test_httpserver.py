@@ -223,3 +223,51 @@ def test_accepted_tcp_connections_have_tcp_nodelay(views: Views) -> None:
         conn.close()
     finally:
         server.stop()
+
+
+def test_stop_lets_a_request_being_answered_finish_then_closes(views: Views) -> None:
+    release, entered = threading.Event(), threading.Event()
+
+    def slow() -> dict[str, Any]:
+        entered.set()
+        release.wait(10)
+        return {"status": "ok"}
+
+    views["health"] = slow
+    server, port = start(views)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    idle.request("GET", "/v1/models")
+    idle.getresponse().read()
+    answered: dict[str, Any] = {}
+
+    def call() -> None:
+        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        answered.update(status=r.status_code, connection=r.headers.get("connection"))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert entered.wait(5)
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    assert idle.sock is not None and idle.sock.recv(1) == b""  # the idle connection goes at once
+    release.set()
+    caller.join(10)
+    stopper.join(10)
+    assert answered == {"status": 200, "connection": "close"}  # the busy one got its answer, then closed
+
+
+def test_a_body_that_would_be_refused_is_refused_before_100_continue(
+    served: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpserver, "MAX_BODY_BYTES", 1000)
+    request = b"POST /v1/models/demo/predict HTTP/1.1\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    status, _, body, _ = raw(served, request)
+    assert status == 413 and "over 1000 bytes" in json.loads(body)["error"]
+    request = b"POST /v1/models/demo/predict HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as s:
+        s.sendall(request)
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(b"{}")
+        response = http.client.HTTPResponse(s)
+        response.begin()
+        assert response.status == 404 and "no model named 'demo'" in json.loads(response.read())["error"]
