@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.errors import InputError, ModelLoadError
@@ -157,6 +158,14 @@ class LocalApi:
             return error_reply(status, f"cloud fallback failed: {e}", fallback_reason=e.reason)
         except (InputError, ModelLoadError) as e:  # ModelLoadError: the runtime refused inputs that passed validation
             return error_reply(422, str(e))
+        nonfinite = [k for k, v in answer.outputs.items() if not np.isfinite(v).all()]
+        if nonfinite:  # JSON has no NaN or inf: say why instead of sending an invalid body
+            names = ", ".join(nonfinite)
+            if _has_nonfinite(payload["inputs"]):
+                self.metrics.prediction_errors.labels(name, "bad_input").inc()
+                return error_reply(422, f"inputs hold NaN or inf, so output(s) {names} do too (not valid JSON)")
+            self.metrics.prediction_errors.labels(name, "nonfinite_output").inc()
+            return error_reply(500, f"the model's output(s) {names} hold NaN or inf for these inputs (not valid JSON)")
         return json_reply(answer.to_json())
 
     def feedback(self, name: str, body: bytes) -> Reply:
@@ -203,6 +212,17 @@ class LocalApi:
 
 class _BadBody(Exception):
     pass
+
+
+def _has_nonfinite(inputs: dict[str, Any]) -> bool:
+    for value in inputs.values():
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            continue
+        if not np.isfinite(array).all():
+            return True
+    return False
 
 
 def build_app(

@@ -119,7 +119,17 @@ class LoadedModel:
             return _quantize(value, b)
         if b.dtype.kind in "iu" and value.dtype.kind == "f":
             raise InputError(f"input {name!r}: float values for integer tensor ({b.dtype})")
-        return value.astype(b.dtype)
+        if b.dtype.kind in "iu" and value.dtype.kind in "iub":
+            info = np.iinfo(b.dtype.type)  # type: ignore[type-var]  # a narrowing cast would wrap around silently: 300 -> 44 in int8
+            if value.size and (value.min() < info.min or value.max() > info.max):
+                raise InputError(f"input {name!r}: values outside {b.dtype} range [{info.min}, {info.max}]")
+            return value.astype(b.dtype)
+        with np.errstate(over="ignore"):
+            cast = value.astype(b.dtype)
+        narrowed = b.dtype.kind == "f" and value.dtype.kind == "f" and b.dtype.itemsize < value.dtype.itemsize
+        if narrowed and not np.isfinite(cast).all() and np.isfinite(value).all():  # 1e39 -> inf in float32
+            raise InputError(f"input {name!r}: values outside {b.dtype} range")
+        return cast
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
         """Run one batch: inputs by name (arrays or nested lists), outputs by name as float arrays."""

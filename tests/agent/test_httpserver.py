@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import httpserver
 from agent.api import build_app
@@ -271,3 +273,115 @@ def test_a_body_that_would_be_refused_is_refused_before_100_continue(
         response = http.client.HTTPResponse(s)
         response.begin()
         assert response.status == 404 and "no model named 'demo'" in json.loads(response.read())["error"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A server with real ONNX models and short timeouts: "demo" (x: [?, 4] float -> y: [?, 3]), "poisoned"
+    (the same times NaN) and "ints" (x: [?, 2] int8 -> y float)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from agent.model import LoadedModel
+    from tests.agent.builders import onnx_linear
+
+    work = tmp_path_factory.mktemp("fuzz")
+    serving = ServingRegistry()
+    serving.install("demo", 1, LoadedModel.from_file(onnx_linear(work / "lin.onnx")))
+    serving.install("poisoned", 1, LoadedModel.from_file(onnx_linear(work / "nan.onnx", poison="nan")))
+    cast = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "ints",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    onnx.save(helper.make_model(cast, opset_imports=[helper.make_opsetid("", 17)]), work / "ints.onnx")
+    serving.install("ints", 1, LoadedModel.from_file(work / "ints.onnx"))
+    app = build_app(serving, AgentMetrics(), lambda: [{"name": "demo"}], lambda: {"status": "ok"})
+    port = listen_port()
+    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port), idle_timeout_s=0.5)
+    server.start()
+    yield port
+    server.stop()
+
+
+_token = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+_path = st.sampled_from(
+    ["/healthz", "/metrics", "/v1/models", "/v1/models/demo/predict", "/v1/models/demo/feedback",
+     "/v1/models/demo/drift", "/v1/models/demo/rollback", "/v1/models/%00/predict", "/", "*"]
+) | _token.map(lambda t: "/" + t)  # fmt: skip
+_body = st.one_of(
+    st.binary(max_size=200),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(["inputs", "x", "y"]), inner),
+        max_leaves=30,
+    ).map(lambda v: json.dumps(v).encode()),
+    st.lists(st.lists(st.floats(width=32), min_size=4, max_size=4), min_size=1, max_size=3).map(
+        lambda rows: json.dumps({"inputs": {"x": rows}}).encode()
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS"]) | _token,
+    path=_path,
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.0"]) | _token,
+    headers=st.lists(st.tuples(_token, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20))),
+    body=_body,
+    declare_length=st.booleans(),
+)
+def test_any_request_gets_an_http_answer_and_the_server_goes_on(
+    fuzz_target: int, method: str, path: str, version: str, headers: list[tuple[str, str]], body: bytes,
+    declare_length: bool,
+) -> None:  # fmt: skip
+    head = [f"{method} {path} {version}"] + [f"{k}: {v}" for k, v in headers if k.lower() != "content-length"]
+    if declare_length:
+        head.append(f"Content-Length: {len(body)}")
+    request = ("\r\n".join(head) + "\r\n\r\n").encode() + (body if declare_length else b"")
+    with socket.create_connection(("127.0.0.1", fuzz_target), timeout=10) as s:
+        s.sendall(request)
+        response = http.client.HTTPResponse(s, method=method)
+        response.begin()  # an HTTP answer, not a dropped connection
+        payload = response.read()
+    assert 200 <= response.status < 600
+    # Nothing the caller sends is the agent's own failure (501: a method HTTP does not know, RFC 9110 15.6.2).
+    assert response.status < 500 or response.status == 501, payload
+    if response.getheader("Content-Type") == "application/json" and method != "HEAD":
+        answer = json.loads(payload)
+        assert response.status < 400 or isinstance(answer["error"], str)
+    assert httpx.get(f"http://127.0.0.1:{fuzz_target}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "status", "message"),
+    [
+        ("demo", [[float("nan"), 1, 2, 3]], 422, "inputs hold NaN or inf, so output(s) y do too"),
+        ("demo", [[float("inf"), 1, 2, 3]], 422, "inputs hold NaN or inf"),
+        ("demo", [[1e39, 1, 2, 3]], 422, "input 'x': values outside float32 range"),
+        ("poisoned", [[1, 2, 3, 4]], 500, "the model's output(s) y hold NaN or inf for these inputs"),
+        ("ints", [[300, 1]], 422, "input 'x': values outside int8 range [-128, 127]"),
+        ("ints", [[-129, 1]], 422, "values outside int8 range"),
+        ("ints", [[0.5, 1]], 422, "float values for integer tensor"),
+    ],
+)
+def test_values_json_cannot_carry_or_the_tensor_cannot_hold_are_refused_with_a_reason(
+    fuzz_target: int, model: str, inputs: list[list[float]], status: int, message: str
+) -> None:
+    # Python's json reads NaN and Infinity, so a client may send them; no JSON reader must be sent them back.
+    body = json.dumps({"inputs": {"x": inputs}})
+    r = httpx.post(f"http://127.0.0.1:{fuzz_target}/v1/models/{model}/predict", content=body)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_int_inputs_in_range_are_cast_exactly(fuzz_target: int) -> None:
+    r = httpx.post(f"http://127.0.0.1:{fuzz_target}/v1/models/ints/predict", json={"inputs": {"x": [[-128, 127]]}})
+    assert r.status_code == 200 and r.json()["outputs"]["y"] == [[-128.0, 127.0]]
+
+
+def test_nonfinite_outputs_are_counted(fuzz_target: int) -> None:
+    url = f"http://127.0.0.1:{fuzz_target}"
+    assert httpx.post(f"{url}/v1/models/poisoned/predict", json={"inputs": {"x": [[1, 2, 3, 4]]}}).status_code == 500
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'edgefleet_agent_prediction_errors_total{kind="nonfinite_output",model="poisoned"}' in metrics
