@@ -90,14 +90,13 @@ class ServingContext:
         return record.state in TERMINAL and (record.reason or "").startswith("self-test failed")
 
     def window_closed(self, summary: TelemetrySummary) -> None:
-        """Drift and accuracy gauges of the window that just closed (telemetry thread)."""
+        """Drift (computed when scraped: agent.metrics.DriftGauges) and accuracy gauges of the window that just
+        closed (telemetry thread)."""
         served = self.serving.get(summary.model)
         if served is None or served.model.manifest is None or served.version != summary.version:
             return
-        report = drift_report(served.model.manifest.baseline, summary)
-        self.metrics.drift_score.labels(summary.model).set(report.score)
-        self.metrics.drifted_features.labels(summary.model).set(len(report.drifted_features))
-        self.metrics.dataset_drift.labels(summary.model).set(1 if report.dataset_drift else 0)
+        baseline = served.model.manifest.baseline
+        self.metrics.drift.window_closed(summary.model, lambda: drift_report(baseline, summary))
         accuracy = summary.accuracy()
         if accuracy is not None:
             self.metrics.window_accuracy.labels(summary.model).set(accuracy)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -72,22 +73,31 @@ class _Binner:
         flat = np.where(finite, flat, self.counts.size)  # NaN/inf go to a discard slot
         self.counts += np.bincount(flat.ravel(), minlength=self.counts.size + 1)[:-1].reshape(self.counts.shape)
 
-    def take(self, reset: bool = True) -> list[FeatureWindow]:
+    def take(self, reset: bool = True) -> _Counts:
+        """The window's counts (copies), reset when `reset`; turned into FeatureWindows outside the lock."""
         self.flush()
-        out = [
-            FeatureWindow(
-                name=n,
-                counts=[int(c) for c in self.counts[i]],
-                missing=int(self.missing[i]),
-                below_min=int(self.below[i]),
-                above_max=int(self.above[i]),
-            )
-            for i, n in enumerate(self.names)
-        ]
+        counts = (self.names, self.counts.copy(), self.missing.copy(), self.below.copy(), self.above.copy())
         if reset:
             for arr in (self.counts, self.missing, self.below, self.above):
                 arr[...] = 0
-        return out
+        return counts
+
+
+_Counts = tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _features(taken: _Counts) -> list[FeatureWindow]:
+    names, counts, missing, below, above = taken
+    return [
+        FeatureWindow(
+            name=n,
+            counts=counts[i].tolist(),
+            missing=int(missing[i]),
+            below_min=int(below[i]),
+            above_max=int(above[i]),
+        )
+        for i, n in enumerate(names)
+    ]
 
 
 def _extractor(name: str, hists: list[HistogramBaseline]) -> Callable[[np.ndarray], np.ndarray]:
@@ -239,41 +249,60 @@ class WindowRecorder:
             if self.n == 0 and not self.fallback and (self._confusion is None or not self._confusion.any()):
                 self._start = self._clock()
                 return None
-            summary = self._summary(reset=True)
+            state = self._state(reset=True)
             self._classes[:] = 0
             if self._confusion is not None:
                 self._confusion[:] = 0
             self._lat = []
             self._reset()
-            return summary
+        return self._summary(state)
 
     def snapshot(self) -> TelemetrySummary:
         """The open window so far, without closing it (for the local drift view)."""
         with self._lock:
-            return self._summary(reset=False)
+            state = self._state(reset=False)
+        return self._summary(state)
 
-    def _summary(self, reset: bool) -> TelemetrySummary:
+    def _state(self, reset: bool) -> dict[str, Any]:
+        """The window's numbers, copied (lock held): the summary is built from them after the lock is let go,
+        so a prediction never waits for a few hundred pydantic objects to be validated."""
         self._settle()
+        return {
+            "window_start": self._start,
+            "window_end": max(self._clock(), self._start),
+            "n": self.n,
+            "errors": self.errors,
+            "fallback": dict(self.fallback),
+            "fallback_errors": dict(self.fallback_errors),
+            "fallback_latency_buckets": list(self.fallback_latency),
+            "lat": list(self._lat),
+            "inputs": [b.take(reset) for _, _, b in self._inputs],
+            "class_counts": self._classes.tolist() if self.classifier else None,
+            "outputs": self._out_binner.take(reset) if self._out_binner else None,
+            "confusion": self._confusion.tolist() if self._confusion is not None else None,
+        }
+
+    def _summary(self, state: dict[str, Any]) -> TelemetrySummary:
         lat = np.bincount(
-            np.searchsorted(LATENCY_BUCKETS_MS, self._lat, side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
+            np.searchsorted(LATENCY_BUCKETS_MS, state["lat"], side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
         )
         return TelemetrySummary(
             device_id=self.device_id,
             model=self.manifest.name,
             version=self.manifest.version,
             profile=self.manifest.profile,
-            window_start=_ts(self._start),
-            window_end=_ts(max(self._clock(), self._start)),
-            n=self.n,
-            errors=self.errors,
-            fallback=dict(self.fallback),
-            fallback_errors=dict(self.fallback_errors),
-            fallback_latency_buckets=list(self.fallback_latency),
-            latency_buckets=[int(c) for c in lat],
-            inputs=[f for _, _, b in self._inputs for f in b.take(reset)],
-            class_counts=[int(c) for c in self._classes] if self.classifier else None,
-            outputs=self._out_binner.take(reset) if self._out_binner else [],
-            confusion=self._confusion.tolist() if self._confusion is not None else None,
+            window_start=_ts(state["window_start"]),
+            window_end=_ts(state["window_end"]),
+            n=state["n"],
+            errors=state["errors"],
+            fallback=state["fallback"],
+            fallback_errors=state["fallback_errors"],
+            fallback_latency_buckets=state["fallback_latency_buckets"],
+            latency_buckets=lat.tolist(),
+            inputs=[f for taken in state["inputs"] for f in _features(taken)],
+            class_counts=state["class_counts"],
+            outputs=_features(state["outputs"]) if state["outputs"] is not None else [],
+            confusion=state["confusion"],
         )
 
 

@@ -1,8 +1,10 @@
-"""The predict count and latency series: the same exposition prometheus-client's own Counter + Histogram give."""
+"""The predict count and latency series: the same exposition prometheus-client's own Counter + Histogram give.
+The drift gauges: computed when scraped, once per window."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics import PREDICT_BUCKETS, AgentMetrics
+from protocol.drift import DriftReport, FeatureDrift
 
 
 def _samples(text: str, prefix: str) -> set[tuple[str, frozenset[tuple[str, str]], float]]:
@@ -67,3 +70,33 @@ def test_concurrent_predictions_are_all_counted() -> None:
     assert cumulative[-1] == 20_000 and cumulative[0] == 10_000  # 0.0004 <= 0.0005; 0.003 in the 0.005 bucket
     assert abs(total - 10_000 * (0.0004 + 0.003)) < 1e-6
     assert metrics.predict_series("digits") is series
+
+
+def test_drift_gauges_are_computed_when_scraped_once_per_window() -> None:
+    metrics = AgentMetrics()
+    computed: list[float] = []
+
+    def window(score: float, drifted: int) -> Callable[[], DriftReport]:
+        def report() -> DriftReport:
+            computed.append(score)
+            features = [FeatureDrift(f"f{i}", 10, psi=0.0, js=score, drifted=i < drifted) for i in range(3)]
+            return DriftReport(10, features, None, drifted / 3, drifted >= 2, 0.0, 0.0)
+
+        return report
+
+    metrics.drift.window_closed("m", window(0.3, 2))
+    assert computed == []  # closing a window computes nothing
+    samples = _samples(generate_latest(metrics.registry).decode(), "edgefleet_agent_d")
+    assert samples == {
+        ("edgefleet_agent_drift_score", frozenset({("model", "m")}), 0.3),
+        ("edgefleet_agent_drifted_features", frozenset({("model", "m")}), 2.0),
+        ("edgefleet_agent_dataset_drift", frozenset({("model", "m")}), 1.0),
+    }
+    generate_latest(metrics.registry)
+    assert computed == [0.3]  # a second scrape of the same window reuses it
+    metrics.drift.window_closed("m", window(0.1, 0))
+    metrics.drift.window_closed("m", window(0.05, 0))  # two windows closed between scrapes: the last one counts
+    samples = _samples(generate_latest(metrics.registry).decode(), "edgefleet_agent_d")
+    assert computed == [0.3, 0.05]
+    assert ("edgefleet_agent_drift_score", frozenset({("model", "m")}), 0.05) in samples
+    assert ("edgefleet_agent_dataset_drift", frozenset({("model", "m")}), 0.0) in samples
