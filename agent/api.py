@@ -158,7 +158,7 @@ class LocalApi:
             return error_reply(status, f"cloud fallback failed: {e}", fallback_reason=e.reason)
         except (InputError, ModelLoadError) as e:  # ModelLoadError: the runtime refused inputs that passed validation
             return error_reply(422, str(e))
-        nonfinite = [k for k, v in answer.outputs.items() if not np.isfinite(v).all()]
+        nonfinite = [k for k, v in answer.outputs.items() if _float(v) and not np.isfinite(v).all()]
         if nonfinite:  # JSON has no NaN or inf: say why instead of sending an invalid body
             names = ", ".join(nonfinite)
             if _has_nonfinite(payload["inputs"]):
@@ -212,6 +212,11 @@ class LocalApi:
 
 class _BadBody(Exception):
     pass
+
+
+def _float(value: Any) -> bool:
+    """Float outputs can hold NaN/inf; integer, bool and string ones (an ONNX label output) cannot."""
+    return np.asarray(value).dtype.kind in "fc"
 
 
 def _has_nonfinite(inputs: dict[str, Any]) -> bool:
