@@ -158,7 +158,7 @@ def test_a_slow_request_does_not_hold_up_other_connections(served: int, views: V
     assert result == {"s": 200}
 
 
-def test_connections_past_the_bound_get_503_until_one_closes(views: Views) -> None:
+def test_connections_past_the_bound_get_503_until_one_closes(views: Views, caplog: pytest.LogCaptureFixture) -> None:
     server, port = start(views, max_connections=2)
     try:
         held = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(2)]
@@ -167,7 +167,10 @@ def test_connections_past_the_bound_get_503_until_one_closes(views: Views) -> No
             conn.getresponse().read()
         status, _, body, closed = raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
         assert status == 503 and "too many open connections" in json.loads(body)["error"] and closed
-        assert server.busy_refusals == 1
+        assert raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")[0] == 503
+        assert server.busy_refusals == 2
+        warnings = [r for r in caplog.records if r.name == "agent.httpserver" and r.levelname == "WARNING"]
+        assert len(warnings) == 1  # a flood of refusals is one line per interval, not one per connection
         held.pop().close()
         wait_for(lambda: raw(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")[0] == 200, what="slot freed")
         held[0].close()
