@@ -228,15 +228,3 @@ def _has_nonfinite(inputs: dict[str, Any]) -> bool:
         if not np.isfinite(array).all():
             return True
     return False
-
-
-def build_app(
-    serving: ServingRegistry,
-    metrics: AgentMetrics,
-    models_view: Callable[[], list[dict[str, Any]]],
-    health_view: Callable[[], dict[str, Any]],
-    request_rollback: Callable[[str], None] | None = None,
-    inference: InferenceService | None = None,
-) -> LocalApi:
-    """The local API over a serving registry (serve it with `agent.httpserver.LocalApiServer`)."""
-    return LocalApi(serving, metrics, models_view, health_view, request_rollback, inference)

@@ -149,7 +149,7 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
     import signal
     import threading
 
-    from agent.api import build_app
+    from agent.api import LocalApi
     from agent.daemon import Agent
     from agent.httpserver import LocalApiServer
 
@@ -161,7 +161,7 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
     server: LocalApiServer | None = None
     try:
         if sock is not None:
-            app = build_app(
+            app = LocalApi(
                 daemon.serving,
                 daemon.metrics,
                 daemon.models_view,

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.api import build_app
+from agent.api import LocalApi
 from agent.daemon import Agent
 from agent.httpserver import LocalApiServer, bind_tcp_socket
 from tests.agent.builders import make_manifest, onnx_linear, onnx_multi
@@ -36,7 +36,7 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
     )
     wait_for(lambda: agent.serving.get("multi"), what="multi served")
     port = listen_port()
-    app = build_app(
+    app = LocalApi(
         agent.serving,
         agent.metrics,
         agent.models_view,

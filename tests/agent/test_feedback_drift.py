@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.api import build_app
+from agent.api import LocalApi
 from agent.daemon import Agent
 from agent.httpserver import LocalApiServer, bind_tcp_socket
 from protocol.messages import CommandKind
@@ -30,7 +30,7 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
     install_classifier(hub, observer, tmp_path)
     wait_for(lambda: agent.serving.get("demo"), what="classifier serving")
     port = listen_port()
-    app = build_app(
+    app = LocalApi(
         agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
         inference=agent.inference,
     )  # fmt: skip

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import httpserver
-from agent.api import build_app
+from agent.api import LocalApi
 from agent.httpserver import LocalApiServer, bind_tcp_socket, bind_unix_socket
 from agent.metrics import AgentMetrics
 from agent.serving import ServingRegistry
@@ -35,7 +35,7 @@ def views() -> Views:
 
 
 def start(views: Views, **options: Any) -> tuple[LocalApiServer, int]:
-    app = build_app(ServingRegistry(), AgentMetrics(), lambda: views["models"](), lambda: views["health"]())
+    app = LocalApi(ServingRegistry(), AgentMetrics(), lambda: views["models"](), lambda: views["health"]())
     port = listen_port()
     server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port), **options)
     server.start()
@@ -203,7 +203,7 @@ def test_stop_closes_open_connections_and_the_listening_socket(views: Views) -> 
 
 def test_unix_socket_mode_0660_and_served(views: Views, tmp_path: Path) -> None:
     path = tmp_path / "agent.sock"
-    app = build_app(ServingRegistry(), AgentMetrics(), lambda: views["models"](), lambda: views["health"]())
+    app = LocalApi(ServingRegistry(), AgentMetrics(), lambda: views["models"](), lambda: views["health"]())
     server = LocalApiServer(app, bind_unix_socket(path))
     server.start()
     try:
@@ -300,7 +300,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     )
     onnx.save(helper.make_model(cast, opset_imports=[helper.make_opsetid("", 17)]), work / "ints.onnx")
     serving.install("ints", 1, LoadedModel.from_file(work / "ints.onnx"))
-    app = build_app(serving, AgentMetrics(), lambda: [{"name": "demo"}], lambda: {"status": "ok"})
+    app = LocalApi(serving, AgentMetrics(), lambda: [{"name": "demo"}], lambda: {"status": "ok"})
     port = listen_port()
     server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port), idle_timeout_s=0.5)
     server.start()

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.api import build_app
+from agent.api import LocalApi
 from agent.daemon import Agent
 from agent.httpserver import LocalApiServer, bind_tcp_socket
 from protocol import layout
@@ -32,7 +32,7 @@ NAME = "digits-torch"
 
 def _serve_api(agent: Agent) -> tuple[str, LocalApiServer]:
     port = listen_port()
-    app = build_app(
+    app = LocalApi(
         agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
         inference=agent.inference,
     )  # fmt: skip
