@@ -22,6 +22,7 @@ CHUNK_ROWS = 256
 PIXELS_PER_SAMPLE = 16  # channel grouping: sampled positions per sample and channel
 MAX_OPEN_PREDICTIONS = 10_000  # predictions awaiting a delayed label
 SETTLE_EVERY = 32  # predict calls whose output rows are kept before their classes are taken in bulk
+MAX_PENDING_CHUNKS = 8  # full chunks waiting for the telemetry thread; past this the serving path counts them
 
 
 class _Binner:
@@ -45,39 +46,72 @@ class _Binner:
         self._idx_dtype = np.int8 if self.bins <= 127 else np.int16 if self.bins <= 32767 else np.intp
         self._offsets = np.arange(len(hists), dtype=np.intp) * self.bins  # feature i's bins start at i * bins
         self.filled = 0
+        self.full: list[np.ndarray] = []  # chunks of CHUNK_ROWS rows copied in and not yet counted
+        self._spare: list[np.ndarray] = []
 
-    def add_rows(self, rows: np.ndarray) -> None:
-        start = 0
+    def add_rows(self, rows: np.ndarray) -> int:
+        """Copy rows in; a chunk that fills up waits in `full` to be counted. Returns how many filled up."""
+        start = completed = 0
         while start < len(rows):
             take = min(len(rows) - start, CHUNK_ROWS - self.filled)
             self.buffer[self.filled : self.filled + take] = rows[start : start + take]
             self.filled += take
             start += take
             if self.filled == CHUNK_ROWS:
-                self.flush()
+                self.full.append(self.buffer)
+                self.buffer = self._spare.pop() if self._spare else np.empty_like(self.buffer)
+                self.filled = 0
+                completed += 1
+        return completed
+
+    def take_full(self) -> list[np.ndarray]:
+        full, self.full = self.full, []
+        return full
+
+    def count(self, chunks: list[np.ndarray]) -> _Delta:
+        """What `chunks` add to the counts. Reads only the bins, never the counts: safe without the lock
+        (numpy lets the GIL go for most of it, so predictions run meanwhile)."""
+        delta = (
+            np.zeros_like(self.counts),
+            np.zeros_like(self.missing),
+            np.zeros_like(self.below),
+            np.zeros_like(self.above),
+        )
+        for v in chunks:
+            counts, missing, below, above = delta
+            finite = np.isfinite(v)
+            missing += (~finite).sum(axis=0)
+            with np.errstate(invalid="ignore"):
+                below += (finite & (v < self.lo)).sum(axis=0)
+                above += (finite & (v > self.hi)).sum(axis=0)
+                # Bin index = how many interior edges are <= the value; one (rows x features) pass per
+                # edge is several times cheaper than a (rows x features x edges) array once features are many.
+                # Small integers and one reused mask: the passes move a quarter of the bytes intp would (0.4
+                # -> 0.24 ms for 256 rows x 256 features).
+                idx = np.zeros(v.shape, self._idx_dtype)
+                ge = np.empty(v.shape, np.bool_)
+                for k in range(self.interior.shape[1]):
+                    np.greater_equal(v, self.interior[:, k], out=ge)
+                    idx += ge
+            flat = idx + self._offsets
+            flat = np.where(finite, flat, counts.size)  # NaN/inf go to a discard slot
+            counts += np.bincount(flat.ravel(), minlength=counts.size + 1)[:-1].reshape(counts.shape)
+        return delta
+
+    def add(self, delta: _Delta, chunks: list[np.ndarray]) -> None:
+        """Fold counted chunks in (lock held) and keep up to two of their buffers for reuse."""
+        for mine, more in zip((self.counts, self.missing, self.below, self.above), delta, strict=True):
+            mine += more
+        self._spare.extend(chunks[: max(0, 2 - len(self._spare))])
 
     def flush(self) -> None:
-        if not self.filled:
-            return
-        v = self.buffer[: self.filled]
-        self.filled = 0
-        finite = np.isfinite(v)
-        self.missing += (~finite).sum(axis=0)
-        with np.errstate(invalid="ignore"):
-            self.below += (finite & (v < self.lo)).sum(axis=0)
-            self.above += (finite & (v > self.hi)).sum(axis=0)
-            # Bin index = how many interior edges are <= the value; one (rows x features) pass per
-            # edge is several times cheaper than a (rows x features x edges) array once features are many.
-            # Small integers and one reused mask: the passes move a quarter of the bytes intp would (0.4 -> 0.24
-            # ms for 256 rows x 256 features).
-            idx = np.zeros(v.shape, self._idx_dtype)
-            ge = np.empty(v.shape, np.bool_)
-            for k in range(self.interior.shape[1]):
-                np.greater_equal(v, self.interior[:, k], out=ge)
-                idx += ge
-        flat = idx + self._offsets
-        flat = np.where(finite, flat, self.counts.size)  # NaN/inf go to a discard slot
-        self.counts += np.bincount(flat.ravel(), minlength=self.counts.size + 1)[:-1].reshape(self.counts.shape)
+        """Count everything copied in so far, here and now (lock held)."""
+        chunks = self.take_full()
+        if self.filled:
+            chunks.append(self.buffer[: self.filled])
+            self.filled = 0
+        if chunks:
+            self.add(self.count(chunks), [c for c in chunks if len(c) == CHUNK_ROWS])
 
     def take(self, reset: bool = True) -> _Counts:
         """The window's counts (copies), reset when `reset`; turned into FeatureWindows outside the lock."""
@@ -90,6 +124,7 @@ class _Binner:
 
 
 _Counts = tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_Delta = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # counts, missing, below, above
 
 
 def _features(taken: _Counts) -> list[FeatureWindow]:
@@ -132,6 +167,7 @@ class WindowRecorder:
         window_size: int = 1000,
         window_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        on_pending: Callable[[], None] | None = None,
     ) -> None:
         self.manifest = manifest
         self.device_id = device_id
@@ -139,6 +175,11 @@ class WindowRecorder:
         self.window_seconds = window_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        # Full chunks of rows are counted by `bin_pending` on the telemetry thread when `on_pending` (which
+        # wakes it) is given, else right where they fill up. `_bin_lock` keeps a summary from being taken
+        # while chunks are out being counted.
+        self._on_pending = on_pending
+        self._bin_lock = threading.Lock()
         base = manifest.baseline
         self._inputs: list[tuple[str, Callable[[np.ndarray], np.ndarray], _Binner]] = []
         for spec in manifest.inputs:
@@ -148,6 +189,7 @@ class WindowRecorder:
         self.classifier = manifest.task is Task.CLASSIFICATION and base.class_counts is not None
         self.n_classes = len(base.class_counts or [])
         self._out_binner = _Binner(base.outputs) if base.outputs and not self.classifier else None
+        self._binners = [b for _, _, b in self._inputs] + ([self._out_binner] if self._out_binner else [])
         self._classes = np.zeros(max(self.n_classes, 1), np.int64)
         self._confusion = np.zeros((self.n_classes, self.n_classes), np.int64) if self.classifier else None
         self._lat: list[float] = []
@@ -176,12 +218,13 @@ class WindowRecorder:
     ) -> list[str]:
         """One predict call (any batch size). Returns prediction ids when `keep_ids` (for delayed labels)."""
         ids: list[str] = []
+        filled = 0
         with self._lock:
             batch = 0
             for name, extract, binner in self._inputs:
                 x = np.asarray(inputs[name])
                 batch = len(x)
-                binner.add_rows(extract(x))
+                filled += binner.add_rows(extract(x))
             first = np.asarray(next(iter(outputs.values())))
             batch = batch or len(first)
             if self.classifier:
@@ -196,10 +239,31 @@ class WindowRecorder:
                 if len(self._unsettled) >= SETTLE_EVERY:
                     self._settle()
             elif self._out_binner is not None:
-                self._out_binner.add_rows(first.reshape(len(first), -1))
+                filled += self._out_binner.add_rows(first.reshape(len(first), -1))
             self._lat.append(latency_ms / max(batch, 1))
             self.n += batch
+            if filled and (self._on_pending is None or self._waiting() > MAX_PENDING_CHUNKS):
+                for binner in self._binners:  # no telemetry thread, or one that falls behind: count here
+                    binner.flush()
+                filled = 0
+        if filled and self._on_pending is not None:
+            self._on_pending()
         return ids
+
+    def _waiting(self) -> int:
+        return sum(len(b.full) for b in self._binners)
+
+    def bin_pending(self) -> None:
+        """Count the chunks that filled up (telemetry thread): the serving path only copied their rows."""
+        with self._bin_lock:
+            with self._lock:
+                work = [(b, b.take_full()) for b in self._binners if b.full]
+            if not work:
+                return
+            counted = [(b, b.count(chunks), chunks) for b, chunks in work]  # without the lock
+            with self._lock:
+                for b, delta, chunks in counted:
+                    b.add(delta, chunks)
 
     def _settle(self) -> None:
         """Predicted classes of the kept output rows: counted, and remembered for delayed labels (lock held)."""
@@ -251,7 +315,7 @@ class WindowRecorder:
 
     def close_window(self) -> TelemetrySummary | None:
         """The finished window's summary (None if nothing happened); starts the next window."""
-        with self._lock:
+        with self._bin_lock, self._lock:
             if self.n == 0 and not self.fallback and (self._confusion is None or not self._confusion.any()):
                 self._start = self._clock()
                 return None
@@ -265,7 +329,7 @@ class WindowRecorder:
 
     def snapshot(self) -> TelemetrySummary:
         """The open window so far, without closing it (for the local drift view)."""
-        with self._lock:
+        with self._bin_lock, self._lock:
             state = self._state(reset=False)
         return self._summary(state)
 

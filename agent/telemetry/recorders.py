@@ -52,6 +52,9 @@ class Recorders:
         self._current: dict[str, int] = {}  # model -> version serving now
         self._no_model: dict[Key, _NoModelWindow] = {}
         self.last: dict[str, tuple[Manifest, TelemetrySummary]] = {}
+        # Set by the telemetry thread's owner (TelemetryUplink): wakes it to count full chunks of rows off
+        # the serving path (`bin_pending`). Without it, recorders count them where they fill up.
+        self.on_pending: Callable[[], None] | None = None
 
     def get(self, manifest: Manifest) -> WindowRecorder:
         """The recorder of this version (created on its first prediction)."""
@@ -68,10 +71,16 @@ class Recorders:
                     window_size=self.window_size,
                     window_seconds=self.window_seconds,
                     clock=self._clock,
+                    on_pending=self.on_pending,
                 )
                 self._live[key] = rec
             self._current[manifest.name] = manifest.version
             return rec
+
+    def bin_pending(self) -> None:
+        """Count the rows the serving path copied in (telemetry thread; see `on_pending`)."""
+        for rec in list(self._live.values()):
+            rec.bin_pending()
 
     def current(self, name: str) -> WindowRecorder | None:
         version = self._current.get(name)

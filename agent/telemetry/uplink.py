@@ -90,6 +90,9 @@ class TelemetryUplink:
             events.on_stored = self.wake
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+        # Wakes for binning only (every few predictions) count rows and skip the outbox work of a step.
+        self._step_wanted = threading.Event()
+        recorders.on_pending = self._wake.set
 
     # ---- called from other threads ----------------------------------------------------------------
     def start(self) -> None:
@@ -101,32 +104,36 @@ class TelemetryUplink:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._wake.set()
+        self._signal()
         self._thread.join(timeout)
 
     def ack(self, ids: Iterable[int]) -> None:
         """The hub stored these ids (MQTT thread): delete them from the outbox soon."""
         self._acks.put(list(ids))
-        self._wake.set()
+        self._signal()
 
     def ack_events(self, seqs: Iterable[int]) -> None:
         """The hub stored these events (MQTT thread): delete them from the events outbox soon."""
         self._event_acks.put(list(seqs))
-        self._wake.set()
+        self._signal()
 
     def reconnected(self) -> None:
         """A new MQTT connection: resend everything still unacknowledged, in order."""
         self._restart = True
         self._event_restart = True
-        self._wake.set()
+        self._signal()
 
     def wake(self) -> None:
         """Look at the windows now (one is full)."""
-        self._wake.set()
+        self._signal()
 
     def flush(self) -> None:
         """Close every open window and send now (the `flush_telemetry` command)."""
         self._flush.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        self._step_wanted.set()
         self._wake.set()
 
     # ---- the thread ----------------------------------------------------------------------------
@@ -136,11 +143,16 @@ class TelemetryUplink:
         self.stats = outbox.stats()
         self.ready.set()
         try:
+            next_step = time.monotonic() + s.tick_s
             while not self._stop.is_set():
-                self._wake.wait(s.tick_s)
+                self._wake.wait(max(0.0, next_step - time.monotonic()))
                 self._wake.clear()
                 try:
-                    self._step(outbox, final=self._stop.is_set())
+                    self.recorders.bin_pending()
+                    if self._step_wanted.is_set() or time.monotonic() >= next_step or self._stop.is_set():
+                        self._step_wanted.clear()
+                        self._step(outbox, final=self._stop.is_set())
+                        next_step = time.monotonic() + s.tick_s
                 except Exception:  # a failing step must not end telemetry; it is logged with its traceback
                     log.exception("telemetry step failed")
         finally:

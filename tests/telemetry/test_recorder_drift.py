@@ -50,6 +50,48 @@ def test_bins_match_the_converters(keras_converted: Converted, manifest: Manifes
     assert drift_report(manifest.baseline, s).dataset_drift is False
 
 
+@pytest.mark.parametrize("keep_up", [True, False])
+def test_bins_match_when_a_telemetry_thread_counts_them(
+    keras_converted: Converted, manifest: Manifest, keep_up: bool
+) -> None:
+    """Full chunks counted on another thread while predictions go on (as in the daemon): the same counts.
+    When that thread does not keep up, the serving path counts the backlog itself past MAX_PENDING_CHUNKS."""
+    import threading
+
+    from agent.telemetry.recorder import CHUNK_ROWS, MAX_PENDING_CHUNKS
+
+    model = _model(keras_converted, manifest)
+    wake, stop = threading.Event(), threading.Event()
+    rec = WindowRecorder(manifest, "dev-1", window_size=10_000, on_pending=wake.set)
+    backlog: list[int] = []
+
+    def telemetry_thread() -> None:
+        while not stop.is_set():
+            if wake.wait(0.05) and keep_up:
+                wake.clear()
+                rec.bin_pending()
+            backlog.append(rec._waiting())
+
+    worker = threading.Thread(target=telemetry_thread)
+    worker.start()
+    x = np.concatenate([keras_converted.data.x_val] * 8)
+    chunks = len(x) // CHUNK_ROWS
+    assert chunks > MAX_PENDING_CHUNKS + 1
+    try:
+        _feed(rec, model, x, batch=7)
+    finally:
+        stop.set()
+        worker.join(5)
+    assert max(backlog) <= MAX_PENDING_CHUNKS
+    if not keep_up:  # nobody counted: the serving path took the backlog each time it passed the bound
+        assert rec._waiting() == chunks % (MAX_PENDING_CHUNKS + 1)
+    s = rec.close_window()
+    assert s is not None and s.n == len(x)
+    flat = x.reshape(len(x), -1)
+    for j, (f, h) in enumerate(zip(s.inputs, manifest.baseline.inputs, strict=True)):
+        assert f.counts == list(bin_counts(flat[:, j], np.asarray(h.edges)))
+
+
 def test_merge_equals_pooled(keras_converted: Converted, manifest: Manifest) -> None:
     model = _model(keras_converted, manifest)
     x = keras_converted.data.x_train[:600]
