@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ class _Binding:
     scale: float | None
     zero_point: int | None
 
-    @property
+    @cached_property
     def sample_size(self) -> int | None:
         dims = self.shape[1:]
         return None if any(d is None for d in dims) else math.prod(d for d in dims if d is not None)

@@ -272,12 +272,13 @@ class WindowRecorder:
         pending, self._unsettled = self._unsettled, []
         pred = np.concatenate([rows for _, rows in pending]).argmax(axis=1)
         self._classes += np.bincount(pred, minlength=self._classes.size)[: self._classes.size]
-        offset = 0
-        for first_id, rows in pending:
-            if first_id:
-                slots = np.arange(first_id, first_id + len(rows)) % MAX_OPEN_PREDICTIONS
-                self._open[slots] = pred[offset : offset + len(rows)]
-            offset += len(rows)
+        # Prediction ids row by row, in a few array operations (an arange per call cost more than the rest).
+        firsts = np.fromiter((first for first, _ in pending), np.int64, len(pending))
+        lengths = np.fromiter((len(rows) for _, rows in pending), np.int64, len(pending))
+        starts = np.cumsum(lengths) - lengths  # where each call's rows start in `pred`
+        ids = np.repeat(firsts - starts, lengths) + np.arange(len(pred))
+        kept = np.repeat(firsts > 0, lengths)  # calls made without ids (first id 0) keep no class
+        self._open[ids[kept] % MAX_OPEN_PREDICTIONS] = pred[kept]
 
     def record_error(self) -> None:
         with self._lock:
