@@ -61,28 +61,29 @@ class _Handler(BaseHTTPRequestHandler):
         body = b"" if self.command == "HEAD" else reply.body
         self.wfile.write(_head(self, reply, self.close_connection) + body)
 
-    def _refuse_body(self) -> bool:
-        """Refuse a body we will not read (chunked, a bad or too large Content-Length) before it is sent."""
+    def _body_length(self) -> int | None:
+        """The declared body length; None once refused (chunked, a bad or too large Content-Length), which
+        happens before the body is sent."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.send_error(411, "send the body with a Content-Length (chunked bodies are not accepted)")
-            return True
+            return None
         declared = self.headers.get("Content-Length", "0").strip() or "0"
         if not declared.isdigit():
             self.send_error(400, f"Content-Length {declared!r} is not a number")
-            return True
+            return None
         if int(declared) > MAX_BODY_BYTES:
             self.send_error(413, f"request body over {MAX_BODY_BYTES} bytes")
-            return True
-        return False
+            return None
+        return int(declared)
 
     def handle_expect_100(self) -> bool:
         # `Expect: 100-continue` (curl sends it for bodies over 1 MB): a body that will be refused is never sent.
-        return not self._refuse_body() and super().handle_expect_100()
+        return self._body_length() is not None and super().handle_expect_100()
 
     def _dispatch(self) -> None:
-        if self._refuse_body():
+        length = self._body_length()
+        if length is None:
             return
-        length = int(self.headers.get("Content-Length", "0").strip() or "0")
         server = self.server
         with server.busy(self.request):
             body = self.rfile.read(length) if length else b""

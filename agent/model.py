@@ -121,7 +121,8 @@ class LoadedModel:
         if b.dtype.kind in "iu" and value.dtype.kind == "f":
             raise InputError(f"input {name!r}: float values for integer tensor ({b.dtype})")
         if b.dtype.kind in "iu" and value.dtype.kind in "iub":
-            info = np.iinfo(b.dtype.type)  # type: ignore[type-var]  # a narrowing cast would wrap around silently: 300 -> 44 in int8
+            # A narrowing cast would wrap around silently: 300 -> 44 in int8.
+            info = np.iinfo(b.dtype.type)  # type: ignore[type-var]
             if value.size and (value.min() < info.min or value.max() > info.max):
                 raise InputError(f"input {name!r}: values outside {b.dtype} range [{info.min}, {info.max}]")
             return value.astype(b.dtype)
