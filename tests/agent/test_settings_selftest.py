@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ConfigError, SelfTestFailed
 from agent.selftest import latency_factor, run_self_test
-from agent.settings import load_settings
+from agent.settings import environment_values, load_settings
 from firmware_profiles import get_profile
 from tests.agent.builders import make_manifest
 
@@ -99,3 +101,76 @@ def test_bad_telemetry_or_fallback_config_fails_loudly(tmp_path: Path, table: st
     config.write_text('profile = "raspberry_pi_4"\n' + table)
     with pytest.raises(ConfigError, match=match):
         load_settings(config)
+
+
+def test_environment_names_nest_and_take_json_for_tables(tmp_path: Path) -> None:
+    env = {
+        "EDGEFLEET_AGENT_TELEMETRY__WINDOW_S": "15",
+        "edgefleet_agent_api_port": "9000",  # names are case-insensitive
+        "EDGEFLEET_AGENT_TAGS": '{"site": "lab", "row": "3"}',
+        "EDGEFLEET_AGENT_TAGS__ROW": "4",  # a key inside a table given whole goes on top of it
+        "EDGEFLEET_AGENT_FALLBACK__DIGITS": '{"type": "kserve", "url": "http://a", "model": "d"}',
+        "EDGEFLEET_AGENT_FALLBACK__DIGITS__TIMEOUT_S": "1.5",
+        "EDGEFLEET_AGENT_FALLBACK_POLICY__DIGITS__MIN_CONFIDENCE": "0.7",
+        "EDGEFLEET_AGENTX": "not ours",
+        "HOME": "/root",
+    }
+    assert environment_values(env) == {
+        "telemetry": {"window_s": "15"},
+        "api_port": "9000",
+        "tags": {"site": "lab", "row": "4"},
+        "fallback": {"digits": {"type": "kserve", "url": "http://a", "model": "d", "timeout_s": "1.5"}},
+        "fallback_policy": {"digits": {"min_confidence": "0.7"}},
+    }
+    config = tmp_path / "agent.toml"
+    config.write_text('profile = "raspberry_pi_4"\napi_port = 8000\n[telemetry]\nwindow_size = 200\n')
+    settings = load_settings(config, environ=env)
+    assert (settings.api_port, settings.telemetry.window_size, settings.telemetry.window_s) == (9000, 200, 15.0)
+    assert settings.tags == {"site": "lab", "row": "4"}
+    assert (settings.fallback["digits"].timeout_s, settings.fallback_policy["digits"].min_confidence) == (1.5, 0.7)
+    # Explicit values win over both; with no file, the environment alone is the config.
+    assert load_settings(config, environ=env, api_port=1234).api_port == 1234
+    only_env = load_settings(environ={"EDGEFLEET_AGENT_PROFILE": "x86_gateway", "EDGEFLEET_AGENT_MQTT_TLS": "true"})
+    assert (only_env.profile, only_env.mqtt_tls, only_env.api_port) == ("x86_gateway", True, 8470)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EDGEFLEET_AGENT_BANDWITH_BPS": "5"},
+         "EDGEFLEET_AGENT_BANDWITH_BPS: bandwith_bps: Extra inputs are not permitted"),
+        ({"EDGEFLEET_AGENT_TELEMETRY__WINDOW_S": "0"},
+         "EDGEFLEET_AGENT_TELEMETRY__WINDOW_S: telemetry.window_s: Input should be greater than 0"),
+        ({"EDGEFLEET_AGENT_TELEMETRY": '{"policy": "keep_all"}'},
+         "EDGEFLEET_AGENT_TELEMETRY: telemetry.policy: Input "),
+        ({"EDGEFLEET_AGENT_TAGS": "site=lab"}, "EDGEFLEET_AGENT_TAGS: this key takes a JSON value (Expecting value"),
+        ({"EDGEFLEET_AGENT_TELEMETRY____WINDOW_S": "1"}, "EDGEFLEET_AGENT_TELEMETRY____WINDOW_S: an empty key between"),
+        ({"EDGEFLEET_AGENT_API_PORT": "1", "EDGEFLEET_AGENT_API_PORT__X": "2"},
+         "EDGEFLEET_AGENT_API_PORT__X: EDGEFLEET_AGENT_API_PORT is set to a value that is not a table"),
+        ({"EDGEFLEET_AGENT_API_PORT": "1", "edgefleet_agent_api_port": "2"}, "set twice (names are case-insensitive)"),
+    ],
+)  # fmt: skip
+def test_a_bad_environment_variable_is_named(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('profile = "raspberry_pi_4"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, environ=env)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+    # A problem in the file still names the file, whatever the environment holds.
+    config.write_text('profile = "raspberry_pi_4"\nretry_attempts = 0\n')
+    with pytest.raises(ConfigError, match=f"^{config}: retry_attempts: "):
+        load_settings(config, environ={"EDGEFLEET_AGENT_API_PORT": "1"})
+
+
+def test_the_daemon_does_not_import_what_it_does_not_use() -> None:
+    # pydantic-settings would bring asyncio, argparse and python-dotenv into the daemon: 3.1 MB of its RSS
+    # (docs/agent.md, "Benchmark"). The agent reads its settings itself; this keeps it so.
+    code = (
+        "import sys\nimport agent.daemon, agent.cli, edgefleet.cli\n"
+        "print(sorted(m for m in ('asyncio', 'argparse', 'dotenv', 'pydantic_settings', 'tensorflow') "
+        "if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
