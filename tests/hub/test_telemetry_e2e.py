@@ -85,8 +85,11 @@ def test_device_summaries_are_ingested_merged_and_not_double_counted(fleet: Flee
 
     alerts = _until(lambda: "profile:x86_gateway" in {a["cohort"] for a in open_alerts()} and open_alerts())
     assert "profile:raspberry_pi_4" not in {a["cohort"] for a in alerts}
-    text = _until(lambda: "edgefleet_hub_telemetry_error_rate{" in (t := fleet.api("GET", "/metrics").text) and t)
-    assert 'edgefleet_hub_telemetry_inferences{model="digits",profile="*",version="1"} 1800.0' in text
+    # The gauges come from the monitor's passes (every 0.3 s here): the one that opened the alert may have read
+    # the summaries before the last of them was stored, so wait for a pass that saw all 1,800 inferences.
+    total = 'edgefleet_hub_telemetry_inferences{model="digits",profile="*",version="1"} 1800.0'
+    text = _until(lambda: total in (t := fleet.api("GET", "/metrics").text) and t)
+    assert 'edgefleet_hub_telemetry_error_rate{model="digits",profile="*",version="1"}' in text
     time.sleep(1)  # several monitor passes later: still one alert per cohort, nothing counted twice
     again = fleet.api("GET", "/api/v1/telemetry/alerts").json()
     assert sorted(a["cohort"] for a in again) == sorted(a["cohort"] for a in alerts)
