@@ -2,7 +2,7 @@
 
 Why not pydantic-settings (the hub's settings library): importing it brings asyncio, argparse and
 python-dotenv into the daemon, which nothing else there needs — 3.1 MB of the daemon's resident memory on
-a device (bench/agent_overhead.py), for what `environment_values` does in 40 lines with the same
+a device (bench/agent_overhead.py), for what `environment_values` and `load_settings` do here with the same
 conventions: `EDGEFLEET_AGENT_<KEY>`, case-insensitive, `__` into tables, JSON for a table or list given
 whole, env over the file, and explicit values over both.
 """
