@@ -63,6 +63,9 @@ def _match(specs: list[TensorSpec], infos: list[TensorInfo]) -> list[TensorInfo]
     return infos
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _quantize(value: Array, b: _Binding) -> Array:
     assert b.scale is not None and b.zero_point is not None
     info = np.iinfo(b.dtype)  # type: ignore[type-var]
@@ -117,6 +120,9 @@ class LoadedModel:
         if b.scale is not None and value.dtype.kind == "f":
             if not np.isfinite(value).all():
                 raise InputError(f"input {name!r}: NaN or inf")
+            if value.dtype.itemsize > 4 and value.size and np.abs(value).max() > FLOAT32_MAX:
+                # Quantizing goes through float32 (as the converter's calibration did): 1e39 would become inf.
+                raise InputError(f"input {name!r}: values outside float32 range")
             return _quantize(value, b)
         if b.dtype.kind in "iu" and value.dtype.kind == "f":
             raise InputError(f"input {name!r}: float values for integer tensor ({b.dtype})")

@@ -88,7 +88,14 @@ class _Binner:
         start = completed = 0
         while start < len(rows):
             take = min(len(rows) - start, CHUNK_ROWS - self.filled)
-            self.buffer[self.filled : self.filled + take] = rows[start : start + take]
+            if rows.dtype.itemsize > self.buffer.dtype.itemsize and rows.dtype.kind == "f":
+                # float64 into float32 (JSON's numbers): a finite value past float32's range, which only a
+                # tensor that does not take it as float32 (bool) lets through validation, becomes inf and
+                # counts as non-finite, without numpy's overflow warning.
+                with np.errstate(over="ignore"):
+                    self.buffer[self.filled : self.filled + take] = rows[start : start + take]
+            else:
+                self.buffer[self.filled : self.filled + take] = rows[start : start + take]
             self.filled += take
             start += take
             if self.filled == CHUNK_ROWS:

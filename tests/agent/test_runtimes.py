@@ -87,6 +87,11 @@ def test_litert_int8_quantizes_inputs_and_dequantizes_outputs(tflite_paths: dict
     yf = ref.predict({ref.inputs[0].name: x})[ref.outputs[0].name]
     assert yq.dtype == np.float32
     np.testing.assert_allclose(yq, yf, atol=0.25)
+    # Quantizing goes through float32: a value float32 cannot hold is refused, not saturated after an inf.
+    with pytest.raises(InputError, match="values outside float32 range"):
+        q.predict({manifest.inputs[0].name: [[1e39, 0, 0, 0, 0, 0]]})
+    with pytest.raises(InputError, match="NaN or inf"):
+        q.predict({manifest.inputs[0].name: [[np.inf, 0, 0, 0, 0, 0]]})
 
 
 def test_litert_multi_input_multi_output_by_signature_name(tflite_paths: dict[str, Path]) -> None:

@@ -95,3 +95,15 @@ def test_dtypes_float32_cannot_hold_are_binned_in_float64() -> None:
     binner = _Binner([h], "int32")
     assert binner.buffer.dtype == np.float64
     assert _counted(binner, values.reshape(-1, 1)) == [([1, 2], 0, 0, 0)]
+
+
+def test_float64_rows_past_float32_range_count_as_non_finite_without_a_warning() -> None:
+    # JSON's numbers arrive as float64; a bool tensor takes 1e39 (True), its float32 buffer cannot.
+    import warnings
+
+    h = _hist("x[0]", [0.0, 0.5, 1.0])
+    rows = np.array([[1e39], [-1e39], [1.0], [0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counted = _counted(_Binner([h], "bool"), rows)
+    assert counted == [([1, 1], 2, 0, 0)]
