@@ -59,26 +59,25 @@ class _Binner:
             interior[i, : len(inner)] = inner
         lo, hi = np.array([h.min for h in hists], np.float64), np.array([h.max for h in hists], np.float64)
         interior = interior[:, : self.bins - 1]
-        self.interior: np.ndarray
         self.lo: np.ndarray
         self.hi: np.ndarray
         if dtype in FLOAT32_EXACT:
             # Values held in float32 compare with the baseline's float64 edges exactly as with these float32
             # ones: bin index (v >= edge) and below (v < min) on edges rounded up, above (v > max) on max
             # rounded down. Same counts as float64 for such values, at half the bytes per pass.
-            self.interior, self.lo, self.hi = _ceil32(interior), _ceil32(lo), _floor32(hi)
+            interior, self.lo, self.hi = _ceil32(interior), _ceil32(lo), _floor32(hi)
         else:
-            self.interior, self.lo, self.hi = interior, lo, hi
+            self.lo, self.hi = lo, hi
+        self._edges = np.ascontiguousarray(interior.T)  # row k: every feature's k-th interior edge
         self.counts = np.zeros((len(hists), self.bins), np.int64)
         self.missing = np.zeros(len(hists), np.int64)
         self.below = np.zeros(len(hists), np.int64)
         self.above = np.zeros(len(hists), np.int64)
-        self.buffer = np.empty((CHUNK_ROWS, len(hists)), self.interior.dtype)
+        self.buffer = np.empty((CHUNK_ROWS, len(hists)), self._edges.dtype)
         self._idx_dtype = np.int8 if self.bins <= 127 else np.int16 if self.bins <= 32767 else np.intp
         # Feature i's bins start at i * bins; int32 keeps the flat bin numbers half the size of intp.
         flat_dtype = np.dtype(np.int32) if (len(hists) * self.bins) < 2**31 - 1 else np.dtype(np.intp)
         self._offsets = (np.arange(len(hists)) * self.bins).astype(flat_dtype)
-        self._edges = np.ascontiguousarray(self.interior.T)  # row k: every feature's k-th interior edge
         self.filled = 0
         self.full: list[np.ndarray] = []  # chunks of CHUNK_ROWS rows copied in and not yet counted
         self._spare: list[np.ndarray] = []
@@ -86,12 +85,13 @@ class _Binner:
     def add_rows(self, rows: np.ndarray) -> int:
         """Copy rows in; a chunk that fills up waits in `full` to be counted. Returns how many filled up."""
         start = completed = 0
+        # float64 into float32 (JSON's numbers): a finite value past float32's range, which only a tensor
+        # that does not take it as float32 (bool) lets through validation, becomes inf and counts as
+        # non-finite, without numpy's overflow warning.
+        narrowing = rows.dtype.kind == "f" and rows.dtype.itemsize > self.buffer.dtype.itemsize
         while start < len(rows):
             take = min(len(rows) - start, CHUNK_ROWS - self.filled)
-            if rows.dtype.itemsize > self.buffer.dtype.itemsize and rows.dtype.kind == "f":
-                # float64 into float32 (JSON's numbers): a finite value past float32's range, which only a
-                # tensor that does not take it as float32 (bool) lets through validation, becomes inf and
-                # counts as non-finite, without numpy's overflow warning.
+            if narrowing:
                 with np.errstate(over="ignore"):
                     self.buffer[self.filled : self.filled + take] = rows[start : start + take]
             else:
