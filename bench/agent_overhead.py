@@ -5,6 +5,9 @@ The same MLP runs through onnxruntime (the headline keys: `inproc_p50_ratio`, `h
 Prints one JSON object. Baselines (raw `InferenceSession.run()`, raw LiteRT `Interpreter.invoke()`)
 are measured in the same run on the same inputs. The daemon runs as a real `edgefleet agent run`
 subprocess with a private Mosquitto, the model installed in its A/B store and the API on loopback.
+Its RSS is set against floors measured in the same run by the same interpreter (FLOOR_SCRIPT): a bare
+process with numpy, the runtime and the model (`rss_floor_mb`), and the same with the libraries the agent is
+built on imported (`rss_libraries_floor_mb`). `targets` says which of issue 4's targets each runtime meets.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -48,6 +52,62 @@ BATCH = 8
 
 
 SMALL = (256, 32, 10)  # the tiny model of the `*rss_small_model_mb` keys
+TARGETS = {"inproc_p50_ratio": 1.10, "http_added_p50_ms": 1.0, "rss_mb": 80.0}  # issue 4; each an upper bound
+
+# The RSS floor: a bare process of the daemon's interpreter holding numpy, the runtime and the same model,
+# configured as the agent configures it (1 thread, onnxruntime's log level as in agent/runtimes), run at
+# batch 8 and 1, its free heap trimmed as the daemon trims its own (agent/memory.py). What the daemon holds
+# above it is the agent's own: Python modules, MQTT, the local API, telemetry, the SQLite outbox.
+# The same process importing the libraries the agent is built on (LIBRARIES) is the floor of any agent made
+# of them: what the daemon holds above that is its own code and state.
+LIBRARIES = (
+    "paho.mqtt.client",  # with ssl, hashlib (OpenSSL) and email, which it imports
+    "pydantic",
+    "protocol.messages",  # the wire contract's pydantic models, built (DESIGN.md: pydantic models)
+    "protocol.manifest",
+    "protocol.telemetry",
+    "prometheus_client",
+    "http.server",
+    "sqlite3",
+    "click",
+)
+FLOOR_SCRIPT = """
+import ctypes, importlib, json, sys
+import numpy as np
+path, kind, libraries = sys.argv[1], sys.argv[2], sys.argv[3:]
+for module in libraries:
+    importlib.import_module(module)
+if kind == "onnx":
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    def run(x):
+        return session.run(None, {name: x})
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    interp = Interpreter(model_path=path, num_threads=1)
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    shape = [None]
+    def run(x):
+        if shape[0] != x.shape:  # as the agent's LiteRT plugin: resize on a new batch size only
+            interp.resize_tensor_input(inp["index"], x.shape)
+            interp.allocate_tensors()
+            shape[0] = x.shape
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        return interp.get_tensor(outp["index"])
+x = np.linspace(-2, 2, 8 * 256, dtype=np.float32).reshape(8, 256)  # not numpy.random: the daemon never loads it
+for batch in (x, x[:1], x):
+    for _ in range(200):
+        run(batch)
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({k: int(status[k].split()[0]) / 1024 for k in ("VmRSS", "RssAnon", "RssFile")}))
+"""
 
 
 def build_mlp(path: Path, sizes: tuple[int, ...] = (256, 1024, 1024, 10)) -> Path:
@@ -115,6 +175,17 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field}")
+
+
+def floor_rss(model_path: Path, kind: str, libraries: tuple[str, ...] = ()) -> dict[str, float]:
+    """VmRSS / RssAnon / RssFile (MB) of a bare process holding numpy, the runtime and the model (FLOOR_SCRIPT),
+    run by the daemon's interpreter: what any Python program serving this model on this host holds; with
+    `libraries` imported too, what any agent built on them holds."""
+    python = os.environ.get("EDGEFLEET_BENCH_AGENT_PYTHON", sys.executable)
+    out = subprocess.run([python, "-c", FLOOR_SCRIPT, str(model_path), kind, *libraries], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def build_tflite_mlp(path: Path, sizes: tuple[int, ...] = (256, 1024, 1024, 10)) -> Path:
@@ -241,6 +312,8 @@ def main() -> None:
     manifest = with_baseline(make_manifest(onnx_path, name="mlp", version=1, profile="x86_gateway"))
     t = in_process(work, onnx_path, manifest, lambda a: session.run(["y"], {"x": a}), "x86_gateway")
     h, mem = daemon(work, onnx_path, manifest, "x86_gateway")
+    floor = floor_rss(onnx_path, "onnx")
+    libs_floor = floor_rss(onnx_path, "onnx", LIBRARIES)
     # The same daemon serving a tiny model (256-32-10, 33 KB): the agent's own footprint, without the
     # resident cost of the benchmark model (its mapped or parsed weights and the runtime's packed copy).
     small_onnx = build_mlp(work / "mlp_small.onnx", SMALL)
@@ -268,6 +341,8 @@ def main() -> None:
     tfl_manifest = with_baseline(make_manifest(tfl_path, name="mlp", version=1, profile="raspberry_pi_4"))
     lt = in_process(work, tfl_path, tfl_manifest, invoke, "raspberry_pi_4")
     lh, lmem = daemon(work, tfl_path, tfl_manifest, "raspberry_pi_4")
+    lfloor = floor_rss(tfl_path, "tflite")
+    libs_lfloor = floor_rss(tfl_path, "tflite", LIBRARIES)
     with contextlib.redirect_stdout(io.StringIO()):
         small_tfl = build_tflite_mlp(work / "mlp_small.tflite", SMALL)
     small_tfl_manifest = with_baseline(make_manifest(small_tfl, name="mlp", version=1, profile="raspberry_pi_4"))
@@ -276,7 +351,7 @@ def main() -> None:
     def p50(v: list[float]) -> float:
         return pct(v, 50)
 
-    result = {
+    result: dict[str, Any] = {
         "model": "mlp 256-1024-1024-10 float32, 1 thread in-process; batch 8 unless suffixed _b1",
         "inproc_path": "InferenceService.predict (= Agent.predict), telemetry recording included",
         "http_server": "http.server (stdlib), one thread per connection",
@@ -304,6 +379,11 @@ def main() -> None:
         "rss_anon_mb": round(mem["RssAnon"], 1),
         "rss_file_mb": round(mem["RssFile"], 1),
         "rss_small_model_mb": round(small_mem["VmRSS"], 1),
+        # The same-run floor (FLOOR_SCRIPT: numpy + onnxruntime + this model, no agent) and the agent's share.
+        "rss_floor_mb": round(floor["VmRSS"], 1),
+        "rss_floor_anon_mb": round(floor["RssAnon"], 1),
+        "rss_own_mb": round(mem["VmRSS"] - floor["VmRSS"], 1),
+        "rss_libraries_floor_mb": round(libs_floor["VmRSS"], 1),  # the floor + LIBRARIES imported
         "model_file_mb": round(onnx_path.stat().st_size / 2**20, 2),
         # LiteRT, same model and inputs (the runtime of the Pi / Coral / i.MX profiles).
         "litert_inproc_p50_ratio": round(p50(lt["inproc"]) / p50(lt["raw"]), 4),
@@ -317,9 +397,24 @@ def main() -> None:
         "litert_rss_anon_mb": round(lmem["RssAnon"], 1),
         "litert_rss_file_mb": round(lmem["RssFile"], 1),
         "litert_rss_small_model_mb": round(small_lmem["VmRSS"], 1),
+        "litert_rss_floor_mb": round(lfloor["VmRSS"], 1),
+        "litert_rss_floor_anon_mb": round(lfloor["RssAnon"], 1),
+        "litert_rss_own_mb": round(lmem["VmRSS"] - lfloor["VmRSS"], 1),
+        "litert_rss_libraries_floor_mb": round(libs_lfloor["VmRSS"], 1),
         "litert_model_file_mb": round(tfl_path.stat().st_size / 2**20, 2),
         "runs": {"raw": len(t["raw"]), "inproc": len(t["inproc"]), "http": len(h["http"])},
         "stdev_raw_ms": round(statistics.pstdev(t["raw"]), 4),
+    }
+    # Each target against both runtimes: {"inproc_p50_ratio": {"target": 1.1, "onnxruntime": 1.09, "litert":
+    # 1.08, "met": true}, ...}; `met` only when both runtimes are within it.
+    result["targets"] = {
+        key: {
+            "target": bound,
+            "onnxruntime": result[key],
+            "litert": result[f"litert_{key}"],
+            "met": max(float(result[key]), float(result[f"litert_{key}"])) <= bound,
+        }
+        for key, bound in TARGETS.items()
     }
     print(json.dumps(result))
 
