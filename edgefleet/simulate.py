@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgefleet.simdevice import SimDevice
+from edgefleet.termination import exit_on_termination, ignore_termination
 from protocol.http import ENROLL_PATH, EnrollResponse
 from protocol.topics import ROOT
 
@@ -44,6 +45,7 @@ def _run_shards(count: int, options: list[str], admin_token: str, prefix: str, d
     except KeyboardInterrupt:
         pass
     finally:
+        ignore_termination()
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -115,6 +117,7 @@ def simulate(count: int, hub_url: str, admin_token: str, profile: str, group: st
              prefix: str, failing: tuple[int, ...], topic_root: str, mqtt_host: str | None,
              duration: float | None) -> None:
     """Run N simulated devices that reconcile desired state and report like agents (for load tests)."""
+    exit_on_termination()  # `kill` / `timeout` stop the shard processes and disconnect the devices, as Ctrl-C does
     try:
         tag_map = dict(t.split("=", 1) for t in tags)
     except ValueError:
@@ -143,5 +146,6 @@ def simulate(count: int, hub_url: str, admin_token: str, profile: str, group: st
     except KeyboardInterrupt:
         pass
     finally:
+        ignore_termination()
         for d in devices:
             d.disconnect()

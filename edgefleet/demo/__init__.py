@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgefleet.demo.environment import DemoError
 from edgefleet.demo.story import Story, StoryResult
+from edgefleet.termination import exit_on_termination, ignore_termination
 
 
 def summary_table(result: StoryResult, hub_url: str) -> Table:
@@ -55,6 +56,7 @@ def demo(devices: int, once: bool, workdir: Path | None) -> None:
     root = workdir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     story = Story(root, devices, say=lambda msg: console.print(f"[bold cyan]>[/] {msg}"))
+    exit_on_termination()  # `kill`, `timeout`, a closed terminal: stop what the demo started, as Ctrl-C does
     try:
         story.setup()
         with Live(get_renderable=story.view, console=console, refresh_per_second=2, transient=True) as live:
@@ -72,4 +74,5 @@ def demo(devices: int, once: bool, workdir: Path | None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        ignore_termination()
         story.stop()
