@@ -152,7 +152,9 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
     from agent.api import LocalApi
     from agent.daemon import Agent
     from agent.httpserver import LocalApiServer
+    from agent.memory import fix_malloc_thresholds
 
+    fix_malloc_thresholds()  # before models load: what threads free must not stay resident (agent/memory.py)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
