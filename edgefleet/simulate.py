@@ -29,12 +29,14 @@ def _run_shards(count: int, options: list[str], admin_token: str, prefix: str, d
     """Start ceil(count / SHARD) child `edgefleet simulate` processes, each with its own id prefix."""
     procs = []
     env = {**os.environ, "EDGEFLEET_HUB_ADMIN_TOKEN": admin_token}  # never on a command line
-    for k, start in enumerate(range(0, count, SHARD)):
-        n = min(SHARD, count - start)
-        cmd = [sys.executable, "-m", "edgefleet", "simulate", *options, "--devices", str(n), "--prefix", f"{prefix}{k}"]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
-    Console().print(f"{count} simulated devices in {len(procs)} processes ({prefix}0-* .. {prefix}{len(procs) - 1}-*)")
-    try:
+    try:  # from the first start on: a signal while they start still stops those already running
+        for k, start in enumerate(range(0, count, SHARD)):
+            n = min(SHARD, count - start)
+            cmd = [sys.executable, "-m", "edgefleet", "simulate", *options, "--devices", str(n),
+                   "--prefix", f"{prefix}{k}"]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
+        Console().print(f"{count} simulated devices in {len(procs)} processes "
+                        f"({prefix}0-* .. {prefix}{len(procs) - 1}-*)")  # fmt: skip
         deadline = time.monotonic() + duration if duration else None
         while deadline is None or time.monotonic() < deadline:
             if any(p.poll() not in (None, 0) for p in procs):

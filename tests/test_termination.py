@@ -19,8 +19,8 @@ import subprocess, sys, time
 from edgefleet.termination import exit_on_termination, ignore_termination
 exit_on_termination()
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-print(child.pid, flush=True)
 try:
+    print(child.pid, flush=True)  # inside the try: the signal may come as soon as the pid is out
     time.sleep(120)
 finally:
     ignore_termination()
