@@ -28,18 +28,19 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def _glibc_trim() -> Callable[[int], int] | None:
+def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # musl (Alpine) and other C libraries have no malloc_trim
+        libc.malloc_trim, libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):  # musl (Alpine) and other C libraries have neither
         return None
-    return trim
+    return libc
 
 
-_TRIM = _glibc_trim()
+_LIBC = _glibc()
+_TRIM: Callable[[int], int] | None = _LIBC.malloc_trim if _LIBC is not None else None
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc's malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -49,9 +50,9 @@ FIXED_THRESHOLD = 128 * 1024  # glibc's starting value of both
 def fix_malloc_thresholds() -> bool:
     """Keep glibc's mmap and trim thresholds at 128 KiB for the process's life (the daemon calls it at start;
     the in-process Python API leaves its host application's allocator alone). False where there is no glibc."""
-    if _TRIM is None:
+    if _LIBC is None:
         return False
-    mallopt: Callable[[int, int], int] = ctypes.CDLL("libc.so.6").mallopt
+    mallopt: Callable[[int, int], int] = _LIBC.mallopt
     return bool(mallopt(M_MMAP_THRESHOLD, FIXED_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, FIXED_THRESHOLD))
 
 

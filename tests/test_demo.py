@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from edgefleet.brokers import free_port
+from tests.support.procs import alive, descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,32 +71,6 @@ def test_demo_once_ten_devices(tmp_path: Path) -> None:
         proc.wait(10)
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we read
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
     """`kill` / `timeout` / a closed terminal end the demo as Ctrl-C does: hub, broker and agents stop with it."""
     proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "demo", "--devices", "3", "--workdir", str(tmp_path)],
@@ -108,7 +83,7 @@ def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
             seen.append(line)
             if "real agents enrolled" in line:
                 break
-        started = _descendants(proc.pid)
+        started = descendants(proc.pid)
         # the hub, the broker and three agents at least (the demo's own helpers may add more)
         assert len(started) >= 5, "".join(seen)
         proc.send_signal(signal.SIGTERM)
@@ -118,7 +93,7 @@ def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
     assert "Traceback" not in rest, rest
-    left = {pid for pid in started if _running(pid)}
+    left = {pid for pid in started if alive(pid)}
     for pid in left:  # not to leave them to the rest of the suite should the demo have orphaned them
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after the demo ended: {left}"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import alive
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A command that started a process: it must stop it however it is told to end.
@@ -32,20 +34,13 @@ finally:
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_termination_signal_runs_the_clean_up_and_a_second_one_does_not_cut_it_short(signum: int) -> None:
     proc = subprocess.Popen([sys.executable, "-c", COMMAND], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
     try:
         child = int(proc.stdout.readline())
-        assert _alive(child)
+        assert alive(child)
         proc.send_signal(signum)
         assert proc.stdout.readline().strip() == "cleaning up"
         proc.send_signal(signum)  # ignored while cleaning up
@@ -56,8 +51,8 @@ def test_a_termination_signal_runs_the_clean_up_and_a_second_one_does_not_cut_it
     assert proc.returncode == 128 + signum
     assert "cleaned up" in out
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(child):
+    if alive(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the command's child outlived it")

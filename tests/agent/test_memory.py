@@ -9,15 +9,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent(
+RSS_KB = """
+def rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+"""
+
+SCRIPT = RSS_KB + textwrap.dedent(
     """
     import json
     from agent.memory import release_free_memory
-
-    def rss_kb():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
 
     blocks = [bytes(2048) for _ in range(15_000)]  # ~30 MB of malloc'd (not pymalloc) blocks
     pin = bytes(2048)  # allocated last: the heap's top stays in use, so free() alone cannot shrink it
@@ -40,15 +42,10 @@ def test_freed_heap_is_returned_to_the_os() -> None:
     assert r["after_free"] - r["after_release"] > 20_000, r  # release_free_memory gave back > 20 MB
 
 
-THREAD_SCRIPT = textwrap.dedent(
+THREAD_SCRIPT = RSS_KB + textwrap.dedent(
     """
     import json, sys, threading
     from agent.memory import fix_malloc_thresholds, release_free_memory
-
-    def rss_kb():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
 
     fixed = fix_malloc_thresholds() if sys.argv[1] == "fixed" else None
     big = bytes(16 * 2**20)  # a large mapped block freed (a model load, an update): glibc raises its thresholds
