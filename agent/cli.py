@@ -68,19 +68,31 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
+_signature_option = click.option(
+    "--signature",
+    metavar="NAME",
+    help="TFLite signature to run (default: the only one, else serving_default).",
+)
+
+
 @agent.command()
 @click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("inputs", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save outputs (.npz or .csv)")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
+@_signature_option
 @readable_errors
-def predict(model_file: Path, inputs: Path, out: Path | None, threads: int) -> None:
-    """Run one inference of MODEL_FILE (.tflite/.onnx) on INPUTS (.npz) and print or save the outputs."""
+def predict(model_file: Path, inputs: Path, out: Path | None, threads: int, signature: str | None) -> None:
+    """Run one inference of MODEL_FILE (.tflite/.onnx) on INPUTS (.npz) and print or save the outputs.
+
+    INPUTS holds one array per model input, under its name (a TFLite signature key or tensor name, an ONNX
+    input name); a lone array feeds a lone input. 0-d arrays feed scalar inputs.
+    """
     from agent.model import LoadedModel
     from agent.offline import read_inputs, write_outputs
 
     _must_exist(model_file, inputs)
-    model = LoadedModel.from_file(model_file, threads=threads)
+    model = LoadedModel.from_file(model_file, threads=threads, signature=signature)
     outputs = model.predict(read_inputs(inputs, model))
     if out is not None:
         write_outputs(out, outputs)
@@ -97,14 +109,15 @@ def predict(model_file: Path, inputs: Path, out: Path | None, threads: int) -> N
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npz or .csv")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
+@_signature_option
 @readable_errors
-def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: int) -> None:
+def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: int, signature: str | None) -> None:
     """Run MODEL_FILE over every row of INPUTS (.npz or CSV) and write the predictions to --out."""
     from agent.model import LoadedModel
     from agent.offline import read_inputs, run_batches, write_outputs
 
     _must_exist(model_file, inputs)
-    model = LoadedModel.from_file(model_file, threads=threads)
+    model = LoadedModel.from_file(model_file, threads=threads, signature=signature)
     data = read_inputs(inputs, model)
     with _progress() as advance:
         outputs = run_batches(model, data, batch_size, on_progress=advance)

@@ -59,16 +59,17 @@ class Prediction:
 
 
 def batch_arrays(model: LoadedModel, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Inputs as batched arrays (a flat list of whole samples becomes rows), for the model and the recorder."""
+    """Inputs as arrays under their public names (a flat list of whole samples of a batch-first tensor becomes
+    rows), for the model and the recorder."""
     out: dict[str, np.ndarray] = {}
-    for key, raw in inputs.items():
+    for key, raw in model.resolve(inputs).items():
         try:
             value = np.asarray(raw)
         except (ValueError, TypeError) as e:
             raise InputError(f"input {key!r}: not a numeric array: {e}") from e
-        b = next((x for x in model.inputs if x.name == key), None)
-        size = b.sample_size if b is not None else None
-        if b is not None and value.ndim == 1 and len(b.shape) > 1 and size and value.size and value.size % size == 0:
+        b = model.binding(key)
+        size = b.sample_size
+        if b.batch_first and value.ndim == 1 and len(b.shape) > 1 and size and value.size and value.size % size == 0:
             value = value.reshape((-1, *(d for d in b.shape[1:] if d is not None)))
         out[key] = value
     return out
@@ -135,9 +136,9 @@ class InferenceService:
             return self._device(served, inputs)
         manifest = served.model.manifest if served is not None else self._manifest_of(name)
         router = self.router(name, manifest)
-        arrays = batch_arrays(served.model, inputs) if served is not None else dict(inputs)
-        start = time.perf_counter()
         try:
+            arrays = batch_arrays(served.model, inputs) if served is not None else dict(inputs)
+            start = time.perf_counter()
             answer = router.answer(
                 arrays,
                 served.model if served is not None else None,
@@ -164,9 +165,9 @@ class InferenceService:
         )
 
     def _device(self, served: ServedModel, inputs: Mapping[str, Any]) -> Prediction:
-        arrays = batch_arrays(served.model, inputs)
-        start = time.perf_counter()
         try:
+            arrays = batch_arrays(served.model, inputs)
+            start = time.perf_counter()
             outputs = served.model.predict(arrays)
         except InputError:
             self.metrics.prediction_errors.labels(served.name, "bad_input").inc()

@@ -15,15 +15,15 @@ from agent.runtimes import Array
 
 
 def read_npz(path: Path, model: LoadedModel) -> dict[str, Array]:
-    """Inputs from an .npz: one array per input name (a lone array feeds a lone input)."""
+    """Inputs from an .npz: one array per input name or alias (a lone unnamed array, `arr_0`, feeds a lone input)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a readable .npz file: {e}") from e
     names = [b.name for b in model.inputs]
-    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
-        return {names[0]: next(iter(arrays.values()))}
+    if len(arrays) == 1 and len(names) == 1 and "arr_0" in arrays and names[0] != "arr_0":
+        return {names[0]: arrays["arr_0"]}
     return arrays
 
 
@@ -68,18 +68,37 @@ def run_batches(
     batch_size: int,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Array]:
-    """Predict over every row in chunks of `batch_size`; outputs concatenated per name."""
-    counts = {len(np.asarray(v)) for v in inputs.values()}
-    if len(counts) != 1:
-        raise InputError(f"inputs have different numbers of rows: {sorted(counts)}")
-    total = counts.pop()
+    """Predict over every row in chunks of `batch_size`; outputs concatenated per name.
+
+    Batch-first inputs hold one row per sample. An input that is not batch-first (a 0-d scalar, recurrent
+    state) is either given once, in its own shape, and fed with every chunk, or given per row (one more
+    leading axis): then rows run one at a time. Outputs that are not batch-first stack along a new leading axis.
+    """
+    inputs = {k: np.asarray(v) for k, v in model.resolve(inputs).items()}
+    constant = {b.name for b in model.inputs if not b.batch_first and inputs[b.name].ndim == len(b.shape)}
+    rows = {len(v) for k, v in inputs.items() if k not in constant and v.ndim}
+    if len(rows) > 1:
+        raise InputError(f"inputs have different numbers of rows: {sorted(rows)}")
+    if not rows:
+        raise InputError("no input has rows to run over (every input is given once, in its own shape)")
+    total = rows.pop()
+    per_row = any(not b.batch_first and b.name not in constant for b in model.inputs)
+    step = 1 if per_row else batch_size
     parts: dict[str, list[Array]] = {b.name: [] for b in model.outputs}
-    for start in range(0, total, batch_size):
-        chunk = {k: np.asarray(v)[start : start + batch_size] for k, v in inputs.items()}
+    for start in range(0, total, step):
+        chunk = {}
+        for b in model.inputs:
+            value = inputs[b.name]
+            if b.name in constant:
+                chunk[b.name] = value
+            elif b.batch_first:
+                chunk[b.name] = value[start : start + step]
+            else:
+                chunk[b.name] = value[start]
         for name, value in model.predict(chunk).items():
-            parts[name].append(value)
+            parts[name].append(value if model.output(name).batch_first else value[None])
         if on_progress is not None:
-            on_progress(min(start + batch_size, total), total)
+            on_progress(min(start + step, total), total)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

@@ -16,7 +16,7 @@ from protocol.base import Contract, Identifier, ModelName, Sha256Hex, Version
 
 MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 
-DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
+DType = Literal["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -37,6 +37,11 @@ class Quantization(StrEnum):
     INT8 = "int8"
 
 
+def batch_first(shape: list[int | None] | tuple[int | None, ...]) -> bool:
+    """Whether samples stack along the first dimension (dynamic or 1); 0-d and fixed-first-dim tensors are whole."""
+    return len(shape) > 0 and shape[0] in (None, 1)
+
+
 def artifact_kind(fmt: ModelFormat, quant: Quantization) -> str:
     """`tflite_int8`, `onnx_fp32`, ... — the name used in reports and profiles."""
     return f"{fmt.value}_{quant.value}"
@@ -55,12 +60,24 @@ class QuantParams(Contract):
 
 
 class TensorSpec(Contract):
-    """One input or output tensor. A `None` dimension is dynamic (usually the batch)."""
+    """One input or output tensor. A `None` dimension is dynamic (usually the batch).
+
+    `name` is the source model's name, the one applications use on every profile; `runtime_name` is the
+    artifact's own name for the tensor (a TFLite signature key such as `output_0`, an onnx2tf tensor
+    name) when it differs. `shape` is the artifact's. A tensor is *batch-first* when its first dimension
+    is dynamic or 1 (`batch_first`): samples stack along it. Others (0-d scalars, recurrent state such as
+    `[2, None, 128]`) are given whole, one value per call.
+    """
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     shape: list[Annotated[int, Field(ge=1)] | None]
     dtype: DType
     quantization: QuantParams | None = None
+    runtime_name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+    @property
+    def batch_first(self) -> bool:
+        return batch_first(self.shape)
 
     @model_validator(mode="after")
     def _quantized_dtype(self) -> Self:
@@ -121,9 +138,11 @@ class BaselineStats(Contract):
 class GoldenCase(Contract):
     """One self-test case: inputs and the outputs the artifact must reproduce within tolerance."""
 
-    inputs: dict[str, list[FiniteFloat]]  # tensor name -> flattened values (shape from TensorSpec)
+    inputs: dict[str, list[FiniteFloat]]  # tensor name -> flattened values (shape from TensorSpec or `shapes`)
     expected: dict[str, list[FiniteFloat]]  # output name -> flattened values from this artifact
     expected_top1: int | None = None
+    # The inputs' shapes as fed, where the TensorSpec cannot tell (a dynamic dim past the first, a 0-d input).
+    shapes: dict[str, list[Annotated[int, Field(ge=0)]]] | None = None
 
 
 class GoldenSet(Contract):
@@ -174,6 +193,17 @@ class CloudServing(Contract):
     kserve: bool = False
 
 
+class SourceRef(Contract):
+    """The source model's own identity: its kind and, for a DVC-tracked file, the repo, git rev, path and md5."""
+
+    kind: Annotated[str, Field(min_length=1, max_length=32)]
+    sha256: Sha256Hex
+    dvc_repo: str | None = None
+    dvc_rev: str | None = None
+    dvc_path: str | None = None
+    dvc_md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}(\.dir)?$")] | None = None
+
+
 class Manifest(Contract):
     """Everything a device needs to install, run, self-test and monitor one artifact."""
 
@@ -192,6 +222,10 @@ class Manifest(Contract):
     golden: GoldenSet
     report: ConversionReport
     cloud: CloudServing | None = None
+    # The TFLite signature the artifact runs (ready-made models with several); None: the only or default one.
+    signature: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    # Where the source came from when it is versioned outside the converter (a DVC-tracked file).
+    source: SourceRef | None = None
 
     @property
     def kind(self) -> str:
@@ -209,8 +243,13 @@ class Manifest(Contract):
             if set(case.inputs) != set(names):
                 raise ValueError(f"golden case {i}: inputs {sorted(case.inputs)} != tensors {sorted(names)}")
             for spec in self.inputs:
-                want = _static_size(spec)
                 got = len(case.inputs[spec.name])
+                if case.shapes is not None:
+                    shape = case.shapes.get(spec.name)
+                    if shape is None or math.prod(shape) != got:
+                        raise ValueError(f"golden case {i}: {spec.name} has {got} values for shape {shape}")
+                    continue
+                want = _static_size(spec)
                 if want is not None and got % want:
                     raise ValueError(f"golden case {i}: {spec.name} has {got} values, not a multiple of {want}")
         counts = self.baseline.class_counts
@@ -223,7 +262,7 @@ class Manifest(Contract):
 
 def _static_size(spec: TensorSpec) -> int | None:
     """Elements per sample (all dims but a leading dynamic batch); None if another dim is dynamic."""
-    dims = spec.shape[1:] if spec.shape and spec.shape[0] in (None, 1) else spec.shape
+    dims = spec.shape[1:] if spec.batch_first else spec.shape
     if any(d is None for d in dims):
         return None
     return math.prod(d for d in dims if d is not None)

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from agent.errors import RuntimeUnavailable
+from agent.errors import ModelLoadError, RuntimeUnavailable
 from agent.runtimes.base import Array, ModelRuntime, TensorInfo
 from agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from agent.runtimes.onnxruntime import OnnxRuntime, OnnxRuntimeConfig
@@ -59,10 +59,16 @@ def runtime_for_format(fmt: str) -> str:
         raise RuntimeUnavailable(f"no runtime for format {fmt!r}; known: {', '.join(FORMAT_RUNTIME)}") from None
 
 
-def load_runtime(path: Path, fmt: str, threads: int = 1) -> ModelRuntime:
-    """Load `path` in the runtime its format needs, with `threads` intra-op threads."""
-    cls, config_cls = RUNTIMES[runtime_for_format(fmt)]
-    config = config_cls(threads=threads)
+def load_runtime(path: Path, fmt: str, threads: int = 1, signature: str | None = None) -> ModelRuntime:
+    """Load `path` in the runtime its format needs, with `threads` intra-op threads (and a TFLite signature)."""
+    key = runtime_for_format(fmt)
+    cls, config_cls = RUNTIMES[key]
+    if key == "litert":
+        config: RuntimeConfig = LiteRTConfig(threads=threads, signature=signature)
+    elif signature is not None:
+        raise ModelLoadError(f"{path.name}: an {fmt} model has no signatures to choose (--signature is for TFLite)")
+    else:
+        config = config_cls(threads=threads)
     runtime: ModelRuntime = cls(path, config)  # type: ignore[arg-type]
     return runtime
 

@@ -20,6 +20,8 @@ class TensorInfo:
     dtype: np.dtype[np.generic]
     scale: float | None = None
     zero_point: int | None = None
+    aliases: tuple[str, ...] = ()  # other names the tensor answers to (a TFLite tensor's own name)
+    dim_names: tuple[str | None, ...] = ()  # symbolic names of dynamic dims (ONNX `batch`), where the model has them
 
 
 class ModelRuntime(Protocol):

@@ -19,6 +19,11 @@ class LiteRTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["litert"] = "litert"
     threads: int = Field(default=1, ge=1, le=64)
+    # Which signature to run in a model with several; None: the only one, else `serving_default`.
+    signature: str | None = None
+
+
+DEFAULT_SIGNATURE = "serving_default"
 
 
 def _interpreter_class() -> Any:
@@ -36,61 +41,99 @@ def _interpreter_class() -> Any:
         raise RuntimeUnavailable("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)") from e
 
 
-def _signature_names(interp: Any) -> dict[int, str]:
-    """Tensor index -> signature name (`image`, `output_0`), as the converter names manifest tensors."""
-    try:
-        signatures = interp.get_signature_list()
-        if len(signatures) != 1:
-            return {}
-        runner = interp.get_signature_runner(next(iter(signatures)))
-        names = {int(d["index"]): n for n, d in runner.get_input_details().items()}
-        names.update({int(d["index"]): n for n, d in runner.get_output_details().items()})
-        return names
-    except (ValueError, RuntimeError, AttributeError):  # models without signatures
-        return {}
+def choose_signature(available: list[str], asked: str | None, path: Path) -> str | None:
+    """The signature key to run: the one asked for, the only one, or `serving_default`; None without signatures."""
+    if asked is not None:
+        if asked not in available:
+            have = ", ".join(available) if available else "none"
+            raise ModelLoadError(f"{path.name}: no signature {asked!r} (the model has: {have})")
+        return asked
+    if not available:
+        return None
+    if len(available) == 1:
+        return available[0]
+    if DEFAULT_SIGNATURE in available:
+        return DEFAULT_SIGNATURE
+    raise ModelLoadError(f"{path.name}: the model has several signatures ({', '.join(available)}); choose one")
 
 
-def _info(detail: dict[str, Any], names: dict[int, str]) -> TensorInfo:
+def _info(detail: dict[str, Any], name: str) -> TensorInfo:
     sig = detail.get("shape_signature")
     dims = sig if sig is not None and len(sig) else detail["shape"]
     shape = tuple(None if int(d) < 0 else int(d) for d in dims)
     scale, zero = detail.get("quantization", (0.0, 0))
-    quantized = float(scale) > 0 and np.dtype(detail["dtype"]).kind in "iu"
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind not in "biuf":
+        raise ModelLoadError(f"tensor {name!r}: unsupported dtype {dtype} for an input or output")
+    quantized = float(scale) > 0 and dtype.kind in "iu"
     return TensorInfo(
-        name=names.get(int(detail["index"]), str(detail["name"])),
+        name=name,
         shape=shape,
-        dtype=np.dtype(detail["dtype"]),
+        dtype=dtype,
         scale=float(scale) if quantized else None,
         zero_point=int(zero) if quantized else None,
+        aliases=(str(detail["name"]),) if str(detail["name"]) != name else (),
     )
 
 
 class LiteRTRuntime:
-    """A TFLite flatbuffer in a LiteRT Interpreter; resizes on a new batch size; one call at a time."""
+    """A TFLite flatbuffer in a LiteRT Interpreter; resizes on a new shape; one call at a time.
+
+    Tensors are named by the chosen signature's keys (the names the model's author gave), with the
+    flatbuffer's tensor names accepted as aliases. The primary subgraph runs through the interpreter's
+    own tensor calls; a signature on another subgraph through its SignatureRunner (which resizes and
+    allocates on every call: such models are rare and small).
+    """
 
     def __init__(self, path: Path, config: LiteRTConfig) -> None:
         interpreter_cls = _interpreter_class()
         try:
             self._interp = interpreter_cls(model_path=str(path), num_threads=config.threads)
+            # Allocated before any SignatureRunner exists: the interpreter refuses while one holds its wrapper.
             self._interp.allocate_tensors()
+            self.signature = choose_signature(list(self._interp.get_signature_list()), config.signature, path)
+            self._runner = self._interp.get_signature_runner(self.signature) if self.signature else None
+            if self._runner is not None and getattr(self._runner, "_subgraph_index", 0) != 0:
+                in_items = list(self._runner.get_input_details().items())
+                out_items = list(self._runner.get_output_details().items())
+            else:
+                self._runner = None
+                in_items, out_items = self._primary_details()
+        except ModelLoadError:
+            raise
         except (ValueError, RuntimeError, OSError) as e:
             hint = ""
             if interpreter_cls.__module__.startswith("tflite_runtime") and "find op for builtin opcode" in str(e):
                 hint = " with tflite-runtime, whose last release predates this op version (pip install ai-edge-litert)"
             raise ModelLoadError(f"{path.name}: LiteRT cannot load it{hint}: {e}") from e
         self._lock = threading.Lock()
-        in_details = self._interp.get_input_details()
-        out_details = self._interp.get_output_details()
-        names = _signature_names(self._interp)
-        self.inputs = [_info(d, names) for d in in_details]
-        self.outputs = [_info(d, names) for d in out_details]
-        self._in_index = {t.name: int(d["index"]) for t, d in zip(self.inputs, in_details, strict=True)}
-        self._out_index = [(t.name, int(d["index"])) for t, d in zip(self.outputs, out_details, strict=True)]
-        self._shapes = {t.name: tuple(int(x) for x in d["shape"]) for t, d in zip(self.inputs, in_details, strict=True)}
+        self.inputs = [_info(d, name) for name, d in in_items]
+        self.outputs = [_info(d, name) for name, d in out_items]
+        pairs = list(zip(self.inputs, (d for _, d in in_items), strict=True))
+        self._in_index = {t.name: int(d["index"]) for t, d in pairs}
+        self._out_index = [(t.name, int(d["index"])) for t, (_, d) in zip(self.outputs, out_items, strict=True)]
+        self._shapes = {t.name: tuple(int(x) for x in d["shape"]) for t, d in pairs}
+
+    def _primary_details(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+        """(name, detail) of the primary subgraph's inputs and outputs, named by its signature when it has one."""
+        names: dict[int, str] = {}
+        if self.signature is not None:
+            runner = self._interp.get_signature_runner(self.signature)
+            names = {int(d["index"]): n for n, d in runner.get_input_details().items()}
+            names.update({int(d["index"]): n for n, d in runner.get_output_details().items()})
+        ins = [(names.get(int(d["index"]), str(d["name"])), d) for d in self._interp.get_input_details()]
+        outs = [(names.get(int(d["index"]), str(d["name"])), d) for d in self._interp.get_output_details()]
+        return ins, outs
 
     def run(self, feeds: dict[str, Array]) -> dict[str, Array]:
-        """Set inputs (resizing dynamic dims when the shape changed), invoke, copy outputs out."""
+        """Set inputs (resizing when the shape changed), invoke, copy outputs out."""
         with self._lock:
+            if self._runner is not None:
+                try:
+                    out: dict[str, Array] = self._runner(**feeds)
+                except (ValueError, RuntimeError) as e:
+                    raise ModelLoadError(f"LiteRT refused the inputs: {e}") from e
+                return {name: np.array(out[name]) for name, _ in self._out_index}
             resized = False
             for name, value in feeds.items():
                 if value.shape != self._shapes[name]:
@@ -102,7 +145,10 @@ class LiteRTRuntime:
                     self._interp.allocate_tensors()
                 except (ValueError, RuntimeError) as e:
                     raise ModelLoadError(f"LiteRT cannot resize to these input shapes: {e}") from e
-            for name, value in feeds.items():
-                self._interp.set_tensor(self._in_index[name], value)
-            self._interp.invoke()
+            try:
+                for name, value in feeds.items():
+                    self._interp.set_tensor(self._in_index[name], value)
+                self._interp.invoke()
+            except (ValueError, RuntimeError) as e:  # a shape the graph cannot take, found while it runs
+                raise ModelLoadError(f"LiteRT refused the inputs: {e}") from e
             return {name: self._interp.get_tensor(index) for name, index in self._out_index}

@@ -222,16 +222,20 @@ class WindowRecorder:
         self._on_pending = on_pending
         self._bin_lock = threading.Lock()
         base = manifest.baseline
-        self._inputs: list[tuple[str, Callable[[np.ndarray], np.ndarray], _Binner]] = []
+        # (name, whole, rows of features, binner): a tensor that is not batch-first (a 0-d scalar, recurrent
+        # state) is one row per call, as the converter counted it.
+        self._inputs: list[tuple[str, bool, Callable[[np.ndarray], np.ndarray], _Binner]] = []
         for spec in manifest.inputs:
             hists = [h for h in base.inputs if h.name.startswith(f"{spec.name}[")]
             if hists:
-                self._inputs.append((spec.name, _extractor(spec.name, hists), _Binner(hists, spec.dtype)))
+                binner = _Binner(hists, spec.dtype)
+                self._inputs.append((spec.name, not spec.batch_first, _extractor(spec.name, hists), binner))
+        self._output_whole = bool(manifest.outputs) and not manifest.outputs[0].batch_first
         self.classifier = manifest.task is Task.CLASSIFICATION and base.class_counts is not None
         self.n_classes = len(base.class_counts or [])
         out_dtype = manifest.outputs[0].dtype if manifest.outputs else "float64"
         self._out_binner = _Binner(base.outputs, out_dtype) if base.outputs and not self.classifier else None
-        self._binners = [b for _, _, b in self._inputs] + ([self._out_binner] if self._out_binner else [])
+        self._binners = [b for _, _, _, b in self._inputs] + ([self._out_binner] if self._out_binner else [])
         self._classes = np.zeros(max(self.n_classes, 1), np.int64)
         self._confusion = np.zeros((self.n_classes, self.n_classes), np.int64) if self.classifier else None
         self._lat: list[float] = []
@@ -263,11 +267,16 @@ class WindowRecorder:
         filled = 0
         with self._lock:
             batch = 0
-            for name, extract, binner in self._inputs:
+            for name, whole, extract, binner in self._inputs:
                 x = np.asarray(inputs[name])
-                batch = len(x)
+                if whole:
+                    x = x[None]
+                else:
+                    batch = len(x)
                 filled += binner.add_rows(extract(x))
             first = np.asarray(next(iter(outputs.values())))
+            if self._output_whole:
+                first = first[None]
             batch = batch or len(first)
             if self.classifier:
                 # Predicted classes are taken in bulk (`_settle`): here the output rows are only kept.
@@ -389,7 +398,7 @@ class WindowRecorder:
             "fallback_errors": dict(self.fallback_errors),
             "fallback_latency_buckets": list(self.fallback_latency),
             "lat": list(self._lat),
-            "inputs": [b.take(reset) for _, _, b in self._inputs],
+            "inputs": [b.take(reset) for _, _, _, b in self._inputs],
             "class_counts": self._classes.tolist() if self.classifier else None,
             "outputs": self._out_binner.take(reset) if self._out_binner else None,
             "confusion": self._confusion.tolist() if self._confusion is not None else None,
