@@ -114,6 +114,9 @@ class LoadedModel:
             b.name: tuple(b.shape[1:]) if b.batch_first and None not in b.shape[1:] else None for b in self.inputs
         }
         self._batched = [b.name for b in self.inputs if b.shape and b.shape[0] is None]
+        # A model built for batch 1 (litert-torch exports a fixed batch): a batch of rows runs one row per call.
+        rows = [b for b in self.inputs if b.batch_first]
+        self._row_by_row = bool(rows) and not self._batched and all(b.shape[0] == 1 for b in rows)
         # Dynamic dims the model names (ONNX `batch`, `sequence`): every input sharing a name must agree on it.
         named: dict[str, list[tuple[str, int]]] = {}
         by_runtime = {i.name: i for i in runtime.inputs}
@@ -203,7 +206,7 @@ class LoadedModel:
             if len(set(sizes.values())) > 1:
                 said = ", ".join(f"{n!r} dim {axis} is {size}" for (n, axis), size in sizes.items())
                 raise InputError(f"inputs disagree on the model's dim {dim!r}: {said}")
-        raw = self.runtime.run(feeds)
+        raw = self._run_rows(feeds) if self._row_by_row else self.runtime.run(feeds)
         out: dict[str, Array] = {}
         for b in self.outputs:
             value = raw[b.runtime_name]
@@ -211,6 +214,18 @@ class LoadedModel:
                 value = ((value.astype(np.float32) - b.zero_point) * b.scale).astype(np.float32)
             out[b.name] = value
         return out
+
+    def _run_rows(self, feeds: dict[str, Array]) -> dict[str, Array]:
+        """Several rows through a batch-1 model: one call per row, batch-first outputs joined row after row."""
+        rows = {b.runtime_name for b in self.inputs if b.batch_first}
+        n = max(feeds[r].shape[0] for r in rows)
+        if n == 1:
+            return self.runtime.run(feeds)
+        if len({feeds[r].shape[0] for r in rows}) > 1:
+            raise InputError("inputs have different batch sizes")
+        calls = [self.runtime.run({k: v[i : i + 1] if k in rows else v for k, v in feeds.items()}) for i in range(n)]
+        joined = {b.runtime_name for b in self.outputs if b.batch_first}
+        return {k: (np.concatenate if k in joined else np.stack)([c[k] for c in calls]) for k in calls[0]}
 
     def describe(self) -> dict[str, Any]:
         """Inputs and outputs as plain data (for the CLI and the local API)."""

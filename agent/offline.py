@@ -15,15 +15,18 @@ from agent.runtimes import Array
 
 
 def read_npz(path: Path, model: LoadedModel) -> dict[str, Array]:
-    """Inputs from an .npz: one array per input name or alias (a lone unnamed array, `arr_0`, feeds a lone input)."""
+    """Inputs from an .npz: one array per input name or alias; a lone array under `x` or unnamed (`arr_0`, as
+    `np.savez(path, array)` writes it) feeds a lone input, as in the converter's data files."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a readable .npz file: {e}") from e
     names = [b.name for b in model.inputs]
-    if len(arrays) == 1 and len(names) == 1 and "arr_0" in arrays and names[0] != "arr_0":
-        return {names[0]: arrays["arr_0"]}
+    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+        key = next(iter(arrays))
+        if key in ("x", "arr_0"):
+            return {names[0]: arrays[key]}
     return arrays
 
 

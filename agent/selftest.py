@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from agent.errors import AgentError, SelfTestFailed
 from agent.model import LoadedModel
 from firmware_profiles import FirmwareProfile
-from protocol.manifest import Manifest
+from protocol.manifest import GoldenCase, Manifest
 
 LATENCY_RUNS = 10
 
@@ -47,7 +48,7 @@ def run_self_test(
     top1_hits = top1_cases = 0
     for i, case in enumerate(golden.cases):
         try:
-            outputs = model.predict(case.inputs)
+            outputs = model.predict(case_inputs(case))
         except AgentError as e:
             raise SelfTestFailed(f"golden case {i}: inference failed: {e}") from e
         for name, got in outputs.items():
@@ -71,7 +72,7 @@ def run_self_test(
             top1_hits += int(int(np.argmax(first.ravel())) == case.expected_top1)
     if top1_cases and top1_hits / top1_cases < golden.min_top1_agreement:
         raise SelfTestFailed(f"top-1 agreement {top1_hits}/{top1_cases} below {golden.min_top1_agreement}")
-    p50 = _latency_p50(model, golden.cases[0].inputs)
+    p50 = _latency_p50(model, case_inputs(golden.cases[0]))
     factor = latency_factor(profile, latency_basis)
     budget = profile.budgets.latency_ms
     if p50 * factor > budget:
@@ -81,7 +82,14 @@ def run_self_test(
     return model, SelfTestResult(len(golden.cases), worst, p50, p50 * factor, budget)
 
 
-def _latency_p50(model: LoadedModel, inputs: dict[str, list[float]]) -> float:
+def case_inputs(case: GoldenCase) -> dict[str, Any]:
+    """A golden case's inputs, in the shapes it was computed with when it records them."""
+    if case.shapes is None:
+        return dict(case.inputs)
+    return {k: np.asarray(v).reshape(case.shapes[k]) if k in case.shapes else v for k, v in case.inputs.items()}
+
+
+def _latency_p50(model: LoadedModel, inputs: dict[str, Any]) -> float:
     feeds = {name: model.coerce(name, values) for name, values in inputs.items()}
     model.predict(feeds)
     times = []

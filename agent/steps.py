@@ -28,7 +28,7 @@ from agent.errors import (
 from agent.lifecycle import Ev, UpdateRecord
 from agent.model import LoadedModel
 from agent.runtimes import INSTALL_HINT, runtime_for_format, runtime_installed
-from agent.selftest import run_self_test
+from agent.selftest import case_inputs, run_self_test
 from agent.serving import ServingRegistry
 from agent.settings import AgentSettings, tls_verify
 from agent.store import ModelStore
@@ -358,7 +358,7 @@ class DeviceSteps:
             raise Interrupted("agent stopping during probation")
         manifest = self.store.manifest(record.name, record.target_version)
         try:
-            outputs = served.model.predict(manifest.golden.cases[0].inputs)
+            outputs = served.model.predict(case_inputs(manifest.golden.cases[0]))
         except AgentError as e:
             record.reason = f"probation: inference failed: {e}"
             return Ev.FAILED

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from converter.errors import ConverterError
@@ -38,13 +39,23 @@ def _shape(value: str | None) -> list[int] | None:
 @click.option("--task", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True)
 @click.option("--labels", help="Comma-separated class labels, in output order.")
 @click.option("--latency-runs", type=click.IntRange(10), default=200, show_default=True)
-@click.option("--input-shape", help="Per-sample input shape for PyTorch modules, e.g. 1,28,28.")
+@click.option("--input-shape", help="One sample's shape for TorchScript / pickled PyTorch modules, e.g. 1,28,28 or 64.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow formats that run code when loaded (scikit-learn .pkl/.joblib, a pickled nn.Module).")
+@click.option("--signature", metavar="NAME", help="Signature of a ready-made .tflite with several.")
+@click.option("--requantize", is_flag=True,
+              help="Also make the profile's other quantisations from a ready-made float .tflite / .onnx "
+                   "(by default it is shipped byte for byte).")
+@click.option("--dvc-repo", metavar="REPO", help="Read MODEL (a path in REPO) through DVC (edgefleet[dvc]).")
+@click.option("--rev", "dvc_rev", metavar="REV", help="Git revision of --dvc-repo (default: its HEAD).")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), envvar="EDGEFLEET_PROFILES_DIR")
 @click.option("--no-cloud", is_flag=True, help="Skip the cloud-serving exports.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
 def convert_cmd(model: Path, profiles: tuple[str, ...], calibration: Path, validation: Path, out: Path,
                 name: str | None, model_version: int, task: str, labels: str | None, latency_runs: int,
-                input_shape: str | None, profiles_dir: Path | None, no_cloud: bool, force: bool) -> None:
+                input_shape: str | None, trust_pickle: bool, signature: str | None, requantize: bool,
+                dvc_repo: str | None, dvc_rev: str | None, profiles_dir: Path | None, no_cloud: bool,
+                force: bool) -> None:
     """Convert MODEL into verified per-device artifacts for each --profile.
 
     Exit codes: 0 every profile got an artifact; 1 bad input or conversion error (nothing written);
@@ -54,7 +65,8 @@ def convert_cmd(model: Path, profiles: tuple[str, ...], calibration: Path, valid
         model=model, profiles=list(profiles), calibration=calibration, validation=validation, out=out,
         name=name, version=model_version, task=task, labels=labels.split(",") if labels else None,  # type: ignore[arg-type]
         latency_runs=latency_runs, profiles_dir=profiles_dir, input_shape=_shape(input_shape), force=force,
-        cloud=not no_cloud,
+        cloud=not no_cloud, trust_pickle=trust_pickle, signature=signature, requantize=requantize,
+        dvc_repo=dvc_repo, dvc_rev=dvc_rev,
     )
     console = Console(stderr=True)
     try:
@@ -68,10 +80,14 @@ def convert_cmd(model: Path, profiles: tuple[str, ...], calibration: Path, valid
         if r.manifest is not None:
             m = r.manifest.report.chosen
             console.print(f"[green]{r.profile.name}[/]: {m.kind}, {m.size_bytes / 1024:.1f} KiB, "
-                          f"p50 {m.latency_ms_p50:.3f} ms host")
+                          f"p50 {m.latency_ms_p50:.3f} ms host", markup=True, highlight=False)
         else:
             console.print(f"[red]{r.profile.name}: no artifact fits[/]: " +
-                          " | ".join(f"{k}: {v}" for k, v in r.refused.items()))
+                          escape(" | ".join(f"{k}: {v}" for k, v in r.refused.items())), highlight=False)
+        for note in r.notes:
+            console.print(f"{r.profile.name}: {escape(note)}", highlight=False)
+    for key, why in result.cloud_skipped.items():
+        console.print(f"cloud: no {key} export: {escape(why)}", highlight=False)
     console.print(f"wrote {out}")
     if result.refused_profiles:
         sys.exit(EXIT_PROFILE_REFUSED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -11,18 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from converter import CONVERTER_VERSION
 from converter.budgets import Candidate, budget_violations, choose
-from converter.cloud import export_tfserving, export_torchserve, export_triton
-from converter.data import Dataset, load_dataset
-from converter.errors import ConversionFailed, ConverterError
-from converter.measure import compare, make_runner, measure_latency, reference_accuracy, rename_inputs, run_batched
-from converter.onnx_variants import build_onnx
+from converter.data import load_dataset, run_all
+from converter.edgetpu import EdgeTpu
+from converter.errors import ConversionFailed, ConverterError, ExportError
+from converter.routes import split_kind
 from converter.sources import SourceModel, load_source
 from converter.stats import baseline_stats, golden_set
-from converter.tflite import build_tflite
+from converter.workbench import Workbench, can_make
 from firmware_profiles import FirmwareProfile, ProfileError, get_profile
 from protocol import layout
 from protocol.manifest import (
@@ -32,8 +30,6 @@ from protocol.manifest import (
     CloudServing,
     ConversionReport,
     Manifest,
-    ModelFormat,
-    Quantization,
     Task,
 )
 
@@ -58,6 +54,11 @@ class ConvertRequest:
     input_shape: list[int] | None = None
     force: bool = False
     cloud: bool = True
+    trust_pickle: bool = False
+    signature: str | None = None
+    requantize: bool = False
+    dvc_repo: str | None = None
+    dvc_rev: str | None = None
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ProfileResult:
     manifest: Manifest | None
     candidates: list[ArtifactMetrics] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +81,8 @@ class ConvertResult:
     results: list[ProfileResult]
     cloud_exports: dict[str, str]
     out: Path
+    cloud_skipped: dict[str, str] = field(default_factory=dict)
+    source: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def refused_profiles(self) -> list[ProfileResult]:
@@ -88,57 +92,6 @@ class ConvertResult:
 def model_name_from(path: Path) -> str:
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in path.stem.lower()).strip("-_")
     return (stem or "model")[:64]
-
-
-def _split_kind(kind: str) -> tuple[ModelFormat, Quantization]:
-    fmt, quant = kind.split("_", 1)
-    return ModelFormat(fmt), Quantization(quant)
-
-
-class _Workbench:
-    """Builds and measures each distinct artifact once, however many profiles ask for it."""
-
-    def __init__(self, source: SourceModel, calib: Dataset, val: Dataset, reference: dict[str, np.ndarray],
-                 classifier: bool, runs: int) -> None:
-        self.source, self.calib, self.val, self.reference = source, calib, val, reference
-        self.classifier, self.runs = classifier, runs
-        self.ref_acc = reference_accuracy(reference, val.labels) if classifier else None
-        self._built: dict[tuple[str, str], bytes] = {}
-        self._measured: dict[tuple[str, str, int], tuple[ArtifactMetrics, int, int]] = {}
-
-    def build(self, kind: str, io_dtype: str) -> bytes:
-        key = (kind, io_dtype)
-        if key not in self._built:
-            fmt, quant = _split_kind(kind)
-            if fmt is ModelFormat.TFLITE:
-                self._built[key] = build_tflite(self.source, quant, self.calib, io_dtype)
-            else:
-                self._built[key] = build_onnx(self.source, quant, self.calib)
-        return self._built[key]
-
-    def measure(self, kind: str, io_dtype: str, threads: int) -> tuple[ArtifactMetrics, int, int]:
-        key = (kind, io_dtype, threads)
-        if key not in self._measured:
-            model = self.build(kind, io_dtype)
-            runner = make_runner(_split_kind(kind)[0], model, threads)
-            data = rename_inputs(self.val.inputs, runner)
-            outs = run_batched(runner, data)
-            q = compare(outs, self.reference, self.val.labels, self.classifier)
-            lat = measure_latency(runner, data, self.runs)
-            loss = None
-            if self.classifier:
-                loss = (self.ref_acc - q.accuracy) * 100 if q.accuracy is not None and self.ref_acc is not None \
-                    else (1.0 - (q.top1_agreement or 0.0)) * 100
-            metrics = ArtifactMetrics(
-                kind=kind, size_bytes=len(model), top1_agreement=q.top1_agreement, accuracy=q.accuracy,
-                accuracy_loss_pt=None if loss is None else round(loss, 4), max_abs_error=q.max_abs_error,
-                latency_ms_p50=lat.p50_ms, latency_ms_p95=lat.p95_ms,
-            )
-            self._measured[key] = (metrics, runner.ram_estimate_bytes, runner.activation_bytes)
-        return self._measured[key]
-
-    def runner_for(self, kind: str, io_dtype: str, threads: int):  # type: ignore[no-untyped-def]
-        return make_runner(_split_kind(kind)[0], self.build(kind, io_dtype), threads)
 
 
 def _for_profile(metrics: ArtifactMetrics, profile: FirmwareProfile) -> ArtifactMetrics:
@@ -156,24 +109,26 @@ def _io_dtype(profile: FirmwareProfile, kind: str) -> str:
     return profile.io_dtype if kind == "tflite_int8" else "float32"
 
 
-def _profile_result(bench: _Workbench, profile: FirmwareProfile, step: Step) -> tuple[ProfileResult, Candidate | None]:
+def _profile_result(bench: Workbench, profile: FirmwareProfile, step: Step) -> tuple[ProfileResult, Candidate | None]:
     result = ProfileResult(profile=profile, manifest=None)
     accepted: list[Candidate] = []
     for kind in profile.kinds:
-        fmt, _ = _split_kind(kind)
-        if fmt is ModelFormat.TFLITE and not bench.source.can_tflite:
-            result.refused[kind] = f"a {bench.source.kind} model cannot be converted to TFLite"
+        fmt, _ = split_kind(kind)
+        impossible = can_make(bench.source, fmt)
+        if impossible is not None:
+            result.refused[kind] = impossible
             continue
         step(f"{profile.name}: {kind}")
         io = _io_dtype(profile, kind)
         try:
-            raw, ram, act = bench.measure(kind, io, profile.threads)
+            measured = bench.measure(kind, io, profile.threads)
         except ConversionFailed as e:
             result.refused[kind] = str(e)
             continue
-        metrics = _for_profile(raw, profile)
+        metrics = _for_profile(measured.metrics, profile)
         result.candidates.append(metrics)
-        cand = Candidate(kind, bench.build(kind, io), metrics, ram, act)
+        cand = Candidate(kind, bench.build(kind, io).model, metrics, measured.ram_estimate_bytes,
+                         measured.activation_bytes)
         broken = budget_violations(cand, profile)
         if broken:
             result.refused[kind] = "; ".join(broken)
@@ -182,46 +137,70 @@ def _profile_result(bench: _Workbench, profile: FirmwareProfile, step: Step) -> 
     return result, (choose(accepted, profile) if accepted else None)
 
 
-def _write_manifest(bench: _Workbench, req: ConvertRequest, name: str, result: ProfileResult, chosen: Candidate,
+def _write_manifest(bench: Workbench, req: ConvertRequest, name: str, result: ProfileResult, chosen: Candidate,
                     baseline: BaselineStats, cloud: CloudServing | None, staging: Path) -> Manifest:
     profile = result.profile
-    fmt, quant = _split_kind(chosen.kind)
-    runner = bench.runner_for(chosen.kind, _io_dtype(profile, chosen.kind), profile.threads)
-    golden = golden_set(runner, rename_inputs(bench.val.inputs, runner), bench.classifier)
+    fmt, quant = split_kind(chosen.kind)
+    io = _io_dtype(profile, chosen.kind)
+    runner = bench.runner(chosen.kind, io, profile.threads)
+    golden = golden_set(runner, bench.val, bench.classifier)
+    built = bench.build(chosen.kind, io)
+    artifact = chosen.model
+    metrics = chosen.metrics
+    if profile.accelerator == "edgetpu" and chosen.kind == "tflite_int8":
+        tpu = EdgeTpu.find()
+        try:
+            compiled = tpu.compile(artifact)
+        except ConversionFailed as e:  # the CPU int8 model still fits: ship it and say why it is not compiled
+            compiled = None
+            result.notes.append(f"not Edge-TPU compiled: {e}")
+        else:
+            result.notes.append(tpu.note(compiled is not None))
+        if compiled is not None:
+            artifact = compiled
+            metrics = metrics.model_copy(update={"compiled_for": "edgetpu", "size_bytes": len(artifact)})
     file = f"{name}-v{req.version}-{chosen.kind}.{fmt.value}"
     folder = staging / profile.name
     folder.mkdir(parents=True)
-    (folder / file).write_bytes(chosen.model)
+    (folder / file).write_bytes(artifact)
+    source = bench.source
     manifest = Manifest(
         name=name, version=req.version, profile=profile.name, format=fmt, quantization=quant,
-        task=Task.CLASSIFICATION if bench.classifier else Task.REGRESSION, labels=req.labels,
-        artifact=ArtifactRef(file=file, sha256=hashlib.sha256(chosen.model).hexdigest(), size=len(chosen.model)),
+        task=Task.CLASSIFICATION if bench.classifier else Task.REGRESSION, labels=req.labels or source.labels,
+        artifact=ArtifactRef(file=file, sha256=hashlib.sha256(artifact).hexdigest(), size=len(artifact)),
         inputs=runner.inputs, outputs=runner.outputs, baseline=baseline, golden=golden,
         report=ConversionReport(
-            reference_accuracy=bench.ref_acc, chosen=chosen.metrics, candidates=result.candidates,
+            reference_accuracy=bench.ref_acc, chosen=metrics, candidates=result.candidates,
             refused=result.refused, validation_samples=len(bench.val), converter_version=CONVERTER_VERSION,
         ),
-        cloud=cloud,
+        cloud=cloud, signature=built.signature, source=source.ref,
     )
     (folder / layout.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
 
 
-def _cloud(
-    source: SourceModel, staging: Path, name: str, version: int, step: Step
-) -> tuple[CloudServing, dict[str, str]]:
+def _cloud(source: SourceModel, staging: Path, name: str, version: int,
+           step: Step) -> tuple[CloudServing, dict[str, str], dict[str, str]]:
+    """Every cloud export the source allows; one that cannot be made is skipped with its reason."""
+    from converter.cloud import export_tfserving, export_torchserve, export_triton
+
     exports: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    jobs: list[tuple[str, Callable[[], Path]]] = []
     if source.tf_model is not None:
-        step("cloud: TF Serving SavedModel")
-        exports["tfserving"] = str(export_tfserving(source, staging, name, version).relative_to(staging))
+        jobs.append(("tfserving", lambda: export_tfserving(source, staging, name, version)))
     if source.torch_module is not None:
-        step("cloud: TorchServe .mar")
-        exports["torchserve"] = str(export_torchserve(source, staging, name, version).relative_to(staging))
-    step("cloud: Triton / KServe v2 ONNX")
-    exports["kserve"] = str(export_triton(source.onnx_bytes(), staging, name, version).relative_to(staging))
+        jobs.append(("torchserve", lambda: export_torchserve(source, staging, name, version)))
+    jobs.append(("kserve", lambda: export_triton(source.onnx_bytes(), staging, name, version)))
+    for key, job in jobs:
+        step(f"cloud: {key}")
+        try:
+            exports[key] = str(job().relative_to(staging))
+        except (ExportError, ConversionFailed) as e:
+            skipped[key] = str(e)
     cloud = CloudServing(model_name=name, version=version, tfserving="tfserving" in exports,
-                         torchserve="torchserve" in exports, kserve=True)
-    return cloud, exports
+                         torchserve="torchserve" in exports, kserve="kserve" in exports)
+    return cloud, exports, skipped
 
 
 def _replace_dir(staging: Path, out: Path, force: bool) -> None:
@@ -237,8 +216,29 @@ def _replace_dir(staging: Path, out: Path, force: bool) -> None:
         os.replace(staging, out)
 
 
+def _load(req: ConvertRequest, step: Step, stack: contextlib.ExitStack) -> SourceModel:
+    """The source, read from disk or, with --dvc-repo, from DVC (the local copy lives as long as `stack`)."""
+    if req.dvc_repo is None:
+        if req.dvc_rev is not None:
+            raise ConverterError("--rev needs --dvc-repo (the git + DVC repository to read MODEL_PATH from)")
+        return load_source(req.model, req.input_shape, trust_pickle=req.trust_pickle, signature=req.signature)
+    from converter.sources.dvc import fetch_from_dvc
+
+    step(f"reading {req.model} from DVC")
+    local, ref = stack.enter_context(fetch_from_dvc(req.dvc_repo, req.dvc_rev, req.model))
+    source = load_source(local, req.input_shape, trust_pickle=req.trust_pickle, signature=req.signature)
+    sha = source.ref.sha256 if source.ref else ref.sha256
+    source.ref = ref.model_copy(update={"kind": source.kind, "sha256": sha})
+    return source
+
+
 def convert(req: ConvertRequest, step: Step = lambda _msg: None) -> ConvertResult:
     """Run the whole conversion; writes `req.out` only when everything succeeded."""
+    with contextlib.ExitStack() as stack:
+        return _convert(req, step, stack)
+
+
+def _convert(req: ConvertRequest, step: Step, stack: contextlib.ExitStack) -> ConvertResult:
     from converter.report import write_reports
 
     try:
@@ -248,29 +248,37 @@ def convert(req: ConvertRequest, step: Step = lambda _msg: None) -> ConvertResul
     if req.out.exists() and not req.force and any(req.out.iterdir()):
         raise ConverterError(f"{req.out} exists and is not empty (use --force to replace it)")
     step("loading model")
-    source = load_source(req.model, req.input_shape)
+    source = _load(req, step, stack)
     name = req.name or model_name_from(req.model)
-    calib = load_dataset(req.calibration, source.input_shapes, where="calibration", labels_allowed=False)
-    val = load_dataset(req.validation, source.input_shapes, where="validation", labels_allowed=True)
+    calib = load_dataset(req.calibration, source.inputs, where="calibration", labels_allowed=False)
+    val = load_dataset(req.validation, source.inputs, where="validation", labels_allowed=True)
     step("float reference")
-    reference = {k: np.concatenate(v) for k, v in _batches(source, val).items()}
+    try:
+        reference = run_all(source.predict, val, 256, max_batch=source.max_batch)
+    except Exception as e:  # the source's own framework refused the data
+        raise ConverterError(f"the source model cannot run on the validation data: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
     first = next(iter(reference.values()))
     classifier = req.task == "classification" or (
         req.task == "auto" and (val.labels is not None or (first.ndim == 2 and first.shape[1] > 1))
     )
-    bench = _Workbench(source, calib, val, reference, classifier, req.latency_runs)
+    bench = Workbench(source, calib, val, reference, classifier, req.latency_runs, req.requantize)
     baseline = baseline_stats(val.inputs, reference, classifier)
     req.out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{req.out.name}.tmp-", dir=req.out.parent))
     try:
-        cloud, exports = _cloud(source, staging, name, req.version, step) if req.cloud else (None, {})
+        cloud, exports, skipped = _cloud(source, staging, name, req.version, step) if req.cloud else (None, {}, {})
         results = []
         for profile in profiles:
             result, chosen = _profile_result(bench, profile, step)
             if chosen is not None:
                 result.manifest = _write_manifest(bench, req, name, result, chosen, baseline, cloud, staging)
+            elif profile.accelerator == "edgetpu":
+                result.notes.append(EdgeTpu.find().note(False))
             results.append(result)
-        outcome = ConvertResult(name, req.version, source.kind, bench.ref_acc, results, exports, req.out)
+        ref = source.ref.model_dump() if source.ref else {}
+        outcome = ConvertResult(name, req.version, source.kind, bench.ref_acc, results, exports, req.out, skipped,
+                                ref)
         step("reports")
         write_reports(outcome, staging)
         _replace_dir(staging, req.out, req.force)
@@ -280,9 +288,4 @@ def convert(req: ConvertRequest, step: Step = lambda _msg: None) -> ConvertResul
     return outcome
 
 
-def _batches(source: SourceModel, val: Dataset, batch: int = 256) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(val), batch):
-        for k, v in source.predict(val.take(slice(i, i + batch))).items():
-            out.setdefault(k, []).append(v)
-    return out
+__all__ = ["ConvertRequest", "ConvertResult", "ProfileResult", "convert", "model_name_from"]

@@ -26,13 +26,16 @@ def report_data(result: ConvertResult) -> dict[str, Any]:
             "budgets": p.budgets.model_dump(),
             "candidates": [m.model_dump(mode="json") for m in r.candidates],
             "refused": r.refused,
+            "notes": r.notes,
         })
     return {
         "model": result.name,
         "version": result.version,
         "source": result.source_kind,
         "reference_accuracy": result.reference_accuracy,
+        "source_ref": result.source,
         "cloud_exports": result.cloud_exports,
+        "cloud_skipped": result.cloud_skipped,
         "profiles": profiles,
     }
 
@@ -50,9 +53,17 @@ def _row(m: ArtifactMetrics, chosen: str | None, refused: dict[str, str]) -> str
             f"{m.max_abs_error:.4g} | {m.latency_ms_p50:.3f} / {m.latency_ms_p95:.3f} | {dev} | {status} |")
 
 
+def _provenance(ref: dict[str, Any]) -> str:
+    if ref.get("dvc_repo"):
+        return (f" from DVC: `{ref['dvc_path']}` in {ref['dvc_repo']} at {ref['dvc_rev']}"
+                f"{' (' + ref['dvc_commit'][:12] + ')' if ref.get('dvc_commit') else ''}, md5 {ref['dvc_md5']}")
+    return f" (sha256 {ref['sha256'][:16]}...)" if ref.get("sha256") else ""
+
+
 def markdown(result: ConvertResult) -> str:
     lines = [f"# Conversion report: {result.name} v{result.version}", "",
-             f"Source: {result.source_kind}. Float reference top-1 accuracy: {_pct(result.reference_accuracy)}.", ""]
+             f"Source: {result.source_kind}{_provenance(result.source)}. "
+             f"Float reference top-1 accuracy: {_pct(result.reference_accuracy)}.", ""]
     for r in result.results:
         p = r.profile
         chosen = r.manifest.kind if r.manifest else None
@@ -66,8 +77,10 @@ def markdown(result: ConvertResult) -> str:
         lines += [f"| {k} | - | - | - | - | - | - | not built: {v} |" for k, v in r.refused.items()
                   if k not in {m.kind for m in r.candidates}]
         lines += ["", f"Chosen: **{chosen}**." if chosen else "**No artifact fits this profile.**", ""]
-    if result.cloud_exports:
-        lines += ["## Cloud exports", ""] + [f"- {k}: `{v}`" for k, v in result.cloud_exports.items()] + [""]
+        lines += [f"Note: {n}." for n in r.notes] + ([""] if r.notes else [])
+    if result.cloud_exports or result.cloud_skipped:
+        lines += ["## Cloud exports", ""] + [f"- {k}: `{v}`" for k, v in result.cloud_exports.items()]
+        lines += [f"- {k}: not exported: {v}" for k, v in result.cloud_skipped.items()] + [""]
     lines += [f"![size, accuracy and latency per artifact]({layout.REPORT_PNG})", ""]
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from converter.data import Dataset
 from converter.measure import ArtifactRunner
 from protocol.manifest import BaselineStats, GoldenCase, GoldenSet, HistogramBaseline, QuantParams, TensorSpec
 from protocol.telemetry import channel_axis
@@ -41,7 +42,10 @@ def histogram(name: str, values: np.ndarray, bins: int = DEFAULT_BINS) -> Histog
 def baseline_stats(
     inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], classifier: bool, bins: int = DEFAULT_BINS
 ) -> BaselineStats:
-    """Per-feature (small inputs) or per-channel histograms of inputs; class counts or output histograms."""
+    """Per-feature (small inputs) or per-channel histograms of inputs; class counts or output histograms.
+
+    Every array has samples first (rows of a batch, or one whole tensor per sample), as the agent records them.
+    """
     hists: list[HistogramBaseline] = []
     grouping: str = "feature"
     for name, x in inputs.items():
@@ -85,23 +89,30 @@ def _tolerance(outputs: list[TensorSpec], values: dict[str, np.ndarray]) -> floa
     return tol
 
 
-def golden_set(runner: ArtifactRunner, inputs: dict[str, np.ndarray], classifier: bool) -> GoldenSet:
-    """Golden cases whose expected outputs are what this artifact computed here."""
-    idx = golden_indices(len(next(iter(inputs.values()))))
-    chosen = {k: v[idx] for k, v in inputs.items()}
+def golden_set(runner: ArtifactRunner, data: Dataset, classifier: bool) -> GoldenSet:
+    """Golden cases whose expected outputs are what this artifact computed here.
+
+    Inputs are flattened; their shapes go with each case when the tensor spec cannot tell them (a whole
+    tensor per sample, a dynamic dim past the first).
+    """
+    idx = golden_indices(len(data))
+    chosen = data.subset(idx)
+    by_name = {s.name: s for s in runner.inputs}
+    need_shapes = any(not s.batch_first or None in s.shape[1:] for s in by_name.values())
     cases = []
     all_out: dict[str, list[np.ndarray]] = {s.name: [] for s in runner.outputs}
     for i in range(len(idx)):
-        one = {k: v[i : i + 1] for k, v in chosen.items()}
+        one = chosen.take(i, i + 1)
         out = runner.run(one)
         for k, v in out.items():
-            all_out[k].append(v)
+            all_out[k].append(np.asarray(v, dtype=np.float64).reshape(1, -1))
         first = next(iter(out.values()))
         cases.append(
             GoldenCase(
-                inputs={k: [float(x) for x in v.ravel()] for k, v in one.items()},
-                expected={k: [float(x) for x in v.ravel()] for k, v in out.items()},
-                expected_top1=int(first.reshape(-1).argmax()) if classifier else None,
+                inputs={k: [float(x) for x in np.asarray(v).ravel()] for k, v in one.items()},
+                expected={k: [float(x) for x in np.asarray(v).ravel()] for k, v in out.items()},
+                expected_top1=int(np.asarray(first).reshape(-1).argmax()) if classifier else None,
+                shapes={k: [int(d) for d in np.shape(v)] for k, v in one.items()} if need_shapes else None,
             )
         )
     stacked = {k: np.concatenate(v) for k, v in all_out.items()}

@@ -170,6 +170,9 @@ class ArtifactMetrics(Contract):
     latency_basis: Literal["host", "device"] = "host"
     device_latency_ms_p50: NonNegFloat | None = None
     device_latency_ms_p95: NonNegFloat | None = None
+    # Set when the shipped artifact was compiled for an accelerator after measuring (edgetpu_compiler); the
+    # figures above are the int8 model's on the host CPU.
+    compiled_for: Literal["edgetpu"] | None = None
 
 
 class ConversionReport(Contract):
@@ -200,6 +203,7 @@ class SourceRef(Contract):
     sha256: Sha256Hex
     dvc_repo: str | None = None
     dvc_rev: str | None = None
+    dvc_commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
     dvc_path: str | None = None
     dvc_md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}(\.dir)?$")] | None = None
 

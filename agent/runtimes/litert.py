@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import ModelLoadError, RuntimeUnavailable
 from agent.runtimes.base import Array, TensorInfo
+from protocol.signatures import SignatureChoiceError, choose_signature
 
 
 class LiteRTConfig(BaseModel):
@@ -21,9 +22,6 @@ class LiteRTConfig(BaseModel):
     threads: int = Field(default=1, ge=1, le=64)
     # Which signature to run in a model with several; None: the only one, else `serving_default`.
     signature: str | None = None
-
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def _interpreter_class() -> Any:
@@ -39,22 +37,6 @@ def _interpreter_class() -> Any:
         return Interpreter
     except ImportError as e:
         raise RuntimeUnavailable("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)") from e
-
-
-def choose_signature(available: list[str], asked: str | None, path: Path) -> str | None:
-    """The signature key to run: the one asked for, the only one, or `serving_default`; None without signatures."""
-    if asked is not None:
-        if asked not in available:
-            have = ", ".join(available) if available else "none"
-            raise ModelLoadError(f"{path.name}: no signature {asked!r} (the model has: {have})")
-        return asked
-    if not available:
-        return None
-    if len(available) == 1:
-        return available[0]
-    if DEFAULT_SIGNATURE in available:
-        return DEFAULT_SIGNATURE
-    raise ModelLoadError(f"{path.name}: the model has several signatures ({', '.join(available)}); choose one")
 
 
 def _info(detail: dict[str, Any], name: str) -> TensorInfo:
@@ -91,7 +73,10 @@ class LiteRTRuntime:
             self._interp = interpreter_cls(model_path=str(path), num_threads=config.threads)
             # Allocated before any SignatureRunner exists: the interpreter refuses while one holds its wrapper.
             self._interp.allocate_tensors()
-            self.signature = choose_signature(list(self._interp.get_signature_list()), config.signature, path)
+            try:
+                self.signature = choose_signature(list(self._interp.get_signature_list()), config.signature)
+            except SignatureChoiceError as e:
+                raise ModelLoadError(f"{path.name}: {e}") from e
             self._runner = self._interp.get_signature_runner(self.signature) if self.signature else None
             if self._runner is not None and getattr(self._runner, "_subgraph_index", 0) != 0:
                 in_items = list(self._runner.get_input_details().items())

@@ -1,4 +1,5 @@
-"""ONNX variants: fp32, fp16 (I/O kept float32), dynamic int8, static int8 QDQ (onnxruntime.quantization)."""
+"""ONNX variants of a float ONNX model: fp32, fp16 (I/O kept float32), dynamic int8, static int8 QDQ
+(onnxruntime.quantization)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from converter.data import Dataset
 from converter.errors import ConversionFailed
-from converter.sources import SourceModel
+from converter.sources.base import silenced
 from protocol.manifest import Quantization
 
 CALIBRATION_SAMPLES = 200
@@ -19,9 +20,10 @@ CALIBRATION_SAMPLES = 200
 class _CalibrationReader:
     """`onnxruntime.quantization.CalibrationDataReader` over the calibration set, one sample per call."""
 
-    def __init__(self, calibration: Dataset, names: list[str]) -> None:
+    def __init__(self, calibration: Dataset, keys: dict[str, str]) -> None:
         n = min(len(calibration), CALIBRATION_SAMPLES)
-        self._items = iter([{k: calibration.inputs[k][i : i + 1] for k in names} for i in range(n)])
+        samples = (calibration.take(i, i + 1) for i in range(n))
+        self._items = iter([{keys.get(k, k): np.asarray(v) for k, v in one.items()} for one in samples])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._items, None)
@@ -30,15 +32,15 @@ class _CalibrationReader:
         pass
 
 
-def build_onnx(source: SourceModel, quant: Quantization, calibration: Dataset) -> bytes:
-    """One ONNX model of the given quantisation."""
-    fp32 = source.onnx_bytes()
+def build_onnx(fp32: bytes, quant: Quantization, calibration: Dataset, keys: dict[str, str]) -> bytes:
+    """One ONNX model of the given quantisation; `keys` maps the source's input names onto the model's."""
     try:
         if quant is Quantization.FP32:
             return fp32
-        if quant is Quantization.FP16:
-            return _fp16(fp32)
-        return _int8(fp32, quant, calibration, list(source.input_shapes))
+        with silenced():  # onnxruntime's quantizer logs whole tracebacks of what it refuses
+            if quant is Quantization.FP16:
+                return _fp16(fp32)
+            return _int8(fp32, quant, calibration, keys)
     except ConversionFailed:
         raise
     except Exception as e:
@@ -53,7 +55,16 @@ def _fp16(fp32: bytes) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _int8(fp32: bytes, quant: Quantization, calibration: Dataset, names: list[str]) -> bytes:
+QUANTIZABLE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"}
+
+
+def _int8(fp32: bytes, quant: Quantization, calibration: Dataset, keys: dict[str, str]) -> bytes:
+    import onnx
+
+    ops = {n.op_type for n in onnx.load_from_string(fp32).graph.node}
+    if not ops & QUANTIZABLE:
+        raise ConversionFailed(f"nothing to quantise: the model has no Conv, MatMul or Gemm (its ops: "
+                               f"{', '.join(sorted(ops))})")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -66,7 +77,7 @@ def _int8(fp32: bytes, quant: Quantization, calibration: Dataset, names: list[st
             quantize_dynamic(str(pre), str(out), **kwargs)
         else:
             quantize_static(
-                str(pre), str(out), _CalibrationReader(calibration, names),
+                str(pre), str(out), _CalibrationReader(calibration, keys),
                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, per_channel=True, **kwargs,
             )
         return out.read_bytes()

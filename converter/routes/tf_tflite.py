@@ -1,4 +1,4 @@
-"""TFLite variants with `tf.lite.TFLiteConverter`: fp32, fp16, dynamic-range int8, full-integer int8."""
+"""Keras / SavedModel -> TFLite with `tf.lite.TFLiteConverter`: fp32, fp16, dynamic-range int8, full-integer int8."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from converter.data import Dataset
 from converter.errors import ConversionFailed
-from converter.sources import SourceModel, quiet_tensorflow, silenced
+from converter.sources.base import SourceModel, quiet_tensorflow, silenced
 from protocol.manifest import Quantization
 
 CALIBRATION_SAMPLES = 200
@@ -22,12 +22,10 @@ def _converter(source: SourceModel) -> Any:
     return tf.lite.TFLiteConverter.from_saved_model(str(source.path))
 
 
-def build_tflite(
+def build_tf_tflite(
     source: SourceModel, quant: Quantization, calibration: Dataset, io_dtype: str = "float32"
 ) -> bytes:
     """One TFLite flatbuffer; int8 uses `calibration` as the representative dataset."""
-    if not source.can_tflite:
-        raise ConversionFailed(f"a {source.kind} model cannot be converted to TFLite here")
     tf = quiet_tensorflow()
     conv = _converter(source)
     if quant is Quantization.FP16:
@@ -52,9 +50,10 @@ def build_tflite(
 def _representative(source: SourceModel, calibration: Dataset) -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
     """One sample at a time; by signature input name when there are several (TFLite reorders inputs)."""
     n = min(len(calibration), CALIBRATION_SAMPLES)
-    names = list(source.input_shapes)
+    names = [s.name for s in source.inputs]
     for i in range(n):
+        one = calibration.take(i, i + 1)
         if len(names) == 1:
-            yield [calibration.inputs[names[0]][i : i + 1]]
+            yield [one[names[0]]]
         else:
-            yield {name: calibration.inputs[name][i : i + 1] for name in names}
+            yield {name: one[name] for name in names}

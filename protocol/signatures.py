@@ -1,0 +1,27 @@
+"""Which TFLite signature an artifact runs: the same rule for the converter that measures it and the agent
+that serves it."""
+
+from __future__ import annotations
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class SignatureChoiceError(ValueError):
+    """The asked signature does not exist, or several exist and none was asked for."""
+
+
+def choose_signature(available: list[str], asked: str | None) -> str | None:
+    """The one asked for, else the only one, else `serving_default`; None for a model without signatures."""
+    if asked is not None:
+        if asked not in available:
+            raise SignatureChoiceError(
+                f"no signature {asked!r} (the model has: {', '.join(available) if available else 'none'})"
+            )
+        return asked
+    if not available:
+        return None
+    if len(available) == 1:
+        return available[0]
+    if DEFAULT_SIGNATURE in available:
+        return DEFAULT_SIGNATURE
+    raise SignatureChoiceError(f"the model has several signatures ({', '.join(available)}); choose one")
