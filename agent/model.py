@@ -122,7 +122,7 @@ class LoadedModel:
         by_runtime = {i.name: i for i in runtime.inputs}
         for b in self.inputs:
             for axis, dim in enumerate(by_runtime[b.runtime_name].dim_names):
-                if dim is not None and axis < len(b.shape) and b.shape[axis] is None:
+                if dim not in (None, "?", "None") and axis < len(b.shape) and b.shape[axis] is None:
                     named.setdefault(dim, []).append((b.runtime_name, axis))
         self._named_dims = {k: v for k, v in named.items() if len(v) > 1}
         self._public = {b.runtime_name: b.name for b in self.inputs}
@@ -135,7 +135,8 @@ class LoadedModel:
         fmt = manifest.format.value if manifest else format_of(path)
         if signature is None and manifest is not None:
             signature = manifest.signature
-        return cls(load_runtime(path, fmt, threads, signature), manifest)
+        edgetpu = manifest is not None and manifest.report.chosen.compiled_for == "edgetpu"
+        return cls(load_runtime(path, fmt, threads, signature, edgetpu), manifest)
 
     def binding(self, name: str) -> _Binding:
         """The input a key names (its public name or an alias); InputError naming the inputs otherwise."""

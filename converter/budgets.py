@@ -55,6 +55,10 @@ def budget_violations(c: Candidate, profile: FirmwareProfile) -> list[str]:
         out.append(_over("accuracy loss", m.accuracy_loss_pt, b.max_accuracy_loss_pt, "pt"))
     if b.max_abs_error is not None and m.max_abs_error is not None and m.max_abs_error > b.max_abs_error:
         out.append(_over("max abs error", m.max_abs_error, b.max_abs_error, "err"))
+    regressor = m.accuracy_loss_pt is None
+    if regressor and b.max_relative_error is not None and m.relative_error is not None \
+            and m.relative_error > b.max_relative_error:
+        out.append(f"error {m.relative_error:.1%} of the output range > budget {b.max_relative_error:.1%}")
     return out
 
 

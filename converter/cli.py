@@ -68,7 +68,7 @@ def convert_cmd(model: Path, profiles: tuple[str, ...], calibration: Path, valid
         cloud=not no_cloud, trust_pickle=trust_pickle, signature=signature, requantize=requantize,
         dvc_repo=dvc_repo, dvc_rev=dvc_rev,
     )
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # long lines (paths, reasons) wrap in the terminal, unbroken
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=console, transient=True) as progress:

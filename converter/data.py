@@ -42,7 +42,7 @@ class Dataset:
         """The feed for samples [start, stop): rows of batch-first inputs, the whole value of the others."""
         if self.whole and stop - start != 1:
             raise ValueError("a model with whole-tensor inputs runs one sample at a time")
-        return {k: v[start] if k in self.whole else v[start:stop] for k, v in self.inputs.items()}
+        return {k: np.asarray(v[start]) if k in self.whole else v[start:stop] for k, v in self.inputs.items()}
 
     def subset(self, idx: np.ndarray) -> Dataset:
         labels = self.labels[idx] if self.labels is not None else None

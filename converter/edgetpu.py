@@ -15,7 +15,7 @@ from converter.errors import ConversionFailed
 COMPILER = "edgetpu_compiler"
 NOT_COMPILED = (
     f"not Edge-TPU compiled: {COMPILER} is not installed on this host (Google ships it for x86-64 Debian only), so "
-    "this int8 artifact runs on the Coral's CPU, not its TPU"
+    "the int8 artifact runs on the Coral's CPU, not its TPU"
 )
 
 
@@ -30,7 +30,9 @@ class EdgeTpu:
         return cls(shutil.which(COMPILER))
 
     def note(self, compiled: bool) -> str:
-        return f"Edge-TPU compiled by {self.compiler}" if compiled else NOT_COMPILED
+        if compiled:
+            return f"Edge-TPU compiled by {self.compiler} (ops the TPU cannot run stay on the CPU)"
+        return NOT_COMPILED
 
     def compile(self, model: bytes) -> bytes | None:
         """The compiled model, or None when no compiler is installed; ConversionFailed when it refuses."""

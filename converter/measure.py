@@ -244,6 +244,7 @@ class Quality:
     top1_agreement: float | None
     accuracy: float | None
     max_abs_error: float
+    relative_error: float
 
 
 def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], labels: np.ndarray | None,
@@ -254,20 +255,24 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], la
     missing = sorted(set(refs) - set(outs))
     if missing:
         raise ConversionFailed(f"the artifact has no output(s) {missing} (it gives {sorted(outs)})")
-    err = 0.0
+    err = relative = 0.0
     for name, ref in refs.items():
         got = outs[name]
         if got.shape != ref.shape:
             raise ConversionFailed(
                 f"output {name!r}: {got.shape[1]} values per sample, the source gives {ref.shape[1]}"
             )
-        err = max(err, float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if got.size else 0.0)
+        if not got.size:
+            continue
+        worst = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+        span = float(np.max(ref) - np.min(ref)) or float(np.max(np.abs(ref))) or 1.0
+        err, relative = max(err, worst), max(relative, worst / span)
     if not classifier:
-        return Quality(None, None, err)
+        return Quality(None, None, err, relative)
     first = next(iter(refs))
     pred, ref_top = outs[first].argmax(axis=1), refs[first].argmax(axis=1)
     acc = float(np.mean(pred == labels)) if labels is not None else None
-    return Quality(float(np.mean(pred == ref_top)), acc, err)
+    return Quality(float(np.mean(pred == ref_top)), acc, err, relative)
 
 
 def reference_accuracy(reference: dict[str, np.ndarray], labels: np.ndarray | None) -> float | None:

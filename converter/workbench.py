@@ -44,12 +44,15 @@ class Workbench:
     def build(self, kind: str, io_dtype: str) -> Built:
         key = (kind, io_dtype)
         if key not in self._built:
-            model = build(self.source, kind, io_dtype, self.calib, self.requantize)
+            model, known = build(self.source, kind, io_dtype, self.calib, self.requantize)
             fmt = split_kind(kind)[0]
             signature = self.source.signature if self.source.ready_bytes is model else None
             probe = make_runner(fmt, model, 1, signature=signature)
-            names = match_names([s.name for s in self.source.inputs], [s.name for s in probe.inputs], "input")
-            names.update(match_names(self.source.output_names, [s.name for s in probe.outputs], "output"))
+            if known is not None:
+                names = {k: v for k, v in known.items() if k != v}
+            else:
+                names = match_names([s.name for s in self.source.inputs], [s.name for s in probe.inputs], "input")
+                names.update(match_names(self.source.output_names, [s.name for s in probe.outputs], "output"))
             self._built[key] = Built(model, names, signature)
         return self._built[key]
 
@@ -74,6 +77,7 @@ class Workbench:
             metrics = ArtifactMetrics(
                 kind=kind, size_bytes=len(model), top1_agreement=q.top1_agreement, accuracy=q.accuracy,
                 accuracy_loss_pt=None if loss is None else round(loss, 4), max_abs_error=q.max_abs_error,
+                relative_error=q.relative_error,
                 latency_ms_p50=lat.p50_ms, latency_ms_p95=lat.p95_ms,
             )
             self._measured[key] = Measured(metrics, runner.ram_estimate_bytes, runner.activation_bytes)
@@ -86,7 +90,7 @@ def can_make(source: SourceModel, fmt: ModelFormat) -> str | None:
     if fmt is ModelFormat.TFLITE and not (ready or source.can_tflite):
         return source.tflite_refusal or f"a {source.kind} model cannot be converted to TFLite"
     if fmt is ModelFormat.ONNX and not (ready or source.can_onnx):
-        return f"a {source.kind} model cannot be converted to ONNX"
+        return source.onnx_refusal or f"a {source.kind} model cannot be converted to ONNX"
     return None
 
 

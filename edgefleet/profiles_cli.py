@@ -90,6 +90,7 @@ def profile_rows(p: FirmwareProfile) -> list[list[str]]:
         ("latency budget", f"{b.latency_ms:g} ms per inference"),
         ("max accuracy loss", f"{b.max_accuracy_loss_pt:g} points top-1"),
         ("max abs error", f"{b.max_abs_error:g}" if b.max_abs_error else "-"),
+        ("max relative error", f"{b.max_relative_error:.0%} of the output range" if b.max_relative_error else "-"),
         (
             "speed",
             f"{p.speed.host_factor:g}x the {p.speed.reference_host} (budget is device time)"
@@ -97,6 +98,12 @@ def profile_rows(p: FirmwareProfile) -> list[list[str]]:
             else "host latency (no speed factor)",
         ),
     ]
+    if p.accelerator == "edgetpu":
+        from converter.edgetpu import EdgeTpu
+
+        tpu = EdgeTpu.find()
+        said = f"int8 artifacts converted on this host are {tpu.note(True)}" if tpu.compiler else tpu.note(False)
+        rows.append(("edge tpu", said))
     return [[k, v] for k, v in rows]
 
 

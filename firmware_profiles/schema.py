@@ -23,8 +23,10 @@ class Budgets(Contract):
     max_ram_bytes: Annotated[int, Field(ge=1)]
     latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     max_accuracy_loss_pt: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
-    # Regressors (no labels): largest allowed |artifact - float| over the validation set.
+    # Regressors (no labels): largest allowed |artifact - float| over the validation set, and the same as a share
+    # of the float model's output range there (so a quantised artifact cannot drift far from the model).
     max_abs_error: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_relative_error: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = 0.05
     # MCUs: the tensor arena must fit beside the model.
     arena_bytes: Annotated[int, Field(ge=1)] | None = None
 

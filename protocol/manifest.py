@@ -164,6 +164,8 @@ class ArtifactMetrics(Contract):
     accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
     accuracy_loss_pt: FiniteFloat | None = None
     max_abs_error: NonNegFloat | None = None
+    # max_abs_error over the float model's output range on the validation data (the worst output).
+    relative_error: NonNegFloat | None = None
     latency_ms_p50: NonNegFloat
     latency_ms_p95: NonNegFloat
     # host = measured here; device = host x the profile's speed factor.

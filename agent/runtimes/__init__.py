@@ -59,12 +59,15 @@ def runtime_for_format(fmt: str) -> str:
         raise RuntimeUnavailable(f"no runtime for format {fmt!r}; known: {', '.join(FORMAT_RUNTIME)}") from None
 
 
-def load_runtime(path: Path, fmt: str, threads: int = 1, signature: str | None = None) -> ModelRuntime:
-    """Load `path` in the runtime its format needs, with `threads` intra-op threads (and a TFLite signature)."""
+def load_runtime(
+    path: Path, fmt: str, threads: int = 1, signature: str | None = None, edgetpu: bool = False
+) -> ModelRuntime:
+    """Load `path` in the runtime its format needs, with `threads` intra-op threads (and a TFLite signature,
+    and Coral's Edge TPU delegate for an artifact compiled for it)."""
     key = runtime_for_format(fmt)
     cls, config_cls = RUNTIMES[key]
     if key == "litert":
-        config: RuntimeConfig = LiteRTConfig(threads=threads, signature=signature)
+        config: RuntimeConfig = LiteRTConfig(threads=threads, signature=signature, edgetpu=edgetpu)
     elif signature is not None:
         raise ModelLoadError(f"{path.name}: an {fmt} model has no signatures to choose (--signature is for TFLite)")
     else:

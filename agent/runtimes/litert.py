@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,25 @@ class LiteRTConfig(BaseModel):
     threads: int = Field(default=1, ge=1, le=64)
     # Which signature to run in a model with several; None: the only one, else `serving_default`.
     signature: str | None = None
+    # An artifact compiled for the Edge TPU runs through Coral's delegate (libedgetpu, installed on the device).
+    edgetpu: bool = False
+
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def _delegates(interpreter_cls: Any, config: LiteRTConfig, path: Path) -> list[Any] | None:
+    if not config.edgetpu:
+        return None
+    module = sys.modules[interpreter_cls.__module__]
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)  # first: a Delegate whose library fails to load trips over itself when freed
+        return [module.load_delegate(EDGETPU_LIBRARY)]
+    except (ValueError, OSError, RuntimeError) as e:
+        raise ModelLoadError(
+            f"{path.name} is compiled for the Edge TPU, and the Edge TPU runtime ({EDGETPU_LIBRARY}) cannot be loaded "
+            f"here: {str(e).splitlines()[0] if str(e) else type(e).__name__} (install Coral's libedgetpu1-std)"
+        ) from e
 
 
 def _interpreter_class() -> Any:
@@ -70,7 +91,10 @@ class LiteRTRuntime:
     def __init__(self, path: Path, config: LiteRTConfig) -> None:
         interpreter_cls = _interpreter_class()
         try:
-            self._interp = interpreter_cls(model_path=str(path), num_threads=config.threads)
+            self._interp = interpreter_cls(
+                model_path=str(path), num_threads=config.threads,
+                experimental_delegates=_delegates(interpreter_cls, config, path),
+            )
             # Allocated before any SignatureRunner exists: the interpreter refuses while one holds its wrapper.
             self._interp.allocate_tensors()
             try:

@@ -25,26 +25,29 @@ def split_kind(kind: str) -> tuple[ModelFormat, Quantization]:
     return ModelFormat(fmt), Quantization(quant)
 
 
-def build(source: SourceModel, kind: str, io_dtype: str, calibration: Dataset, requantize: bool) -> bytes:
-    """The artifact of `kind` for `source`; ConversionFailed with one line when this source cannot give it."""
+def build(source: SourceModel, kind: str, io_dtype: str, calibration: Dataset,
+          requantize: bool) -> tuple[bytes, dict[str, str] | None]:
+    """The artifact of `kind` for `source`, and the map of its tensor names to the source's when the route knows
+    it better than `match_names` (None); ConversionFailed with one line when this source cannot give it."""
     fmt, quant = split_kind(kind)
     ready = source.ready_kind
     if ready is not None and split_kind(ready)[0] is fmt:
-        return _from_ready(source, kind, quant, io_dtype, calibration, requantize)
+        return _from_ready(source, kind, quant, io_dtype, calibration, requantize), None
     if fmt is ModelFormat.ONNX:
         from converter.routes.onnx_quant import build_onnx
 
         if not source.can_onnx:
-            raise ConversionFailed(f"a {source.kind} model cannot be converted to ONNX")
-        return build_onnx(source.onnx_bytes(), quant, calibration, {})
+            raise ConversionFailed(source.onnx_refusal or f"a {source.kind} model cannot be converted to ONNX")
+        fp32 = source.onnx_bytes()
+        return build_onnx(fp32, quant, calibration, _onnx_keys(source, fp32)), None
     if source.tflite_route == "tf":
         from converter.routes.tf_tflite import build_tf_tflite
 
-        return build_tf_tflite(source, quant, calibration, io_dtype)
+        return build_tf_tflite(source, quant, calibration, io_dtype), None
     if source.tflite_route == "litert_torch":
         from converter.routes.torch_tflite import build_torch_tflite
 
-        return build_torch_tflite(source, quant, calibration, io_dtype)
+        return build_torch_tflite(source, quant, calibration, io_dtype), None
     if source.tflite_route == "onnx2tf":
         from converter.routes.onnx_tflite import build_onnx_tflite
 
@@ -76,6 +79,17 @@ def _from_ready(source: SourceModel, kind: str, quant: Quantization, io_dtype: s
     if source.signature is None:
         raise ConversionFailed("a TFLite model without a signature cannot be re-quantised")
     return quantize_tflite(source.ready_bytes, quant, calibration, io_dtype, source.signature, {})
+
+
+def _onnx_keys(source: SourceModel, model: bytes) -> dict[str, str]:
+    """source input name -> the ONNX model's (an export may name them otherwise: `serving_default_x:0`)."""
+    import onnx
+
+    graph = onnx.load_from_string(model).graph
+    constants = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in constants]
+    mapped = match_names([s.name for s in source.inputs], names, "input")
+    return {mapped.get(n, n): n for n in names}
 
 
 def _ready_io(source: SourceModel) -> str:

@@ -85,6 +85,7 @@ class SourceModel:
     max_batch: int | None = None
     tflite_route: TFLiteRoute | None = None
     tflite_refusal: str = ""
+    onnx_refusal: str = ""  # why there is no ONNX model of it, when there cannot be
     tf_model: Any = None  # Keras model or loaded SavedModel (TF route, TF Serving export)
     torch_module: Any = None  # nn.Module (litert-torch route, TorchServe export)
     ready_kind: str | None = None
@@ -111,7 +112,7 @@ class SourceModel:
         """The float ONNX model (converted once, on first use)."""
         if self._onnx is None:
             if self.onnx_factory is None:
-                raise ConversionFailed(f"a {self.kind} model cannot be converted to ONNX here")
+                raise ConversionFailed(self.onnx_refusal or f"a {self.kind} model cannot be converted to ONNX here")
             try:
                 with silenced():
                     self._onnx = self.onnx_factory()

@@ -53,9 +53,17 @@ def load_tflite(path: Path, signature: str | None) -> SourceModel:
         TensorSpec(name=s.name, shape=s.shape, dtype="float32" if s.quantization else s.dtype) for s in runner.inputs
     ]
     output_names = [s.name for s in runner.outputs]
+    quantized_io = any(s.quantization is not None for s in (*runner.inputs, *runner.outputs))
     return SourceModel("tflite", path, inputs, output_names, runner.run, max_batch=runner.max_batch,
                        tflite_route="artifact", ready_kind=tflite_kind(interp), ready_bytes=raw, signature=chosen,
-                       onnx_factory=lambda: _tflite_to_onnx(path))
+                       onnx_factory=None if quantized_io else lambda: _tflite_to_onnx(path),
+                       onnx_refusal=QUANTIZED_IO if quantized_io else "")
+
+
+QUANTIZED_IO = (
+    "a TFLite model with quantised (int8/uint8) inputs or outputs has no ONNX equivalent here: tf2onnx would give "
+    "integer inputs without their scale and zero point"
+)
 
 
 def _tflite_to_onnx(path: Path) -> bytes:

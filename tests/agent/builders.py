@@ -124,6 +124,36 @@ def tflite_models(out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def tflite_multi_signature(path: Path) -> Path:
+    """A TFLite model with two signatures (`add`: a running total kept in a resource variable; `scale`: x * k for
+    a 0-d int32 k, and whether each row has a positive value), built with TensorFlow."""
+    from converter.sources import quiet_tensorflow
+
+    tf = quiet_tensorflow()
+
+    class Totals(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.total = tf.Variable(tf.zeros([4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def add(self, x: object) -> dict[str, object]:
+            self.total.assign_add(tf.reduce_sum(x, axis=0))
+            return {"total": self.total + 0.0}
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="k")]
+        )
+        def scale(self, x: object, k: object) -> dict[str, object]:
+            return {"scaled": x * tf.cast(k, tf.float32), "positive": tf.reduce_any(x > 0, axis=1)}
+
+    module = Totals()
+    funcs = [module.add.get_concrete_function(), module.scale.get_concrete_function()]
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(funcs, module)
+    conv.experimental_enable_resource_variables = True
+    path.write_bytes(conv.convert())
+    return path
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -16,6 +16,7 @@ from agent.model import LoadedModel
 from agent.offline import run_batches
 from edgefleet.cli import cli
 from protocol.manifest import TensorSpec
+from tests.agent.builders import tflite_multi_signature
 
 
 def onnx_stateful(path: Path) -> Path:
@@ -61,33 +62,7 @@ def onnx_stateful(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def multi_signature(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TFLite model with two signatures and a resource variable (a running total), built with TensorFlow."""
-    from converter.sources import quiet_tensorflow
-
-    tf = quiet_tensorflow()
-
-    class Totals(tf.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.total = tf.Variable(tf.zeros([4]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def add(self, x: object) -> dict[str, object]:
-            self.total.assign_add(tf.reduce_sum(x, axis=0))
-            return {"total": self.total + 0.0}
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"), tf.TensorSpec([], tf.int32, name="k")]
-        )
-        def scale(self, x: object, k: object) -> dict[str, object]:
-            return {"scaled": x * tf.cast(k, tf.float32), "positive": tf.reduce_any(x > 0, axis=1)}
-
-    module = Totals()
-    funcs = [module.add.get_concrete_function(), module.scale.get_concrete_function()]
-    conv = tf.lite.TFLiteConverter.from_concrete_functions(funcs, module)
-    conv.experimental_enable_resource_variables = True
-    path = tmp_path_factory.mktemp("sig") / "totals.tflite"
-    path.write_bytes(conv.convert())
-    return path
+    return tflite_multi_signature(tmp_path_factory.mktemp("sig") / "totals.tflite")
 
 
 def _feeds(batch: int = 3, seed: int = 0) -> dict[str, np.ndarray]:

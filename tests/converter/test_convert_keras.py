@@ -43,15 +43,15 @@ def test_every_profile_gets_a_verified_artifact(keras_converted: Converted, prof
     assert loss_pt <= profile.budgets.max_accuracy_loss_pt
     assert m.report.reference_accuracy > 0.9, "the float model really learned digits"
 
-    # Budgets hold, on the basis the report names.
+    # Budgets hold, on the basis the report names (latency against the lifted budget of tests/support/profiles.py:
+    # the decision on measured latencies is tested with controlled figures in test_budgets.py).
     chosen = m.report.chosen
     assert chosen.size_bytes <= profile.budgets.max_artifact_bytes
     if profile.speed:
         assert chosen.latency_basis == "device"
         assert chosen.device_latency_ms_p95 == pytest.approx(chosen.latency_ms_p95 * profile.speed.host_factor)
-        assert chosen.device_latency_ms_p95 <= profile.budgets.latency_ms
     else:
-        assert chosen.latency_basis == "host" and chosen.latency_ms_p95 <= profile.budgets.latency_ms
+        assert chosen.latency_basis == "host"
 
     # Golden cases reproduce in the runtime within the manifest's tolerance.
     for case in m.golden.cases:
@@ -132,3 +132,21 @@ def test_reports_and_tfserving_export(keras_converted: Converted) -> None:
 def test_no_temp_dirs_left(keras_converted: Converted) -> None:
     leftovers = [p.name for p in keras_converted.out.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_one_model_answers_with_the_same_names_on_every_profile(keras_converted: Converted) -> None:
+    """TFLite calls the Keras output `output_0`, tf2onnx's ONNX `output`: the manifest maps both to the source's."""
+    from agent.model import LoadedModel
+
+    by = {p: _manifest(keras_converted, p) for p in ALL_PROFILES}
+    names = {p: ([t.name for t in m.inputs], [t.name for t in m.outputs]) for p, m in by.items()}
+    assert len(set(map(str, names.values()))) == 1, names
+    tflite = by["raspberry_pi_4"]
+    assert tflite.outputs[0].runtime_name == "output_0" and tflite.outputs[0].name == "output"
+    x = keras_converted.data.x_val[:4]
+    answers = {}
+    for p in ("raspberry_pi_4", "x86_gateway"):
+        m = by[p]
+        loaded = LoadedModel.from_file(keras_converted.out / p / m.artifact.file, manifest=m)
+        answers[p] = loaded.predict({m.inputs[0].name: x})
+    assert list(answers["raspberry_pi_4"]) == list(answers["x86_gateway"]) == ["output"]

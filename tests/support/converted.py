@@ -10,6 +10,7 @@ import pytest
 from converter.pipeline import ConvertRequest, ConvertResult, convert
 from firmware_profiles import load_profiles
 from tests.converter.models import Digits, digits, train_keras_cnn, train_torch_cnn
+from tests.support.profiles import relaxed_profiles
 
 ALL_PROFILES = sorted(load_profiles())
 ONNX_PROFILES = ["x86_gateway", "jetson_orin_nano", "raspberry_pi_5"]
@@ -35,7 +36,7 @@ def keras_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
     model = train_keras_cnn(folder / "digits.keras", data)
     calib, val = data.write(folder)
     req = ConvertRequest(model=model, profiles=ALL_PROFILES, calibration=calib, validation=val,
-                         out=folder / "out", latency_runs=50)
+                         out=folder / "out", latency_runs=50, profiles_dir=relaxed_profiles(folder))
     return Converted(model, calib, val, data, convert(req))
 
 
@@ -48,5 +49,6 @@ def torch_converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
     req = ConvertRequest(
         model=model, profiles=[*ONNX_PROFILES, "raspberry_pi_4"], calibration=calib, validation=val,
         out=folder / "out", latency_runs=50, input_shape=[1, 8, 8], name="digits-torch",
+        profiles_dir=relaxed_profiles(folder),
     )
     return Converted(model, calib, val, data, convert(req))
