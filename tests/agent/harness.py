@@ -63,6 +63,11 @@ class Observer:
         self.client.loop_stop()
         self.client.disconnect()
 
+    def raw(self, channel: Channel) -> list[bytes]:
+        """Payloads on `channel` as they came (telemetry is zlib-compressed)."""
+        with self._lock:
+            return [p for t, p in self.messages if t.endswith("/" + channel.value) and p]
+
     def payloads(self, channel: Channel) -> list[dict[str, Any]]:
         with self._lock:
             return [json.loads(p) for t, p in self.messages if t.endswith("/" + channel.value) and p]

@@ -293,3 +293,13 @@ def _dequantized(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if np.dtype(detail["dtype"]).kind in "iu" and scale:
         return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
     return value
+
+
+def within(got: np.ndarray, want: np.ndarray, step: float | None = None) -> tuple[bool, float]:
+    """The corpus's tolerance: rtol 1e-4 and atol 1e-5 x max(1, max|ref|) for floats, one step when quantised;
+    and the max abs error."""
+    err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+    if step:
+        return err <= step * 1.0001, err
+    atol = 1e-5 * max(1.0, float(np.max(np.abs(want)))) if want.size else 0.0
+    return bool(np.allclose(got, want, rtol=1e-4, atol=atol)), err

@@ -15,20 +15,11 @@ import pytest
 from agent.model import LoadedModel
 from converter.pipeline import ConvertRequest, ConvertResult, convert
 from protocol.manifest import Manifest
-from tests.corpus.catalog import CORPUS, CorpusModel, Reference, model_path
+from tests.corpus.catalog import CORPUS, CorpusModel, Reference, model_path, within
 from tests.support.profiles import relaxed_profiles
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PROFILES = ["raspberry_pi_4", "x86_gateway"]
-
-
-def within(got: np.ndarray, want: np.ndarray, step: float | None = None) -> tuple[bool, float]:
-    """The issue's tolerance: rtol 1e-4 and atol 1e-5 x max(1, max|ref|) for floats, one step when quantised."""
-    err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
-    if step:
-        return err <= step * 1.0001, err
-    atol = 1e-5 * max(1.0, float(np.max(np.abs(want)))) if want.size else 0.0
-    return bool(np.allclose(got, want, rtol=1e-4, atol=atol)), err
 
 
 @pytest.fixture(scope="session")
