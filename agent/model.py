@@ -67,16 +67,15 @@ def _plain(name: str) -> str:
 
 
 def _match(specs: list[TensorSpec], infos: list[TensorInfo]) -> list[TensorInfo]:
-    """Runtime tensors in manifest order: by the manifest's runtime name, by exact name, by signature name,
-    else by position."""
-    if all(s.runtime_name is not None for s in specs):
-        by_runtime = {n: i for i in infos for n in (i.name, *i.aliases)}
-        if all(s.runtime_name in by_runtime for s in specs):
-            return [by_runtime[s.runtime_name] for s in specs if s.runtime_name is not None]
-    for key in (lambda n: n, _plain):
-        by_name = {key(i.name): i for i in infos}
-        if len(by_name) == len(infos) and all(s.name in by_name for s in specs):
-            return [by_name[s.name] for s in specs]
+    """Runtime tensors in manifest order: each by its runtime name (the manifest's `runtime_name`, else its
+    name, among the runtime's names and aliases), else by signature name, else by position (old manifests)."""
+    lookup = {n: i for i in infos for n in (i.name, *i.aliases)}
+    keys = [s.runtime_name or s.name for s in specs]
+    if all(k in lookup for k in keys) and len({lookup[k].name for k in keys}) == len(keys):
+        return [lookup[k] for k in keys]
+    by_plain = {_plain(i.name): i for i in infos}
+    if len(by_plain) == len(infos) and all(s.name in by_plain for s in specs):
+        return [by_plain[s.name] for s in specs]
     return infos
 
 

@@ -7,7 +7,8 @@ are measured in the same run on the same inputs. The daemon runs as a real `edge
 subprocess with a private Mosquitto, the model installed in its A/B store and the API on loopback.
 Its RSS is set against floors measured in the same run by the same interpreter (FLOOR_SCRIPT): a bare
 process with numpy, the runtime and the model (`rss_floor_mb`), and the same with the libraries the agent is
-built on imported (`rss_libraries_floor_mb`). `targets_met` says which of the targets each runtime meets.
+built on imported (`rss_libraries_floor_mb`). `targets_met` says which of the targets each runtime meets; the
+RSS target is per runtime (RSS_TARGETS).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ BATCH = 8
 
 
 SMALL = (256, 32, 10)  # the tiny model of the `*rss_small_model_mb` keys
-TARGETS = {"inproc_p50_ratio": 1.10, "http_added_p50_ms": 1.0, "rss_mb": 80.0}  # issue 4; each an upper bound
+TARGETS = {"inproc_p50_ratio": 1.10, "http_added_p50_ms": 1.0}  # both runtimes (issue 4); each an upper bound
+# RSS, decided per runtime (2026-12): the LiteRT daemon <= 80 MB; the onnxruntime daemon <= 12 MB over the floor of
+# the libraries it is built on, measured in the same run (onnxruntime's libraries alone already hold ~85 MB).
+RSS_TARGETS = {"litert": ("litert_rss_mb", 80.0), "onnxruntime": ("rss_over_libraries_floor_mb", 12.0)}
 
 # The RSS floors (bench/raw_runtime.py run as a script by the daemon's interpreter): numpy, the runtime and the
 # same model set up as the agent sets it up, and the same with the libraries the agent is built on imported
@@ -349,11 +353,13 @@ def main() -> None:
         "stdev_raw_ms": round(statistics.pstdev(t["raw"]), 4),
     }
     # The targets (upper bounds), as the other benchmarks give them, and which runtime meets each.
-    result["targets"] = dict(TARGETS)
+    result["rss_over_libraries_floor_mb"] = round(result["rss_mb"] - result["rss_libraries_floor_mb"], 1)
+    result["targets"] = {**TARGETS, **{key: bound for key, bound in RSS_TARGETS.values()}}
     result["targets_met"] = {
         key: {"onnxruntime": result[key] <= bound, "litert": result[f"litert_{key}"] <= bound}
         for key, bound in TARGETS.items()
     }
+    result["targets_met"]["rss"] = {runtime: result[key] <= bound for runtime, (key, bound) in RSS_TARGETS.items()}
     result["meets_targets"] = all(all(met.values()) for met in result["targets_met"].values())
     print(json.dumps(result))
 

@@ -119,7 +119,7 @@ def _convert(fp32: bytes, calibration: Dataset) -> Onnx2tfRun:
                 graph, renamed = prepared.model, prepared.renamed
             else:
                 graph, renamed = fp32, {}
-            files, error = _onnx2tf(graph, calibration, renamed)
+            files, error = _onnx2tf(graph, calibration, renamed, simplified=rewrite)
             return _checked(files, error, renamed, checks, reference)
         except ConversionFailed as e:
             first = first or e
@@ -139,9 +139,11 @@ def _onnx_outputs(fp32: bytes, feeds: list[Feed]) -> list[dict[str, np.ndarray]]
     return [dict(zip(names, sess.run(names, feed), strict=True)) for feed in feeds]
 
 
-def _onnx2tf(graph: bytes, calibration: Dataset, renamed: dict[str, str]) -> tuple[dict[str, bytes], str | None]:
+def _onnx2tf(graph: bytes, calibration: Dataset, renamed: dict[str, str],
+             simplified: bool) -> tuple[dict[str, bytes], str | None]:
     """The .tflite files one run wrote, and the error that stopped it (after float32 was written, the others
-    may still be missing)."""
+    may still be missing). A graph `onnx_prep` simplified already is not simplified again (onnx2tf runs
+    onnxsim three times, ~3 s each)."""
     import onnx
 
     proto = onnx.load_from_string(graph)
@@ -168,6 +170,7 @@ def _onnx2tf(graph: bytes, calibration: Dataset, renamed: dict[str, str]) -> tup
             "input_onnx_file_path": str(src), "output_folder_path": str(out), "non_verbose": True,
             "keep_ncw_or_nchw_or_ncdhw_input_names": keep or None, "output_integer_quantized_tflite": True,
             "custom_input_op_name_np_data_path": calib, "input_quant_dtype": "int8", "output_quant_dtype": "int8",
+            "not_use_onnxsim": simplified,
         }
         log = Path(tmp, "onnx2tf.log")
         error = None

@@ -66,8 +66,8 @@ def _convert(model: CorpusModel, folder: Path, profiles_dir: Path) -> ConvertRes
         assert model.dataset is not None
         rng = np.random.default_rng(1)
         calib, val = folder / f"{model.key}-calibration.npz", folder / f"{model.key}-validation.npz"
-        np.savez(calib, **model.dataset(rng, 24))
-        np.savez(val, **model.dataset(rng, 24))
+        np.savez(calib, **model.dataset(rng, 16))
+        np.savez(val, **model.dataset(rng, 16))
         req = ConvertRequest(
             model=model_path(model, folder), profiles=PROFILES, calibration=calib, validation=val,
             out=folder / f"out-{model.key}", name=model.key.replace("_", "-"), task=model.task, latency_runs=10,
