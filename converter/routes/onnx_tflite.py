@@ -175,7 +175,7 @@ def _onnx2tf(graph: bytes, calibration: Dataset, renamed: dict[str, str],
         log = Path(tmp, "onnx2tf.log")
         error = None
         try:
-            with _logged(log), _bin_on_path():
+            with silenced(log), _bin_on_path():
                 import onnx2tf
 
                 onnx2tf.convert(**args)
@@ -272,30 +272,6 @@ def _reason(e: BaseException, log: Path) -> str:
     why = said.splitlines()[0] if said else (errors[0] if errors else "")
     where = f" at node {nodes[-1]!r}" if nodes else ""
     return f"onnx2tf failed{where}: {type(e).__name__}: {why}"[:400]
-
-
-@contextlib.contextmanager
-def _logged(log: Path) -> Iterator[None]:
-    """Both fds (onnx2tf's prints, TensorFlow's C++ logs) into `log` unless EDGEFLEET_VERBOSE is set."""
-    if os.environ.get("EDGEFLEET_VERBOSE"):
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with log.open("w") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 @contextlib.contextmanager

@@ -33,18 +33,19 @@ def quiet_tensorflow() -> Any:
 
 
 @contextlib.contextmanager
-def silenced() -> Iterator[None]:
-    """Send converters' C++ and Python chatter (fd 1 and 2) to /dev/null unless EDGEFLEET_VERBOSE is set."""
+def silenced(log: Path | None = None) -> Iterator[None]:
+    """Send converters' C++ and Python chatter (fd 1 and 2) to `log`, or to /dev/null, unless EDGEFLEET_VERBOSE
+    is set."""
     if os.environ.get("EDGEFLEET_VERBOSE"):
         yield
         return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    sink = os.open(log if log is not None else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        os.dup2(sink, 1)
+        os.dup2(sink, 2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
@@ -53,7 +54,7 @@ def silenced() -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in (*saved, sink):
             os.close(fd)
 
 

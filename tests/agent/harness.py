@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -19,6 +20,9 @@ from protocol.messages import Ack, Command, CommandKind, DesiredModel, DesiredSt
 from protocol.topics import Channel, device_topic
 from tests.agent.hubstub import ENROLL_TOKEN, HubStub
 from tests.support.broker import Broker
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
 
 
 class Observer:
@@ -143,3 +147,22 @@ def agent_settings(data_dir: Path, hub: HubStub, root: str, **overrides: Any) ->
     }
     values.update(overrides)
     return AgentSettings(**values)
+
+
+@contextlib.contextmanager
+def local_api(agent: Agent) -> Iterator[str]:
+    """The agent's local API on a free loopback port, as `edgefleet agent run` serves it; its base URL."""
+    from agent.api import LocalApi
+    from agent.httpserver import LocalApiServer, bind_tcp_socket
+    from tests.agent.ports import listen_port
+
+    port = listen_port()
+    app = LocalApi(agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
+                   inference=agent.inference)
+    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+

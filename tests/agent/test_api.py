@@ -8,13 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.api import LocalApi
 from agent.daemon import Agent
-from agent.httpserver import LocalApiServer, bind_tcp_socket
 from tests.agent.builders import make_manifest, onnx_linear, onnx_multi
-from tests.agent.harness import Observer, agent_settings, wait_for
+from tests.agent.harness import Observer, agent_settings, local_api, wait_for
 from tests.agent.hubstub import HubStub
-from tests.agent.ports import listen_port
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +32,8 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
         [("demo", 2, target, False), ("multi", 1, hub.publish(make_manifest(multi, name="multi"), multi), False)],
     )
     wait_for(lambda: agent.serving.get("multi"), what="multi served")
-    port = listen_port()
-    app = LocalApi(
-        agent.serving,
-        agent.metrics,
-        agent.models_view,
-        agent.health_view,
-        agent.request_rollback,
-        inference=agent.inference,
-    )
-    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
-    server.start()
-    yield f"http://127.0.0.1:{port}", agent
-    server.stop()
+    with local_api(agent) as url:
+        yield url, agent
     agent.stop()
 
 

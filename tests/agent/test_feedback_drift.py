@@ -9,13 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.api import LocalApi
 from agent.daemon import Agent
-from agent.httpserver import LocalApiServer, bind_tcp_socket
 from protocol.messages import CommandKind
-from tests.agent.harness import Observer, agent_settings, wait_for
+from tests.agent.harness import Observer, agent_settings, local_api, wait_for
 from tests.agent.hubstub import HubStub
-from tests.agent.ports import listen_port
 from tests.agent.telemetry_support import install_classifier, observed
 
 pytestmark = pytest.mark.integration
@@ -29,15 +26,8 @@ def api(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -> I
     agent.start()
     install_classifier(hub, observer, tmp_path)
     wait_for(lambda: agent.serving.get("demo"), what="classifier serving")
-    port = listen_port()
-    app = LocalApi(
-        agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
-        inference=agent.inference,
-    )  # fmt: skip
-    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
-    server.start()
-    yield f"http://127.0.0.1:{port}", agent
-    server.stop()
+    with local_api(agent) as url:
+        yield url, agent
     agent.stop()
 
 

@@ -11,16 +11,13 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.api import LocalApi
 from agent.daemon import Agent
-from agent.httpserver import LocalApiServer, bind_tcp_socket
 from converter.pipeline import ConvertRequest, convert
 from protocol.manifest import Manifest
 from protocol.telemetry import TelemetrySummary, decode_message
 from protocol.topics import Channel
-from tests.agent.harness import Observer, agent_settings, wait_for
+from tests.agent.harness import Observer, agent_settings, local_api, wait_for
 from tests.agent.hubstub import HubStub
-from tests.agent.ports import listen_port
 from tests.corpus.catalog import BY_KEY, Reference
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -45,13 +42,8 @@ def served(tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str) -
     target = hub.publish(manifest, tmp_path / "out" / "x86_gateway" / manifest.artifact.file)
     observer.desire("dev-1", 1, [("vad", 1, target, False)])
     wait_for(lambda: any(e["version"] == 1 for e in observer.events("committed")), what="silero committed")
-    port = listen_port()
-    app = LocalApi(agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
-                   inference=agent.inference)
-    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
-    server.start()
-    yield f"http://127.0.0.1:{port}", manifest
-    server.stop()
+    with local_api(agent) as url:
+        yield url, manifest
     agent.stop()
 
 
