@@ -74,7 +74,7 @@ def chosen_vs_fp32(result: ConvertResult, model: Path, calib: Path, val: Path) -
         assert m is not None
         names = {t.runtime_name: t.name for t in [*m.inputs, *m.outputs] if t.runtime_name}
         chosen = make_runner(m.format, (result.out / m.profile / m.artifact.file).read_bytes(), 1, names)
-        fp32_bytes, _ = build(source, f"{m.format.value}_fp32", "float32", calibration, requantize=False)
+        fp32_bytes = build(source, f"{m.format.value}_fp32", "float32", calibration, requantize=False).model
         fp32 = make_runner(m.format, fp32_bytes, 1, names if m.format.value == "tflite" else None)
         ratios[r.profile.name] = round(interleaved_ratio(chosen, fp32, one, rounds=RUNS), 4)
     return ratios

@@ -168,7 +168,8 @@ def _write_manifest(bench: Workbench, req: ConvertRequest, name: str, result: Pr
         name=name, version=req.version, profile=profile.name, format=fmt, quantization=quant,
         task=Task.CLASSIFICATION if bench.classifier else Task.REGRESSION, labels=req.labels or source.labels,
         artifact=ArtifactRef(file=file, sha256=hashlib.sha256(artifact).hexdigest(), size=len(artifact)),
-        inputs=runner.inputs, outputs=runner.outputs, baseline=baseline, golden=golden,
+        inputs=[s.model_copy(update={"layout": built.layouts.get(s.name)}) for s in runner.inputs],
+        outputs=runner.outputs, baseline=baseline, golden=golden,
         report=ConversionReport(
             reference_accuracy=bench.ref_acc, chosen=metrics, candidates=result.candidates,
             refused=result.refused, validation_samples=len(bench.val), converter_version=CONVERTER_VERSION,

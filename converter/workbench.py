@@ -21,6 +21,7 @@ class Built:
     model: bytes
     names: dict[str, str]
     signature: str | None
+    layouts: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,17 @@ class Workbench:
     def build(self, kind: str, io_dtype: str) -> Built:
         key = (kind, io_dtype)
         if key not in self._built:
-            model, known = build(self.source, kind, io_dtype, self.calib, self.requantize)
+            routed = build(self.source, kind, io_dtype, self.calib, self.requantize)
+            model = routed.model
             fmt = split_kind(kind)[0]
             signature = self.source.signature if self.source.ready_bytes is model else None
             probe = make_runner(fmt, model, 1, signature=signature)
-            if known is not None:
-                names = {k: v for k, v in known.items() if k != v}
+            if routed.names is not None:
+                names = {k: v for k, v in routed.names.items() if k != v}
             else:
                 names = match_names([s.name for s in self.source.inputs], [s.name for s in probe.inputs], "input")
                 names.update(match_names(self.source.output_names, [s.name for s in probe.outputs], "output"))
-            self._built[key] = Built(model, names, signature)
+            self._built[key] = Built(model, names, signature, routed.layouts)
         return self._built[key]
 
     def runner(self, kind: str, io_dtype: str, threads: int) -> ArtifactRunner:

@@ -74,6 +74,9 @@ class TensorSpec(Contract):
     dtype: DType
     quantization: QuantParams | None = None
     runtime_name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    # Where a converter was told an input's axis order and kept it (onnx2tf keeps rank 3-5 inputs channels first,
+    # as the ONNX source has them, instead of turning them NHWC); None where no layout was assumed.
+    layout: Literal["NCW", "NCHW", "NCDHW", "NWC", "NHWC", "NDHWC"] | None = None
 
     @property
     def batch_first(self) -> bool:

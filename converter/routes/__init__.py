@@ -13,6 +13,7 @@ maps them back, and the manifest keeps both.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from converter.data import Dataset
 from converter.errors import ConversionFailed
@@ -20,38 +21,47 @@ from converter.sources.base import SourceModel
 from protocol.manifest import ModelFormat, Quantization
 
 
+@dataclass(frozen=True)
+class Routed:
+    """What a route built: the artifact; the map of its tensor names to the source's when the route knows it
+    better than `match_names` (None); the layout it kept for image-like inputs (onnx2tf: channels first)."""
+
+    model: bytes
+    names: dict[str, str] | None = None
+    layouts: dict[str, str] = field(default_factory=dict)
+
+
 def split_kind(kind: str) -> tuple[ModelFormat, Quantization]:
     fmt, quant = kind.split("_", 1)
     return ModelFormat(fmt), Quantization(quant)
 
 
-def build(source: SourceModel, kind: str, io_dtype: str, calibration: Dataset,
-          requantize: bool) -> tuple[bytes, dict[str, str] | None]:
-    """The artifact of `kind` for `source`, and the map of its tensor names to the source's when the route knows
-    it better than `match_names` (None); ConversionFailed with one line when this source cannot give it."""
+def build(source: SourceModel, kind: str, io_dtype: str, calibration: Dataset, requantize: bool) -> Routed:
+    """The artifact of `kind` for `source`; ConversionFailed with one line when this source cannot give it."""
     fmt, quant = split_kind(kind)
     ready = source.ready_kind
     if ready is not None and split_kind(ready)[0] is fmt:
-        return _from_ready(source, kind, quant, io_dtype, calibration, requantize), None
+        return Routed(_from_ready(source, kind, quant, io_dtype, calibration, requantize))
     if fmt is ModelFormat.ONNX:
         from converter.routes.onnx_quant import build_onnx
 
         if not source.can_onnx:
             raise ConversionFailed(source.onnx_refusal or f"a {source.kind} model cannot be converted to ONNX")
         fp32 = source.onnx_bytes()
-        return build_onnx(fp32, quant, calibration, _onnx_keys(source, fp32)), None
+        return Routed(build_onnx(fp32, quant, calibration, _onnx_keys(source, fp32)))
     if source.tflite_route == "tf":
         from converter.routes.tf_tflite import build_tf_tflite
 
-        return build_tf_tflite(source, quant, calibration, io_dtype), None
+        return Routed(build_tf_tflite(source, quant, calibration, io_dtype))
     if source.tflite_route == "litert_torch":
         from converter.routes.torch_tflite import build_torch_tflite
 
-        return build_torch_tflite(source, quant, calibration, io_dtype), None
+        return Routed(build_torch_tflite(source, quant, calibration, io_dtype))
     if source.tflite_route == "onnx2tf":
         from converter.routes.onnx_tflite import build_onnx_tflite
 
-        return build_onnx_tflite(source, quant, calibration, io_dtype)
+        model, names, layouts = build_onnx_tflite(source, quant, calibration, io_dtype)
+        return Routed(model, names, layouts)
     raise ConversionFailed(source.tflite_refusal or f"a {source.kind} model cannot be converted to TFLite")
 
 

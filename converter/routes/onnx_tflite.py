@@ -45,18 +45,24 @@ MATCH = 1e-3  # ... within this share of max(1, max |output|)
 
 @dataclass(frozen=True)
 class Onnx2tfRun:
-    """What one onnx2tf run gave: each usable file with its names map, and why the others are missing."""
+    """What one onnx2tf run gave: each usable file with its names map, why the others are missing, and the
+    layout kept for each rank 3-5 input (onnx2tf was told they are channels first)."""
 
     files: dict[str, tuple[bytes, dict[str, str]]]
     missing: dict[str, str]
+    layouts: dict[str, str]
+
+
+CHANNELS_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
 
 
 _runs: dict[str, Onnx2tfRun | ConversionFailed] = {}  # sha256 of the ONNX + calibration shapes -> outcome
 
 
 def build_onnx_tflite(source: SourceModel, quant: Quantization, calibration: Dataset,
-                      io_dtype: str) -> tuple[bytes, dict[str, str]]:
-    """The TFLite artifact of `quant` (and I/O dtype) and its names map, from the source's float ONNX model."""
+                      io_dtype: str) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """The TFLite artifact of `quant` (and I/O dtype), its names map and the layouts it kept, from the source's
+    float ONNX model."""
     run = _convert_once(source.onnx_bytes(), calibration)
     name = FILES.get((quant, "int8" if io_dtype == "uint8" else io_dtype), "")
     if name not in run.files:
@@ -65,8 +71,8 @@ def build_onnx_tflite(source: SourceModel, quant: Quantization, calibration: Dat
     if io_dtype == "uint8":
         from converter.routes.tflite_quant import uint8_io
 
-        return uint8_io(model), names
-    return model, names
+        return uint8_io(model), names, run.layouts
+    return model, names, run.layouts
 
 
 def _convert_once(fp32: bytes, calibration: Dataset) -> Onnx2tfRun:
@@ -120,7 +126,8 @@ def _convert(fp32: bytes, calibration: Dataset) -> Onnx2tfRun:
             else:
                 graph, renamed = fp32, {}
             files, error = _onnx2tf(graph, calibration, renamed, simplified=rewrite)
-            return _checked(files, error, renamed, checks, reference)
+            layouts = {k: CHANNELS_FIRST[np.ndim(v)] for k, v in checks[0].items() if np.ndim(v) in CHANNELS_FIRST}
+            return _checked(files, error, renamed, checks, reference, layouts)
         except ConversionFailed as e:
             first = first or e
         except Exception as e:  # a rewrite or a check tripped over this graph: try it as it came, then say why
@@ -190,7 +197,7 @@ def _onnx2tf(graph: bytes, calibration: Dataset, renamed: dict[str, str],
 
 
 def _checked(files: dict[str, bytes], error: str | None, renamed: dict[str, str], checks: list[Feed],
-             reference: list[dict[str, np.ndarray]]) -> Onnx2tfRun:
+             reference: list[dict[str, np.ndarray]], layouts: dict[str, str]) -> Onnx2tfRun:
     """Each file run on the check samples: names mapped to the source's by value; the float32 one must match."""
     from converter.measure import LiteRTRunner
 
@@ -215,7 +222,7 @@ def _checked(files: dict[str, bytes], error: str | None, renamed: dict[str, str]
                 raise ConversionFailed(f"onnx2tf's float32 model differs from the ONNX model by {worst:.3g} "
                                        f"(outputs up to {scale:.3g}): a wrong conversion, refused")
         usable[name] = (files[name], names)
-    return Onnx2tfRun(usable, missing)
+    return Onnx2tfRun(usable, missing, layouts)
 
 
 def _plain(name: str) -> str:

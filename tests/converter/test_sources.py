@@ -125,6 +125,7 @@ def test_onnx_reaches_tflite_through_onnx2tf_keeping_names_and_layout(torch_sour
     for m in found.values():
         assert [t.name for t in m.inputs] == ["image"] and [t.name for t in m.outputs] == ["logits"]
         assert m.inputs[0].shape[1:] == [1, 8, 8], "NCHW kept: the source's data feeds every artifact"
+        assert m.inputs[0].layout == ("NCHW" if m.format.value == "tflite" else None)
         assert _agent_accuracy(result, m, src.data) == pytest.approx(m.report.chosen.accuracy)
     pi = found["raspberry_pi_4"]
     assert {c.kind for c in pi.report.candidates} == TFLITE_KINDS
