@@ -80,6 +80,7 @@ def convert_pairs(model: CorpusModel, folder: Path) -> dict[str, Any]:
         kinds: dict[str, Any] = {}
         refused: dict[str, str] = {}
         fits = []
+        measured = {}
         for kind in profile.kinds:
             fmt = ModelFormat(kind.split("_", 1)[0])
             impossible = can_make(source, fmt)
@@ -87,15 +88,16 @@ def convert_pairs(model: CorpusModel, folder: Path) -> dict[str, Any]:
                 refused[kind] = impossible
                 continue
             try:
-                measured = bench.measure(kind, "float32", profile.threads)
+                measured[kind] = bench.measure(kind, "float32", profile.threads)
             except ConverterError as e:
                 refused[kind] = str(e)
-                continue
-            m = measured.metrics
+        latencies = bench.latencies({kind: "float32" for kind in measured}, profile.threads)
+        for kind, one_kind in measured.items():
+            m = one_kind.with_latency(latencies[kind])
             kinds[kind] = {"size_bytes": m.size_bytes, "top1_agreement": m.top1_agreement,
                            "max_abs_error": m.max_abs_error, "relative_error": m.relative_error}
             cand = Candidate(kind, bench.build(kind, "float32").model, _for_profile(m, profile),
-                             measured.ram_estimate_bytes, measured.activation_bytes)
+                             one_kind.ram_estimate_bytes, one_kind.activation_bytes)
             if not budget_violations(cand, profile):
                 fits.append(kind)
         fp32 = f"{profile.formats[0].value}_fp32"

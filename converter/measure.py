@@ -227,16 +227,23 @@ class Latency:
     runs: int
 
 
-def measure_latency(runner: ArtifactRunner, one: Feed, runs: int, warmup: int = 20) -> Latency:
-    """Single-sample latency including I/O (quantise, invoke, dequantise): median and p95 of `runs`."""
-    for _ in range(warmup):
-        runner.run(one)
-    times = np.empty(runs)
+def measure_latencies(runners: Mapping[str, ArtifactRunner], one: Feed, runs: int,
+                      warmup: int = 20) -> dict[str, Latency]:
+    """Single-sample latency including I/O (quantise, invoke, dequantise) of each runner: median and p95 of `runs`,
+    the runners taken in turn within each round (the first of a round rotating), so a slow or fast stretch of
+    the host falls on all of them alike rather than on whichever was measured then."""
+    keys = list(runners)
+    for key in keys:
+        for _ in range(warmup):
+            runners[key].run(one)
+    times = {key: np.empty(runs) for key in keys}
     for i in range(runs):
-        t0 = time.perf_counter_ns()
-        runner.run(one)
-        times[i] = time.perf_counter_ns() - t0
-    return Latency(float(np.median(times)) / 1e6, float(np.percentile(times, 95)) / 1e6, runs)
+        for j in range(len(keys)):
+            key = keys[(i + j) % len(keys)]
+            t0 = time.perf_counter_ns()
+            runners[key].run(one)
+            times[key][i] = time.perf_counter_ns() - t0
+    return {k: Latency(float(np.median(t)) / 1e6, float(np.percentile(t, 95)) / 1e6, runs) for k, t in times.items()}
 
 
 @dataclass(frozen=True)
@@ -282,4 +289,4 @@ def reference_accuracy(reference: dict[str, np.ndarray], labels: np.ndarray | No
     return float(np.mean(first.reshape(len(first), -1).argmax(axis=1) == labels))
 
 
-__all__ = ["Dataset", "Latency", "Quality", "compare", "make_runner", "measure_latency", "run_dataset"]
+__all__ = ["Dataset", "Latency", "Quality", "compare", "make_runner", "measure_latencies", "run_dataset"]

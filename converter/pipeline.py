@@ -20,7 +20,7 @@ from converter.errors import ConversionFailed, ConverterError, ExportError
 from converter.routes import split_kind
 from converter.sources import SourceModel, load_source
 from converter.stats import baseline_stats, golden_set
-from converter.workbench import Workbench, can_make
+from converter.workbench import Measured, Workbench, can_make
 from firmware_profiles import FirmwareProfile, ProfileError, get_profile
 from protocol import layout
 from protocol.manifest import (
@@ -111,7 +111,7 @@ def _io_dtype(profile: FirmwareProfile, kind: str) -> str:
 
 def _profile_result(bench: Workbench, profile: FirmwareProfile, step: Step) -> tuple[ProfileResult, Candidate | None]:
     result = ProfileResult(profile=profile, manifest=None)
-    accepted: list[Candidate] = []
+    measured: dict[str, Measured] = {}
     for kind in profile.kinds:
         fmt, _ = split_kind(kind)
         impossible = can_make(bench.source, fmt)
@@ -119,16 +119,18 @@ def _profile_result(bench: Workbench, profile: FirmwareProfile, step: Step) -> t
             result.refused[kind] = impossible
             continue
         step(f"{profile.name}: {kind}")
-        io = _io_dtype(profile, kind)
         try:
-            measured = bench.measure(kind, io, profile.threads)
+            measured[kind] = bench.measure(kind, _io_dtype(profile, kind), profile.threads)
         except ConversionFailed as e:
             result.refused[kind] = str(e)
-            continue
-        metrics = _for_profile(measured.metrics, profile)
+    step(f"{profile.name}: latency")
+    latencies = bench.latencies({kind: _io_dtype(profile, kind) for kind in measured}, profile.threads)
+    accepted: list[Candidate] = []
+    for kind, m in measured.items():
+        metrics = _for_profile(m.with_latency(latencies[kind]), profile)
         result.candidates.append(metrics)
-        cand = Candidate(kind, bench.build(kind, io).model, metrics, measured.ram_estimate_bytes,
-                         measured.activation_bytes)
+        cand = Candidate(kind, bench.build(kind, _io_dtype(profile, kind)).model, metrics, m.ram_estimate_bytes,
+                         m.activation_bytes)
         broken = budget_violations(cand, profile)
         if broken:
             result.refused[kind] = "; ".join(broken)

@@ -8,7 +8,15 @@ import numpy as np
 
 from converter.data import Dataset
 from converter.errors import ConversionFailed
-from converter.measure import ArtifactRunner, compare, make_runner, measure_latency, reference_accuracy, run_dataset
+from converter.measure import (
+    ArtifactRunner,
+    Latency,
+    compare,
+    make_runner,
+    measure_latencies,
+    reference_accuracy,
+    run_dataset,
+)
 from converter.routes import build, match_names, split_kind
 from converter.sources.base import SourceModel
 from protocol.manifest import ArtifactMetrics, ModelFormat
@@ -26,9 +34,14 @@ class Built:
 
 @dataclass(frozen=True)
 class Measured:
-    metrics: ArtifactMetrics
+    """An artifact's quality against the source, before its latency is measured beside its rivals'."""
+
+    quality: ArtifactMetrics  # latency fields still 0: `with_latency` fills them
     ram_estimate_bytes: int
     activation_bytes: int
+
+    def with_latency(self, latency: Latency) -> ArtifactMetrics:
+        return self.quality.model_copy(update={"latency_ms_p50": latency.p50_ms, "latency_ms_p95": latency.p95_ms})
 
 
 class Workbench:
@@ -71,7 +84,6 @@ class Workbench:
             # sample per call, as a device answering single requests runs them.
             outs = run_dataset(runner, self.val, batch=1 if kind.endswith("dynamic_int8") else 64)
             q = compare(outs, self.reference, self.val.labels, self.classifier)
-            lat = measure_latency(runner, self.val.take(0, 1), self.runs)
             loss = None
             if self.classifier:
                 loss = (self.ref_acc - q.accuracy) * 100 if q.accuracy is not None and self.ref_acc is not None \
@@ -79,11 +91,16 @@ class Workbench:
             metrics = ArtifactMetrics(
                 kind=kind, size_bytes=len(model), top1_agreement=q.top1_agreement, accuracy=q.accuracy,
                 accuracy_loss_pt=None if loss is None else round(loss, 4), max_abs_error=q.max_abs_error,
-                relative_error=q.relative_error,
-                latency_ms_p50=lat.p50_ms, latency_ms_p95=lat.p95_ms,
+                relative_error=q.relative_error, latency_ms_p50=0.0, latency_ms_p95=0.0,
             )
             self._measured[key] = Measured(metrics, runner.ram_estimate_bytes, runner.activation_bytes)
         return self._measured[key]
+
+    def latencies(self, kinds: dict[str, str], threads: int) -> dict[str, Latency]:
+        """Latency of each kind (kind -> its I/O dtype) on one validation sample, measured in turn with the others
+        (measure.measure_latencies), as the choice between them needs."""
+        runners = {kind: self.runner(kind, io, threads) for kind, io in kinds.items()}
+        return measure_latencies(runners, self.val.take(0, 1), self.runs) if runners else {}
 
 
 def can_make(source: SourceModel, fmt: ModelFormat) -> str | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from converter.budgets import Candidate, budget_violations, choose
+from converter.measure import Latency
 from converter.pipeline import _profile_result
 from firmware_profiles import get_profile
 from protocol.manifest import ArtifactMetrics
@@ -66,6 +67,9 @@ class _Measured:
     ram_estimate_bytes: int = 10_000
     activation_bytes: int = 1000
 
+    def with_latency(self, latency: Latency) -> ArtifactMetrics:
+        return self.metrics.model_copy(update={"latency_ms_p50": latency.p50_ms, "latency_ms_p95": latency.p95_ms})
+
 
 @dataclass
 class _Built:
@@ -84,6 +88,9 @@ class _Bench:
 
     def build(self, kind: str, io: str) -> _Built:
         return _Built(b"x" * self.figures[kind].size_bytes)
+
+    def latencies(self, kinds: dict[str, str], threads: int) -> dict[str, Latency]:
+        return {k: Latency(self.figures[k].latency_ms_p50, self.figures[k].latency_ms_p95, 10) for k in kinds}
 
 
 @dataclass
