@@ -60,7 +60,9 @@ class Agent:
             settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait,
             superseded=self._superseded,
         )  # fmt: skip
-        self.lifecycle = Lifecycle(settings.data_dir / "lifecycle", self.steps, self._on_transition)
+        self.lifecycle = Lifecycle(
+            settings.data_dir / "lifecycle", self.steps, self._on_transition, lambda _record: self.report()
+        )
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
         # The desired state received last (set by the MQTT thread before the worker takes it up): an update
@@ -283,9 +285,9 @@ class Agent:
 
     # ---- reporting -----------------------------------------------------------------------------
     def _on_transition(self, record: UpdateRecord, before: State, event: Ev, after: State) -> None:
+        """Store the transition's event for the hub (the lifecycle saves the new state after this)."""
         if after in (State.FAILED, State.ROLLED_BACK) and record.rejected_version is None:
             record.rejected_version = record.target_version
-            self.lifecycle.save(record)
         kind = event_for_transition(before, event, after)
         if after is State.COMMITTED or after is State.ROLLED_BACK:
             served = self.serving.get(record.name)
@@ -302,7 +304,6 @@ class Agent:
                 rollout_id=record.rollout_id,
                 details=self._details.pop(record.name, {}),
             )
-        self.report()
 
     def _notify(self, kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
         if kind == "retrying":  # the hub is out of reach: say so in the reported state, at most every 10 s

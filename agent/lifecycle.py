@@ -99,6 +99,9 @@ class UpdateSteps(Protocol):
     def roll_back(self, record: UpdateRecord) -> Ev: ...
 
 
+# Called on every move with the record in its new state, before that state is saved: what it stores (the
+# daemon's event for the hub) is on disk first, so a kill between the two replays the step and tells the hub
+# twice rather than leaving a state the hub is never told about.
 Transition = Callable[[UpdateRecord, State, Ev, State], None]
 
 # The UpdateSteps method each non-terminal state runs.
@@ -116,10 +119,12 @@ STEP_OF_STATE: dict[State, str] = {
 class Lifecycle:
     """Drives one model's record through the table, persisting it in `<state_dir>/<name>.json`."""
 
-    def __init__(self, state_dir: Path, steps: UpdateSteps, on_transition: Transition | None = None) -> None:
+    def __init__(self, state_dir: Path, steps: UpdateSteps, on_transition: Transition | None = None,
+                 on_saved: Callable[[UpdateRecord], None] | None = None) -> None:
         self.state_dir = state_dir
         self.steps = steps
         self.on_transition = on_transition
+        self.on_saved = on_saved  # after a move is saved (the daemon reports its state)
         state_dir.mkdir(parents=True, exist_ok=True)
 
     def load(self, name: str) -> UpdateRecord:
@@ -180,7 +185,9 @@ class Lifecycle:
         record.state = after
         if after in TERMINAL or before in TERMINAL:
             record.entries = {}
-        self.save(record)
         if self.on_transition is not None:
-            self.on_transition(record, before, event, after)
+            self.on_transition(record, before, event, after)  # before the save (see Transition)
+        self.save(record)
+        if self.on_saved is not None:
+            self.on_saved(record)
 

@@ -97,6 +97,31 @@ def test_outcomes_drive_the_table(tmp_path: Path, outcomes: dict[str, Ev], final
     assert seen[0] == ("idle", "downloading")
 
 
+def test_the_event_is_stored_before_the_state_so_a_kill_between_them_replays(tmp_path: Path) -> None:
+    """A kill after the listener stored its event and before the new state is saved: the next start re-runs the
+    step from the saved (old) state and the event comes again. The other order could lose it: a committed state
+    on disk whose event never reached the hub (seen once in a clean-clone run of test_crash's random kills)."""
+
+    class Killed(BaseException):
+        pass
+
+    stored: list[str] = []
+
+    def listener(record: UpdateRecord, before: State, event: Ev, after: State) -> None:
+        stored.append(after.value)
+        if after is State.COMMITTED and stored.count("committed") == 1:
+            raise Killed  # the process dies right after storing the event
+
+    steps = ScriptedSteps()
+    lifecycle = Lifecycle(tmp_path, steps, listener)
+    with pytest.raises(Killed):
+        lifecycle.fire(UpdateRecord(name="m", target_version=2), Ev.UPDATE)
+    assert lifecycle.load("m").state is State.PROBATION  # the committed state was not saved
+    result = Lifecycle(tmp_path, steps, listener).run(lifecycle.load("m"))  # the next start
+    assert result.state is State.COMMITTED and lifecycle.load("m").state is State.COMMITTED
+    assert stored.count("committed") == 2  # told twice (the hub's events are idempotent), never lost
+
+
 def test_a_state_that_keeps_killing_the_agent_is_abandoned(tmp_path: Path) -> None:
     steps = ScriptedSteps()
     lifecycle = Lifecycle(tmp_path, steps)
