@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,6 +14,7 @@ import numpy as np
 from agent.errors import InputError
 from agent.runtimes import Array, ModelRuntime, TensorInfo, format_of, load_runtime
 from protocol.manifest import Manifest, TensorSpec, batch_first
+from protocol.signatures import plain_tensor_name
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,6 @@ def _bind(specs: list[TensorSpec] | None, infos: list[TensorInfo], kind: str) ->
     return out
 
 
-def _plain(name: str) -> str:
-    """`serving_default_image:0` -> `image`: how TFLite names the tensors of a Keras signature."""
-    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
-
-
 def _match(specs: list[TensorSpec], infos: list[TensorInfo]) -> list[TensorInfo]:
     """Runtime tensors in manifest order: each by its runtime name (the manifest's `runtime_name`, else its
     name, among the runtime's names and aliases), else by signature name, else by position (old manifests)."""
@@ -73,7 +68,7 @@ def _match(specs: list[TensorSpec], infos: list[TensorInfo]) -> list[TensorInfo]
     keys = [s.runtime_name or s.name for s in specs]
     if all(k in lookup for k in keys) and len({lookup[k].name for k in keys}) == len(keys):
         return [lookup[k] for k in keys]
-    by_plain = {_plain(i.name): i for i in infos}
+    by_plain = {plain_tensor_name(i.name): i for i in infos}
     if len(by_plain) == len(infos) and all(s.name in by_plain for s in specs):
         return [by_plain[s.name] for s in specs]
     return infos
@@ -107,12 +102,14 @@ class LoadedModel:
         # Precomputed for the per-call path: lookups by name (and alias), the names as a set, the fixed dims
         # after the batch of batch-first tensors.
         self._by_name = {b.name: b for b in self.inputs}
-        self._by_alias = {a: b for b in self.inputs for a in b.aliases if a not in self._by_name}
+        # Every key an input answers to: its public name, else one of its aliases (a public name wins a clash).
+        self._by_key = {**{a: b for b in self.inputs for a in b.aliases}, **self._by_name}
         self._names = frozenset(self._by_name)
         self._fixed = {
             b.name: tuple(b.shape[1:]) if b.batch_first and None not in b.shape[1:] else None for b in self.inputs
         }
-        self._batched = [b.name for b in self.inputs if b.shape and b.shape[0] is None]
+        # Runtime names of the inputs with a dynamic batch: they must agree on it.
+        self._batched = [b.runtime_name for b in self.inputs if b.shape and b.shape[0] is None]
         # A model built for batch 1 (litert-torch exports a fixed batch): a batch of rows runs one row per call.
         rows = [b for b in self.inputs if b.batch_first]
         self._row_by_row = bool(rows) and not self._batched and all(b.shape[0] == 1 for b in rows)
@@ -121,7 +118,7 @@ class LoadedModel:
         by_runtime = {i.name: i for i in runtime.inputs}
         for b in self.inputs:
             for axis, dim in enumerate(by_runtime[b.runtime_name].dim_names):
-                if dim not in (None, "?", "None") and axis < len(b.shape) and b.shape[axis] is None:
+                if dim is not None and axis < len(b.shape) and b.shape[axis] is None:
                     named.setdefault(dim, []).append((b.runtime_name, axis))
         self._named_dims = {k: v for k, v in named.items() if len(v) > 1}
         self._public = {b.runtime_name: b.name for b in self.inputs}
@@ -139,7 +136,7 @@ class LoadedModel:
 
     def binding(self, name: str) -> _Binding:
         """The input a key names (its public name or an alias); InputError naming the inputs otherwise."""
-        b = self._by_name.get(name) or self._by_alias.get(name)
+        b = self._by_key.get(name)
         if b is None:
             raise InputError(f"unknown input {name!r}; the model takes {', '.join(x.name for x in self.inputs)}")
         return b
@@ -155,7 +152,7 @@ class LoadedModel:
         out: dict[str, Any] = {}
         unknown = []
         for key, value in inputs.items():
-            b = self._by_name.get(key) or self._by_alias.get(key)
+            b = self._by_key.get(key)
             if b is None:
                 unknown.append(str(key))
             elif b.name in out:
@@ -197,10 +194,8 @@ class LoadedModel:
         """Run one batch: inputs by name (arrays or nested lists), outputs by name (dequantised when quantised)."""
         inputs = self.resolve(inputs)
         feeds = {b.runtime_name: self.coerce(b.name, inputs[b.name]) for b in self.inputs}
-        if len(self._batched) > 1:
-            by_runtime = {b.name: b.runtime_name for b in self.inputs}
-            if len({feeds[by_runtime[n]].shape[0] for n in self._batched}) > 1:
-                raise InputError("inputs have different batch sizes")
+        if len(self._batched) > 1 and len({feeds[n].shape[0] for n in self._batched}) > 1:
+            raise InputError("inputs have different batch sizes")
         for dim, uses in self._named_dims.items():
             sizes = {(self._public[t], axis): feeds[t].shape[axis] for t, axis in uses}
             if len(set(sizes.values())) > 1:

@@ -8,7 +8,7 @@ is run one sample at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +47,6 @@ class Dataset:
     def subset(self, idx: np.ndarray) -> Dataset:
         labels = self.labels[idx] if self.labels is not None else None
         return Dataset({k: v[idx] for k, v in self.inputs.items()}, labels, self.whole)
-
-    def feeds(self, batch: int) -> Iterator[Feed]:
-        step = 1 if self.whole else batch
-        for i in range(0, len(self), step):
-            yield self.take(i, min(i + step, len(self)))
 
 
 def run_all(

@@ -18,6 +18,7 @@ import numpy as np
 
 from converter.data import Dataset, Feed, per_sample, run_all
 from converter.errors import ConversionFailed
+from converter.sources.base import first_line
 from protocol.manifest import ModelFormat, QuantParams, TensorSpec
 from protocol.signatures import SignatureChoiceError, choose_signature
 
@@ -86,7 +87,7 @@ class LiteRTRunner:
         except SignatureChoiceError as e:
             raise ConversionFailed(str(e)) from e
         except (ValueError, RuntimeError) as e:
-            raise ConversionFailed(f"LiteRT cannot load the artifact: {_first_line(e)}") from e
+            raise ConversionFailed(f"LiteRT cannot load the artifact: {first_line(e)}") from e
         runner = self._it.get_signature_runner(chosen) if chosen else None
         sig_names: dict[int, str] = {}
         if runner is not None:
@@ -97,7 +98,6 @@ class LiteRTRunner:
             self._in = list(self._runner.get_input_details().values())
             self._out = list(self._runner.get_output_details().values())
         else:
-            runner = None  # the interpreter refuses to resize while a SignatureRunner holds it
             self._in = self._it.get_input_details()
             self._out = self._it.get_output_details()
         names = names or {}
@@ -132,7 +132,7 @@ class LiteRTRunner:
             try:
                 out = self._runner(**{k: v for k, (_, v) in zip(self._sig_in, values, strict=True)})
             except (ValueError, RuntimeError) as e:
-                raise ConversionFailed(f"LiteRT cannot run the artifact: {_first_line(e)}") from e
+                raise ConversionFailed(f"LiteRT cannot run the artifact: {first_line(e)}") from e
             pairs = zip(self._sig_out, self.outputs, strict=True)
             return {s.name: _dequantize(np.asarray(out[k]), s) for k, s in pairs}
         resized = False
@@ -148,7 +148,7 @@ class LiteRTRunner:
                 self._it.set_tensor(d["index"], value)
             self._it.invoke()
         except (ValueError, RuntimeError) as e:
-            raise ConversionFailed(f"LiteRT cannot run the artifact: {_first_line(e)}") from e
+            raise ConversionFailed(f"LiteRT cannot run the artifact: {first_line(e)}") from e
         pairs = zip(self._out, self.outputs, strict=True)
         return {s.name: _dequantize(self._it.get_tensor(d["index"]), s) for d, s in pairs}
 
@@ -167,7 +167,7 @@ class OnnxRunner:
         try:
             self._sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise ConversionFailed(f"onnxruntime cannot load the artifact: {_first_line(e)}") from e
+            raise ConversionFailed(f"onnxruntime cannot load the artifact: {first_line(e)}") from e
         names = names or {}
         self.inputs = [_named(self._spec(i), names) for i in self._sess.get_inputs()]
         self.outputs = [_named(self._spec(o), names) for o in self._sess.get_outputs()]
@@ -195,13 +195,8 @@ class OnnxRunner:
         try:
             outs = self._sess.run(self._out_names, feed)
         except Exception as e:  # onnxruntime's own exception types
-            raise ConversionFailed(f"onnxruntime cannot run the artifact: {_first_line(e)}") from e
+            raise ConversionFailed(f"onnxruntime cannot run the artifact: {first_line(e)}") from e
         return {s.name: _dequantize(np.asarray(o), s) for s, o in zip(self.outputs, outs, strict=True)}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
 
 
 def make_runner(fmt: ModelFormat, model: bytes, threads: int, names: Mapping[str, str] | None = None,

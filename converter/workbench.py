@@ -62,10 +62,10 @@ class Workbench:
             model = routed.model
             fmt = split_kind(kind)[0]
             signature = self.source.signature if self.source.ready_bytes is model else None
-            probe = make_runner(fmt, model, 1, signature=signature)
             if routed.names is not None:
                 names = {k: v for k, v in routed.names.items() if k != v}
-            else:
+            else:  # the artifact's own names, from the runtime, matched to the source's
+                probe = make_runner(fmt, model, 1, signature=signature)
                 names = match_names([s.name for s in self.source.inputs], [s.name for s in probe.inputs], "input")
                 names.update(match_names(self.source.output_names, [s.name for s in probe.outputs], "output"))
             self._built[key] = Built(model, names, signature, routed.layouts)

@@ -3,6 +3,8 @@ that serves it."""
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_SIGNATURE = "serving_default"
 
 
@@ -25,3 +27,8 @@ def choose_signature(available: list[str], asked: str | None) -> str | None:
     if DEFAULT_SIGNATURE in available:
         return DEFAULT_SIGNATURE
     raise SignatureChoiceError(f"the model has several signatures ({', '.join(available)}); choose one")
+
+
+def plain_tensor_name(name: str) -> str:
+    """`serving_default_image:0` -> `image`: TensorFlow's name for a signature's tensor, as the signature names it."""
+    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")

@@ -101,13 +101,10 @@ class LiteRTRuntime:
                 self.signature = choose_signature(list(self._interp.get_signature_list()), config.signature)
             except SignatureChoiceError as e:
                 raise ModelLoadError(f"{path.name}: {e}") from e
-            self._runner = self._interp.get_signature_runner(self.signature) if self.signature else None
-            if self._runner is not None and getattr(self._runner, "_subgraph_index", 0) != 0:
-                in_items = list(self._runner.get_input_details().items())
-                out_items = list(self._runner.get_output_details().items())
-            else:
-                self._runner = None
-                in_items, out_items = self._primary_details()
+            runner = self._interp.get_signature_runner(self.signature) if self.signature else None
+            in_items, out_items = self._details(runner)
+            # The primary subgraph runs through the interpreter's own calls; dropping the runner lets it resize.
+            self._runner = runner if runner is not None and getattr(runner, "_subgraph_index", 0) != 0 else None
         except ModelLoadError:
             raise
         except (ValueError, RuntimeError, OSError) as e:
@@ -123,16 +120,18 @@ class LiteRTRuntime:
         self._out_index = [(t.name, int(d["index"])) for t, (_, d) in zip(self.outputs, out_items, strict=True)]
         self._shapes = {t.name: tuple(int(x) for x in d["shape"]) for t, d in pairs}
 
-    def _primary_details(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
-        """(name, detail) of the primary subgraph's inputs and outputs, named by its signature when it has one."""
-        names: dict[int, str] = {}
-        if self.signature is not None:
-            runner = self._interp.get_signature_runner(self.signature)
-            names = {int(d["index"]): n for n, d in runner.get_input_details().items()}
-            names.update({int(d["index"]): n for n, d in runner.get_output_details().items()})
-        ins = [(names.get(int(d["index"]), str(d["name"])), d) for d in self._interp.get_input_details()]
-        outs = [(names.get(int(d["index"]), str(d["name"])), d) for d in self._interp.get_output_details()]
-        return ins, outs
+    def _details(self, runner: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+        """(name, detail) of the inputs and outputs to run: a signature's on its own subgraph, else the primary
+        subgraph's, named by its signature when it has one."""
+        if runner is None:
+            return ([(str(d["name"]), d) for d in self._interp.get_input_details()],
+                    [(str(d["name"]), d) for d in self._interp.get_output_details()])
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        if getattr(runner, "_subgraph_index", 0) != 0:
+            return list(ins.items()), list(outs.items())
+        names = {int(d["index"]): n for n, d in (*ins.items(), *outs.items())}
+        return ([(names.get(int(d["index"]), str(d["name"])), d) for d in self._interp.get_input_details()],
+                [(names.get(int(d["index"]), str(d["name"])), d) for d in self._interp.get_output_details()])
 
     def run(self, feeds: dict[str, Array]) -> dict[str, Array]:
         """Set inputs (resizing when the shape changed), invoke, copy outputs out."""

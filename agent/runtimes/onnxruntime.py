@@ -36,7 +36,8 @@ def _info(arg: Any) -> TensorInfo:
     if arg.type not in _ORT_DTYPES:
         raise ModelLoadError(f"tensor {arg.name!r}: unsupported ONNX type {arg.type}")
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
-    names = tuple(d if isinstance(d, str) and d else None for d in arg.shape)
+    # Symbolic dims by name; "?" and "None" are what some exporters write for "unknown", not a name to agree on.
+    names = tuple(d if isinstance(d, str) and d not in ("", "?", "None") else None for d in arg.shape)
     return TensorInfo(name=arg.name, shape=shape, dtype=np.dtype(_ORT_DTYPES[arg.type]), dim_names=names)
 
 

@@ -19,6 +19,7 @@ from converter.data import Dataset
 from converter.errors import ConversionFailed
 from converter.sources.base import SourceModel
 from protocol.manifest import ModelFormat, Quantization
+from protocol.signatures import plain_tensor_name
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,6 @@ def _ready_io(source: SourceModel) -> str:
     return quantized.pop() if len(quantized) == 1 else "float32"
 
 
-def _plain(name: str) -> str:
-    """`serving_default_image:0` -> `image`: how TensorFlow names the tensors of a signature."""
-    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
-
-
 def _order(name: str) -> tuple[str, int]:
     found = re.fullmatch(r"(.*?)(\d+)", name)
     return (found.group(1), int(found.group(2))) if found else (name, -1)
@@ -128,7 +124,7 @@ def match_names(source: list[str], artifact: list[str], what: str) -> dict[str, 
     when the artifact numbers its tensors (`output_0`, `args_1`), in that order."""
     if sorted(source) == sorted(artifact):
         return {}
-    plain = {_plain(a): a for a in artifact}
+    plain = {plain_tensor_name(a): a for a in artifact}
     if len(plain) == len(artifact) and sorted(plain) == sorted(source):
         return {a: p for p, a in plain.items()}
     if len(source) != len(artifact):

@@ -29,6 +29,7 @@ from converter.data import Dataset, Feed
 from converter.errors import ConversionFailed
 from converter.sources.base import SourceModel, silenced
 from protocol.manifest import Quantization
+from protocol.signatures import plain_tensor_name
 
 FILES = {
     (Quantization.FP32, "float32"): "model_float32.tflite",
@@ -225,10 +226,6 @@ def _checked(files: dict[str, bytes], error: str | None, renamed: dict[str, str]
     return Onnx2tfRun(usable, missing, layouts)
 
 
-def _plain(name: str) -> str:
-    return re.sub(r":\d+$", "", name).removeprefix("serving_default_")
-
-
 def _input_names(runner: Any, renamed: dict[str, str], source: list[str]) -> dict[str, str]:
     """artifact input name -> source name (onnx2tf keeps the graph's names, perhaps behind `serving_default_` and
     before `:0`)."""
@@ -236,7 +233,7 @@ def _input_names(runner: Any, renamed: dict[str, str], source: list[str]) -> dic
     found = {}
     for spec in runner.inputs:
         name = spec.name
-        for candidate in (name, re.sub(r":\d+$", "", name), _plain(name)):
+        for candidate in (name, re.sub(r":\d+$", "", name), plain_tensor_name(name)):
             if candidate in back or candidate in source:
                 found[name] = back.get(candidate, candidate)
                 break

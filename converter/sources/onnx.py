@@ -8,12 +8,10 @@ from typing import Any
 import numpy as np
 
 from converter.errors import ModelLoadError
+from converter.measure import ORT_DTYPES
 from converter.sources.base import SourceModel, dims
 from protocol.manifest import TensorSpec
 
-ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-             "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32",
-             "tensor(int64)": "int64", "tensor(bool)": "bool"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
 DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
 
@@ -32,7 +30,7 @@ def onnx_kind(proto: Any) -> str:
 
 
 def _spec(arg: Any) -> TensorSpec:
-    dtype = ORT_TYPES.get(arg.type)
+    dtype = ORT_DTYPES.get(arg.type)
     if dtype is None:
         raise ModelLoadError(f"tensor {arg.name!r} is {arg.type}; EdgeFleet ships numeric and bool tensors only")
     return TensorSpec(name=arg.name, shape=dims(arg.shape), dtype=dtype)  # type: ignore[arg-type]
