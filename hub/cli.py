@@ -43,19 +43,34 @@ def init(data_dir: Path | None) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--host", default=None, help="default: EDGEFLEET_HUB_HOST")
 @click.option("--port", type=int, default=None, help="default: EDGEFLEET_HUB_PORT")
-def serve(data_dir: Path | None, host: str | None, port: int | None) -> None:
-    """Serve the API, the TUF repository, the MQTT bridge and the rollout engine."""
-    import uvicorn
-
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+              help="serve HTTPS with this PEM certificate (chain); default: EDGEFLEET_HUB_TLS_CERT_FILE")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None,
+              help="its PEM private key; default: EDGEFLEET_HUB_TLS_KEY_FILE")
+@click.option("--tls-client-ca", type=click.Path(path_type=Path), default=None,
+              help="ask clients for a certificate signed by this CA (mTLS); default: EDGEFLEET_HUB_TLS_CLIENT_CA_FILE")
+@click.option("--require-client-cert", is_flag=True, default=False,
+              help="refuse clients without such a certificate (needs --tls-client-ca)")  # fmt: skip
+def serve(data_dir: Path | None, host: str | None, port: int | None, tls_cert: Path | None, tls_key: Path | None,
+          tls_client_ca: Path | None, require_client_cert: bool) -> None:  # fmt: skip
+    """Serve the API, the TUF repository, the MQTT bridge and the rollout engine (HTTPS with --tls-cert/--tls-key)."""
     from hub.api.main import create_app
+    from hub.server import serve as serve_app
+    from hub.server import tls_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(data_dir)
+    tls = {"tls_cert_file": tls_cert, "tls_key_file": tls_key, "tls_client_ca_file": tls_client_ca}
+    updates: dict[str, object] = {k: v for k, v in tls.items() if v is not None}
+    if require_client_cert:
+        updates["tls_require_client_cert"] = True
+    settings = settings.model_copy(update=updates)
     try:
+        tls_options(settings)  # a missing or half-given certificate stops here, before the hub starts anything
         app = create_app(settings)
-    except (HubError, OSError) as e:
+        serve_app(app, settings, host=host or settings.host, port=port if port is not None else settings.port)
+    except (HubError, OSError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="warning")
 
 
 @hub.command("sign-root")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
+import lzma
 import tarfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -31,21 +36,57 @@ class PushOutcome:
 
 
 def extract_tar(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> None:
-    """Unpack a (gzipped) tar of regular files and directories only; refuses links and escaping paths."""
+    """Unpack a tar (plain, gzip, bzip2 or xz) of regular files and directories only, member by member as it
+    streams: links, escaping paths, more than MAX_MEMBERS entries, or contents past `max_bytes` stop it at the
+    first offending header, before that member's bytes are decompressed. The decompressed stream as a whole
+    (headers included) is capped too, so no header can make the hub inflate more than the cap allows."""
+    stream = _Capped(_decompressed(fileobj), max_bytes + (MAX_MEMBERS + 2) * 2 * tarfile.BLOCKSIZE)
+    total = count = 0
     try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_MEMBERS:
-                raise InvalidInput(f"archive has more than {MAX_MEMBERS} entries")
-            if sum(m.size for m in members) > max_bytes:
-                raise InvalidInput(f"archive expands beyond {max_bytes} bytes")
-            for m in members:
-                if not (m.isfile() or m.isdir()):
-                    raise InvalidInput(f"archive entry {m.name!r} is not a regular file or directory")
-                safe_relative(m.name)
-            tar.extractall(dest, filter="data")
-    except tarfile.TarError as e:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise InvalidInput(f"archive has more than {MAX_MEMBERS} entries")
+                if not (member.isfile() or member.isdir()):
+                    raise InvalidInput(f"archive entry {member.name!r} is not a regular file or directory")
+                safe_relative(member.name)
+                total += member.size
+                if total > max_bytes:
+                    raise InvalidInput(f"archive expands beyond {max_bytes} bytes (at {member.name!r})")
+                tar.extract(member, dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         raise InvalidInput(f"not a readable tar(.gz) archive: {e}") from e
+
+
+class _Capped(io.RawIOBase):
+    """A reader that refuses to yield more than `limit` bytes (InvalidInput past it)."""
+
+    def __init__(self, inner: IO[bytes], limit: int) -> None:
+        self._inner, self._left = inner, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._inner.read(size if size >= 0 else self._left + 1)
+        self._left -= len(chunk)
+        if self._left < 0:
+            raise InvalidInput("archive expands beyond the upload limit")
+        return chunk
+
+
+def _decompressed(fileobj: IO[bytes]) -> IO[bytes]:
+    """`fileobj` decompressed by its magic bytes (gzip, bzip2, xz) or as it is."""
+    magic = fileobj.read(6)
+    fileobj.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=fileobj, mode="rb"))
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(fileobj, mode="rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(fileobj, mode="rb")
+    return fileobj
 
 
 def safe_relative(name: str) -> Path:

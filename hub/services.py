@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
 
+from hub import datadir
 from hub.db.engine import make_engine, upgrade
 from hub.errors import HubError
 from hub.metrics import HubMetrics
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def init_data_dir(settings: HubSettings) -> str | None:
     """Create the data dir, TUF keys/metadata, admin token and hub broker password; returns a new admin token."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.secure(settings.data_dir, sqlite_here=settings.database_url is None)
     TufRepository.open_or_create(settings.tuf_dir)
     if not settings.mqtt_password_file.exists():
         _write_secret(settings, settings.mqtt_password_file.name, new_password())
@@ -41,6 +43,7 @@ def init_data_dir(settings: HubSettings) -> str | None:
 def _write_secret(settings: HubSettings, name: str, value: str) -> None:
     path = settings.data_dir / name
     path.touch(mode=0o600, exist_ok=True)
+    os.chmod(path, 0o600)
     path.write_text(value + "\n")
 
 
@@ -66,6 +69,7 @@ class Hub:
     def __post_init__(self) -> None:
         s = self.settings
         init_data_dir(s)
+        datadir.remove_crash_leftovers(s.data_dir, s.tuf_dir)
         self.admin_token = s.admin_token or s.admin_token_file.read_text().strip()
         self.engine = make_engine(s.resolved_database_url())
         upgrade(self.engine)

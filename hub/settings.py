@@ -48,7 +48,17 @@ class HubSettings(BaseSettings):
     telemetry_raw_retention_s: float = Field(default=14 * 86400, ge=86400)
     telemetry_hourly_retention_s: float = Field(default=400 * 86400, ge=86400)
     events_retention_s: float = Field(default=90 * 86400, ge=86400)
-    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # an admin's model push (streamed to disk)
+    # Request guard (hub/guard.py): limits every client meets before the hub spends memory, disk or CPU on it.
+    max_json_bytes: int = Field(default=1024 * 1024, gt=0)  # any other request body (JSON, forms)
+    header_timeout_s: float = Field(default=10.0, gt=0)  # a request's head must arrive whole within this
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a small body whole within this; an upload never stalls longer
+    # TLS (docs/hub.md#security): serve HTTPS; optionally ask devices for client certificates from a CA.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None  # clients may present a certificate this CA signed (mTLS)...
+    tls_require_client_cert: bool = False  # ...and must, when this is true
+    metrics_token: str | None = None  # /metrics requires `Authorization: Bearer <metrics_token>` when set
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the SQLite file in the data dir."""

@@ -12,9 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.docs import install_docs
 from hub.api.routes import audit, devices, enroll, health, models, rollouts, telemetry, tokens, tuf
 from hub.dashboard import routes as dashboard
 from hub.errors import HubError
+from hub.guard import ASGIApp, Receive, Refused, RequestGuard, Scope, Send
+from hub.guard import Message as AsgiMessage
 from hub.schemas import Message
 from hub.services import Hub
 from hub.settings import HubSettings
@@ -42,9 +45,12 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
         version="1",
         description="Model registry, TUF repository, devices and health-gated rollouts.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs: an air-gapped hub has no CDN
+        redoc_url=None,
         responses={422: {"model": Message, "description": "Invalid request"}},
     )
     app.state.hub = hub
+    install_docs(app)
 
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
@@ -53,18 +59,17 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
         actor = getattr(request.state, "actor", None)
         if exc.status_code == 409 and actor is not None:  # an operator action the hub refused
             await run_in_threadpool(_audit_refusal, hub, actor, request, str(exc))
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        if isinstance(exc, Refused):  # a body cut mid-stream: the rest of it is never read
+            headers["Connection"] = "close"
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation(exc.errors())}, status_code=422)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        hub.metrics.http_requests.labels(request.method, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, hub=hub)
+    app.add_middleware(RequestGuard, hub=hub)  # added last: the outermost layer, before any body is read
 
     for module in (health, enroll, tokens, devices, models, rollouts, audit):
         app.include_router(module.router)
@@ -72,6 +77,26 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
     app.include_router(telemetry.router)
     app.include_router(dashboard.router)
     return app
+
+
+class CountRequests:
+    """Pure ASGI (Starlette's BaseHTTPMiddleware would wrap a streamed body's errors in exception groups):
+    counts every answer by method and status."""
+
+    def __init__(self, app: ASGIApp, *, hub: Hub) -> None:
+        self.app, self.hub = app, hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: AsgiMessage) -> None:
+            if message["type"] == "http.response.start":
+                self.hub.metrics.http_requests.labels(scope["method"], str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 def describe_validation(errors: Sequence[Any]) -> str:

@@ -7,6 +7,7 @@ import secrets
 from fastapi import APIRouter
 
 from hub.api.deps import HubDep
+from hub.errors import InvalidInput
 from hub.schemas import Message
 from hub.security import mosquitto_hash, new_password, new_token, sha256_hex
 from hub.store import audit
@@ -14,17 +15,21 @@ from hub.store import devices as device_store
 from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse, MqttCredentials
 
 router = APIRouter(tags=["enrollment"])
+RESERVED_ID_PREFIX = "edgefleet"  # the hub's broker account is `edgefleet-hub`; replicas and tools get others
 
 
 @router.post(
     ENROLL_PATH,
     response_model=EnrollResponse,
     status_code=201,
-    responses={401: {"model": Message}, 409: {"model": Message}},
+    responses={401: {"model": Message}, 409: {"model": Message}, 422: {"model": Message}},
 )
 def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
     """Exchange an enrollment token for a device id, a device bearer token, MQTT credentials and the TUF root."""
     now = hub.clock()
+    if body.device_id is not None and body.device_id.lower().startswith(RESERVED_ID_PREFIX):
+        raise InvalidInput(f"device_id: ids starting with {RESERVED_ID_PREFIX!r} are reserved for the hub's own "
+                           "broker accounts; choose another")  # fmt: skip
     device_id = body.device_id or f"dev-{secrets.token_hex(6)}"
     device_token, mqtt_password = new_token("efd"), new_password()
     with hub.engine.begin() as conn:
