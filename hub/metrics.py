@@ -25,6 +25,14 @@ class HubMetrics:
         self.http_requests = Counter(
             "edgefleet_hub_http_requests", "HTTP requests", ["method", "status"], registry=self.registry
         )
+        self.artifact_refusals = Counter(
+            "edgefleet_hub_artifact_refusals", "Model downloads refused to a device (hub/access.py)", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.metrics_auth_failures = Counter(
+            "edgefleet_hub_metrics_auth_failures", "/metrics requests without the metrics (or admin) token",
+            registry=self.registry,
+        )  # fmt: skip
         self.ingest_batch_seconds = Histogram(
             "edgefleet_hub_ingest_batch_seconds", "Time to store one ingest batch", registry=self.registry
         )

@@ -66,6 +66,8 @@ def test_push_is_immutable_and_served_with_range(client: TestClient, tmp_path: P
 
     device = enroll(client, "dev-a")
     auth = {"Authorization": f"Bearer {device.device_token}"}
+    rollout = {"model": "digits", "version": 1, "target": {"devices": ["dev-a"]}, "canary_percent": 0}
+    assert client.post("/api/v1/rollouts", json=rollout, headers=ADMIN).status_code == 201  # served to its devices
     targets = json.loads(client.get("/tuf/metadata/2.targets.json", headers=auth).content)["signed"]["targets"]
     path = artifact_target("digits", 1, "raspberry_pi_4", "model.tflite")
     sha = targets[path]["hashes"]["sha256"]

@@ -60,6 +60,8 @@ def test_enrolled_device_refreshes_and_downloads_verified_manifest(hub_url: str,
     tok = httpx.post(f"{hub_url}/api/v1/enrollment-tokens", json={}, headers=admin).json()["token"]
     r = httpx.post(f"{hub_url}{ENROLL_PATH}", json={"enrollment_token": tok, "profile": "raspberry_pi_4"})
     enrolled = EnrollResponse.model_validate(r.json())
+    rollout = {"model": "digits", "version": 4, "target": {"devices": [enrolled.device_id]}, "canary_percent": 0}
+    assert httpx.post(f"{hub_url}/api/v1/rollouts", json=rollout, headers=admin).status_code == 201
     (tmp_path / "meta").mkdir()
     (tmp_path / "dl").mkdir()
     updater = Updater(

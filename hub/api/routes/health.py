@@ -1,15 +1,18 @@
-"""Liveness/readiness and Prometheus metrics."""
+"""Liveness/readiness and Prometheus metrics (behind `metrics_token` when it is set)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from hub.api.deps import HubDep
+from hub.api.deps import Credentials, HubDep
+from hub.errors import AuthError
+from hub.schemas import Message
+from hub.security import same_secret
 
 router = APIRouter(tags=["health"])
 
@@ -31,7 +34,29 @@ def healthz(hub: HubDep) -> Health:
     return Health(status="ok", database=True, mqtt_connected=mqtt, tuf_timestamp_expires=expires)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def require_metrics_reader(hub: HubDep, creds: Credentials) -> None:
+    """With `metrics_token` set, 401 unless the bearer is it (or the admin token); open when it is unset or empty.
+
+    Prometheus gets a token of its own (`authorization: {credentials_file: ...}` in its scrape config), so
+    the admin token need not sit on the monitoring host; the admin token works too, for an operator's curl.
+    """
+    expected = hub.settings.metrics_token
+    if not expected:
+        return
+    given = creds.credentials if creds is not None else ""
+    metrics_ok = same_secret(given, expected)
+    admin_ok = same_secret(given, hub.admin_token)  # both compared, so the timing tells neither apart
+    if not (metrics_ok or admin_ok):
+        hub.metrics.metrics_auth_failures.inc()
+        raise AuthError("metrics bearer token required")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(require_metrics_reader)],
+    responses={200: {"content": {"text/plain": {}}}, 401: {"model": Message}},
+)
 def metrics(hub: HubDep) -> Response:
     """Prometheus exposition format."""
     return Response(generate_latest(hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.access import ModelRef, require_download
 from hub.api.deps import AdminDep, ConnDep, HubDep, PrincipalDep
 from hub.errors import NotFound
 from hub.registry import PushOutcome, extract_tar, push_folder
@@ -85,8 +86,6 @@ def get_manifest(
     name: ModelName, version: Version, profile: Identifier, hub: HubDep, conn: ConnDep, who: PrincipalDep
 ) -> Response:
     """The manifest as pushed (the TUF target is the verified copy); a device gets only those rolled out to it."""
-    from hub.access import ModelRef, require_download  # TODO(lead): hoist to the imports (kept out of `push`'s edit)
-
     if who.device is not None:  # checked before the lookup, so a device cannot probe what exists
         require_download(device=who.device, ref=ModelRef(name, version, profile), db=conn, metrics=hub.metrics,
                          what="manifest")  # fmt: skip
