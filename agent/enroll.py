@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,12 +11,14 @@ from pydantic import ValidationError
 from agent import AGENT_VERSION
 from agent.errors import ConfigError, EnrollmentError
 from agent.fsutil import atomic_write
-from agent.settings import AgentSettings, tls_verify
+from agent.settings import AgentSettings, check_hub_url
+from agent.tls import hub_context, hub_failure
 from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse
 
 if TYPE_CHECKING:
     import httpx
 
+log = logging.getLogger(__name__)
 IDENTITY_FILE = "identity.json"
 
 
@@ -41,10 +44,26 @@ def save_identity(settings: AgentSettings, identity: EnrollResponse) -> None:
 
 
 def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None) -> EnrollResponse:
-    """Load the identity, enrolling with the hub first if there is none."""
+    """Load the identity, enrolling with the hub first if there is none; refuse an http:// hub in it unless
+    `allow_insecure_http`, and say once (here, at start) when traffic to the hub is not encrypted."""
     identity = load_identity(settings)
-    if identity is not None:
-        return identity
+    used = [identity.hub_url] if identity is not None else []
+    if identity is None:
+        identity = _enroll(settings, client)
+        used = [settings.hub_url or "", identity.hub_url]
+    try:
+        check_hub_url(identity.hub_url, allow_insecure_http=settings.allow_insecure_http, name="hub_url")
+    except ValueError as e:
+        raise ConfigError(f"{identity_path(settings)} (from enrollment, the hub's public_url): {e}") from e
+    insecure = sorted({url for url in used if url.lower().startswith("http://")})
+    if insecure:
+        log.warning("traffic to the hub at %s is not encrypted (allow_insecure_http = true): the device token and "
+                    "the updates can be read and changed on the network", " and ".join(insecure))  # fmt: skip
+    return identity
+
+
+def _enroll(settings: AgentSettings, client: httpx.Client | None) -> EnrollResponse:
+    """Trade the enrollment token for an identity and keep it (0600)."""
     if not settings.hub_url or not settings.enrollment_token:
         raise ConfigError("not enrolled: set hub_url and enrollment_token for the first start")
     request = EnrollRequest(
@@ -58,7 +77,7 @@ def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None)
 
     own = client is None
     timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
-    http = client or httpx.Client(timeout=timeout, verify=tls_verify(settings.hub_ca_file))
+    http = client or httpx.Client(timeout=timeout, verify=hub_context(settings))
     try:
         response = http.post(
             settings.hub_url.rstrip("/") + ENROLL_PATH,
@@ -66,7 +85,8 @@ def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None)
             headers={"Content-Type": "application/json"},
         )
     except httpx.HTTPError as e:
-        raise EnrollmentError(f"cannot reach the hub at {settings.hub_url}: {e}") from e
+        reason = hub_failure(e, settings, settings.hub_url) or str(e) or type(e).__name__
+        raise EnrollmentError(f"cannot reach the hub at {settings.hub_url}: {reason}") from e
     finally:
         if own:
             http.close()
@@ -76,5 +96,5 @@ def ensure_identity(settings: AgentSettings, client: httpx.Client | None = None)
         identity = EnrollResponse.model_validate_json(response.content)
     except ValidationError as e:
         raise EnrollmentError(f"the hub sent an invalid enrollment response: {e}") from e
-    save_identity(settings, identity)
+    save_identity(settings, identity)  # kept even if its hub_url is refused next: the token is spent
     return identity

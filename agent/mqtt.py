@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.tls import client_context, tls_failure
 from protocol.messages import DeviceStatus
 from protocol.topics import Channel, device_topic
 
@@ -45,11 +46,16 @@ class MqttSession:
         rng: random.Random | None = None,
         tls: bool = False,
         ca_file: Path | None = None,
+        client_cert_file: Path | None = None,
+        client_key_file: Path | None = None,
         connack_timeout_s: float = 10.0,
     ) -> None:
         self.device_id = device_id
         self.host, self.port = host, port
         self.tls, self.ca_file = tls, ca_file
+        self.client_cert_file, self.client_key_file = client_cert_file, client_key_file
+        self._failure: str | None = None  # the last connection failure logged as a warning (each reason once)
+        self._socket_error: str | None = None  # what paho saw on the socket before a CONNACK (it logs, not raises)
         self.connack_timeout_s = connack_timeout_s
         self._connack = False
         self.username, self.password = username, password
@@ -83,9 +89,10 @@ class MqttSession:
         client.max_queued_messages_set(10_000)
         if self.tls:
             # Verified TLS (certificate chain and host name), 1.2 or newer; the password never travels in clear.
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            client.tls_set_context(context)
+            client.tls_set_context(client_context(self.ca_file, self.client_cert_file, self.client_key_file))
+            # A broker that refuses the device's certificate says so after the handshake, in an alert paho
+            # logs rather than raises: listen to its log until the CONNACK (then stop: it formats every line).
+            client.on_log = self._on_log
         if self.username:
             client.username_pw_set(self.username, self.password)
         offline = DeviceStatus(status="offline").to_bytes()
@@ -130,11 +137,13 @@ class MqttSession:
             before = self.connects
             opened = False
             self._connack = False
+            self._socket_error = None
             try:
                 self._connect()
                 opened, sent = True, time.monotonic()
                 while not self._stop.is_set() and not self._fallback:
                     if self._client.loop(timeout=0.2) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        self._refused_after_handshake()
                         break
                     if not self._connack and time.monotonic() - sent > self.connack_timeout_s:
                         log.info("mqtt broker %s:%s sent no CONNACK in %.0f s", self.host, self.port,
@@ -142,7 +151,7 @@ class MqttSession:
                         self._client.disconnect()
                         break
             except ssl.SSLError as e:  # a certificate the device does not trust: say so louder than a refusal
-                log.warning("mqtt TLS handshake with %s:%s failed: %s", self.host, self.port, e)
+                self._tls_failed(self._tls_reason(e) or str(e))
             except (OSError, ValueError) as e:
                 log.info("mqtt connect to %s:%s failed: %s", self.host, self.port, e)
             except Exception:  # a bug in a callback or in paho must not end the session for good: log, back off
@@ -170,6 +179,30 @@ class MqttSession:
             failures = 1 if self.connects > before else failures + 1
             self._stop.wait(self.reconnect_delay(failures))
 
+    def _tls_reason(self, error: BaseException | str) -> str | None:
+        return tls_failure(error, peer="broker", ca_setting="mqtt_ca_file", ca_file=self.ca_file,
+                           client_cert=self.client_cert_file is not None)  # fmt: skip
+
+    def _tls_failed(self, reason: str) -> None:
+        """Log a failed TLS connection: a warning the first time for each reason, then quietly on each retry."""
+        level = logging.INFO if reason == self._failure else logging.WARNING
+        self._failure = reason
+        log.log(level, "mqtt TLS connection to %s:%s failed: %s; retrying with backoff", self.host, self.port,
+                reason)  # fmt: skip
+
+    def _refused_after_handshake(self) -> None:
+        """The broker hung up before its CONNACK with a TLS alert (a device certificate missing or refused)."""
+        if self.tls and not self._connack and self._socket_error:
+            reason = self._tls_reason(self._socket_error)
+            if reason is not None:
+                self._tls_failed(reason)
+
+    def _on_log(self, client: paho.Client, _u: object, level: int, message: str) -> None:
+        if self._connack:
+            client.on_log = None
+        elif level == paho.MQTT_LOG_ERR and "socket: " in message:
+            self._socket_error = message.split("socket: ", 1)[1]
+
     def reconnect_delay(self, failures: int) -> float:
         """Full-jitter exponential backoff between reconnect attempts."""
         low, high = self.backoff
@@ -178,12 +211,14 @@ class MqttSession:
 
     def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         self._connack = True
+        client.on_log = None
         if getattr(reason, "is_failure", False):
             if str(reason) in UNSUPPORTED_PROTOCOL and self.protocol is MQTTProtocolVersion.MQTTv5:
                 self._fallback = True
             log.warning("mqtt connection refused: %s", reason)
             return
         self.connects += 1
+        self._failure = None
         client.subscribe([(self.topic(Channel.DESIRED), 1), (self.topic(Channel.CMD), 1), (self.topic(Channel.ACK), 1)])
         online = DeviceStatus(status="online", ts=datetime.now(UTC)).to_bytes()
         client.publish(self.topic(Channel.STATUS), online, qos=1, retain=True)

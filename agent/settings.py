@@ -63,6 +63,12 @@ class AgentSettings(BaseModel):
     hub_url: str | None = None
     # The CA bundle (PEM) that signed the hub's HTTPS certificate; default: the system's trusted CAs.
     hub_ca_file: FilePath | None = None
+    # An http:// hub (here or in the identity enrollment returned) is refused unless this says it is meant.
+    allow_insecure_http: bool = False
+    # The device's certificate and key (PEM, both or neither), shown to the hub's HTTPS and the broker's TLS
+    # listener when they ask for one (mTLS).
+    client_cert_file: FilePath | None = None
+    client_key_file: FilePath | None = None
     enrollment_token: str | None = None
     device_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
@@ -114,6 +120,37 @@ class AgentSettings(BaseModel):
                 f"api_host = {self.api_host!r} would expose the local API (predict, rollback; no auth) beyond "
                 "this device: use a loopback address or api_uds, or set api_allow_remote = true to mean it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _hub_url_encrypted(self) -> AgentSettings:
+        if self.hub_url is not None:
+            check_hub_url(self.hub_url, allow_insecure_http=self.allow_insecure_http, name="hub_url")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_load(self) -> AgentSettings:
+        """A CA bundle or a device certificate that cannot be used stops the start, not the first connection."""
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together: set both (the device's certificate "
+                             "and its private key) or neither")  # fmt: skip
+        for name in ("hub_ca_file", "mqtt_ca_file"):
+            ca_file = getattr(self, name)
+            if ca_file is not None:
+                try:
+                    ssl.create_default_context(cafile=str(ca_file))
+                except ssl.SSLError as e:
+                    raise ValueError(f"{name}: {ca_file} holds no usable PEM certificate ({e.reason})") from e
+        if self.client_cert_file is not None and self.client_key_file is not None:
+            try:  # an empty password: an encrypted key is refused here, never prompted for on a terminal
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    self.client_cert_file, self.client_key_file, password=b""
+                )
+            except ssl.SSLError as e:
+                why = ("the key is not the certificate's" if e.reason == "KEY_VALUES_MISMATCH"
+                       else "they must be a PEM certificate and its unencrypted PEM private key")  # fmt: skip
+                raise ValueError(f"client_cert_file / client_key_file: cannot use {self.client_cert_file} with "
+                                 f"{self.client_key_file}: {why}") from e  # fmt: skip
         return self
 
     @model_validator(mode="after")
@@ -249,6 +286,12 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {message}{more}" if where else f"{message}{more}"
 
 
-def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """httpx's `verify` for the hub: a context trusting `ca_file`, or True (the system's trusted CAs)."""
-    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+def check_hub_url(url: str, *, allow_insecure_http: bool, name: str) -> None:
+    """Refuse a hub URL that is not https:// (an http:// one only with `allow_insecure_http`): a ValueError."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "https" or (scheme == "http" and allow_insecure_http):
+        return
+    if scheme == "http":
+        raise ValueError(f'{name} = "{url}" is plain HTTP: the device token and the updates would cross the '
+                         "network unencrypted; use https:// or set allow_insecure_http = true to mean it")  # fmt: skip
+    raise ValueError(f'{name} = "{url}" is not an https:// URL')

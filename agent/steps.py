@@ -30,8 +30,9 @@ from agent.model import LoadedModel
 from agent.runtimes import INSTALL_HINT, runtime_for_format, runtime_installed
 from agent.selftest import case_inputs, run_self_test
 from agent.serving import ServingRegistry
-from agent.settings import AgentSettings, tls_verify
+from agent.settings import AgentSettings
 from agent.store import ModelStore
+from agent.tls import hub_context, hub_failure
 
 if TYPE_CHECKING:
     import httpx
@@ -91,7 +92,7 @@ class DeviceSteps:
 
             timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
             headers = {"Authorization": f"Bearer {self.identity.device_token}"}
-            self._http = httpx.Client(timeout=timeout, headers=headers, verify=tls_verify(self.settings.hub_ca_file))
+            self._http = httpx.Client(timeout=timeout, headers=headers, verify=hub_context(self.settings))
         return self._http
 
     def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -116,7 +117,9 @@ class DeviceSteps:
 
     def _retrying(self, record: UpdateRecord, failures: int, delay: float, error: Exception) -> None:
         """Say why the update waits: the reason reported for the model until the step moves on."""
-        what = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        what = hub_failure(error, self.settings, self.identity.hub_url)
+        if what is None:
+            what = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         record.reason = f"{RETRYING}{what} (attempt {failures}; next in {delay:.0f} s)"
         self.notify("retrying", record, {"attempt": failures, "retry_in_s": round(delay, 1)})
 

@@ -226,7 +226,7 @@ def daemon(
     config = work / f"agent-{profile_dir}.toml"
     config.write_text(
         f'profile = "{profile}"\ndata_dir = "{data}"\napi_port = {port}\n'
-        f'topic_root = "bench/v1"\nlog_level = "WARNING"\n'
+        f'topic_root = "bench/v1"\nlog_level = "WARNING"\nallow_insecure_http = true\n'  # identity: http://
     )
     # EDGEFLEET_BENCH_AGENT_PYTHON: run the daemon with another interpreter, e.g. a venv holding only
     # `pip install edgefleet[agent-onnx]`, as on a device (this one has TensorFlow and the dev tools).

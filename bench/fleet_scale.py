@@ -64,8 +64,8 @@ def run(size: int, folder: Path, model_out: Path) -> dict[str, float]:
         token = env.api("POST", "/api/v1/enrollment-tokens", json={"uses": REAL_AGENTS})["token"]
         for i in range(REAL_AGENTS):
             agent = AgentProcess(f"agent-{i}", "x86_gateway", folder / f"agent-{i}",
-                                 {"hub_url": env.hub_url, "enrollment_token": token, "topic_root": TOPIC_ROOT,
-                                  "probation_s": 1.0, "log_level": "WARNING"})
+                                 {"hub_url": env.hub_url, "allow_insecure_http": True, "enrollment_token": token,
+                                  "topic_root": TOPIC_ROOT, "probation_s": 1.0, "log_level": "WARNING"})
             agent.start()
             agents.append(agent)
         t0 = time.perf_counter()

@@ -65,6 +65,10 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, tls_cert: P
     if require_client_cert:
         updates["tls_require_client_cert"] = True
     settings = settings.model_copy(update=updates)
+    if settings.tls_cert_file is not None and "public_url" not in settings.model_fields_set:
+        # What enrollment hands to devices: agents refuse a plain http:// hub, so say https when serving it.
+        public = f"https://{host or settings.host}:{port if port is not None else settings.port}"
+        settings = settings.model_copy(update={"public_url": public})
     try:
         tls_options(settings)  # a missing or half-given certificate stops here, before the hub starts anything
         app = create_app(settings)

@@ -41,6 +41,7 @@ DEVICES = 10
 FINAL = ("completed", "aborted", "rolled_back", "paused")
 IDLE_STATES = ("idle", "committed", "failed", "rolled_back")  # the agent's terminal lifecycle states
 AGENT_SETTINGS: dict[str, Any] = {
+    "allow_insecure_http": True,  # the hub (and the flapping proxy in front of it) serve plain HTTP on loopback
     "topic_root": TOPIC_ROOT, "probation_s": 1.0, "latency_basis": "host", "log_level": "INFO",
     "reconnect_min_s": 0.3, "reconnect_max_s": 2.0, "keepalive_s": 5,
     "connect_timeout_s": 2.0, "read_timeout_s": 5.0, "retry_base_s": 0.2, "retry_max_s": 1.0,

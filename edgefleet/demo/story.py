@@ -70,8 +70,9 @@ class Story:
         onnx = {(NAME, v): out / layout.TRITON_DIR / NAME / str(v) / "model.onnx" for v, out in outs.items()}
         self.cloud = CloudServer(onnx).start()
         token = self.env.api("POST", "/api/v1/enrollment-tokens", json={"uses": self.devices + 1})["token"]
-        settings = {"hub_url": self.env.hub_url, "enrollment_token": token, "topic_root": TOPIC_ROOT,
-                    "probation_s": 2.0, "latency_basis": "host", "log_level": "WARNING",
+        # The demo's hub serves plain HTTP on loopback: the agents must be told that is meant.
+        settings = {"hub_url": self.env.hub_url, "allow_insecure_http": True, "enrollment_token": token,
+                    "topic_root": TOPIC_ROOT, "probation_s": 2.0, "latency_basis": "host", "log_level": "WARNING",
                     "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
         from agent.settings import AgentSettings
 

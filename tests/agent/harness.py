@@ -133,6 +133,7 @@ def agent_settings(data_dir: Path, hub: HubStub, root: str, **overrides: Any) ->
         "profile": "x86_gateway",
         "data_dir": data_dir,
         "hub_url": hub.url,
+        "allow_insecure_http": hub.tls_files is None,  # the stub serves plain HTTP on loopback unless given a cert
         "enrollment_token": ENROLL_TOKEN,
         "device_id": "dev-1",
         "topic_root": root,

@@ -19,6 +19,7 @@ def write_config(path: Path, data_dir: Path, hub: HubStub, root: str, **extra: A
         "profile": "x86_gateway",
         "data_dir": str(data_dir),
         "hub_url": hub.url,
+        "allow_insecure_http": hub.tls_files is None,  # the stub serves plain HTTP on loopback unless given a cert
         "enrollment_token": ENROLL_TOKEN,
         "device_id": "dev-1",
         "topic_root": root,
@@ -43,9 +44,11 @@ def _env() -> dict[str, str]:
 
 
 def run_agent(config: Path) -> subprocess.CompletedProcess[str]:
-    """`edgefleet agent run` to completion (for starts that must be refused)."""
+    """`edgefleet agent run` to completion (for starts that must be refused: stderr holds the refusal alone,
+    without the warnings logged before it, such as the stub hub's plain HTTP)."""
+    env = {**_env(), "EDGEFLEET_AGENT_LOG_LEVEL": "ERROR"}
     return subprocess.run([sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, env=_env())  # fmt: skip
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
 
 
 def start_agent(config: Path, log: Path, pause: str | None = None) -> subprocess.Popen[bytes]:
