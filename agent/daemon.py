@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.enroll import ensure_identity
+from agent.fsutil import remove_crash_leftovers
 from agent.inference import Prediction
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.memory import release_free_memory
@@ -80,6 +81,8 @@ class Agent:
             port=settings.mqtt_port or mqtt.port,
             tls=mqtt.tls if settings.mqtt_tls is None else settings.mqtt_tls,
             ca_file=settings.mqtt_ca_file,
+            client_cert_file=settings.client_cert_file,
+            client_key_file=settings.client_key_file,
             username=mqtt.username or None,
             password=mqtt.password or None,
             root=settings.topic_root,
@@ -107,7 +110,12 @@ class Agent:
             if not runtime_installed(runtime):
                 log.warning("profile %s runs %s models but %s is not installed: %s; such updates will be refused",
                             self.profile.name, fmt.value, runtime, INSTALL_HINT[runtime])  # fmt: skip
-        self.store.clean_leftovers()
+        data_dir = self.settings.data_dir
+        files, size = remove_crash_leftovers(data_dir)  # before anything writes there (models/.*.removed too)
+        if files:
+            amount = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"
+            plural = "" if files == 1 else "s"
+            log.info("start-up: removed %d file%s (%s) a crash left in %s", files, plural, amount, data_dir)
         for name in self.store.names():
             self.context.serve_active(name, self.profile.threads)
         for name in self.lifecycle.names():

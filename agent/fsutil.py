@@ -1,13 +1,19 @@
-"""Crash-safe file primitives: atomic write, atomic symlink swap, directory fsync; the data_dir lock."""
+"""Crash-safe file primitives: atomic write, atomic symlink swap, directory fsync; the data_dir lock; removing
+what a crash left half-written."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import re
+import shutil
 from pathlib import Path
 
 from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -67,3 +73,47 @@ def lock_data_dir(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+# tuf.ngclient's Updater persists metadata through tempfile.NamedTemporaryFile(dir=<metadata dir>): `tmp` + 8.
+_TUF_TEMP = re.compile(r"tmp[a-z0-9_]{8}")
+
+
+def remove_crash_leftovers(data_dir: Path) -> tuple[int, int]:
+    """Delete what an agent killed mid-write left in `data_dir` and nothing can use again; returns (files,
+    bytes) removed. Run at start-up, before anything writes (the data_dir lock keeps other agents out).
+
+    Removed: `.<name>.tmp` temp files of `atomic_write` and `atomic_symlink` (beside identity.json,
+    events.seq, lifecycle/<model>.json and the models' slot links); half-written staging directories
+    (models/<m>/versions/.<v>.tmp); version directories without a manifest that no slot points at (a
+    removal cut short; staging would delete them anyway); models/.<m>.removed (an uninstall cut short);
+    tuf/tmp???????? (python-tuf's metadata temp files).
+    Kept: everything under downloads/. A `<artifact>.part` file is resumed from its size (agent/download.py),
+    a verified artifact there is staged when its update resumes, and an update that failed its download is
+    retried into the same directory. Also kept: SQLite's -journal/-wal files, which recover the outboxes."""
+    doomed: list[Path] = [*data_dir.glob(".*.tmp"), *data_dir.glob("lifecycle/.*.tmp")]
+    models = data_dir / "models"
+    doomed += models.glob(".*.removed")
+    for model in (m for m in models.glob("[!.]*") if m.is_dir()):
+        doomed += model.glob(".*.tmp")
+        versions = model / "versions"
+        slots = {os.readlink(link) for link in model.glob("[!.]*") if link.is_symlink()}
+        for version in versions.glob("*") if versions.is_dir() else ():
+            half = version.name.startswith(".") and version.name.endswith(".tmp")
+            if half or (f"versions/{version.name}" not in slots and not (version / "manifest.json").exists()):
+                doomed.append(version)
+    doomed += (p for p in data_dir.glob("tuf/tmp*") if _TUF_TEMP.fullmatch(p.name))
+    files = size = 0
+    for path in doomed:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                inside = [p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink()]
+                shutil.rmtree(path)
+            else:
+                inside = [path.lstat().st_size]
+                path.unlink()
+        except OSError as e:  # not worth failing the start over; the next start tries again
+            log.warning("start-up: cannot remove %s: %s", path, e)
+            continue
+        files, size = files + max(len(inside), 1), size + sum(inside)
+    return files, size

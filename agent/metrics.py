@@ -173,6 +173,13 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.mqtt_connected = Gauge("edgefleet_agent_mqtt_connected", "1 when connected", registry=self.registry)
+        self.api_refusals = Counter(
+            "edgefleet_agent_api_refusals",
+            "Local API connections and requests refused: busy, per_peer (503), deadline, stalled (408), "
+            "json_depth, json_number (400)",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def predict_series(self, model: str) -> PredictSeries:
         """The model's predict count and latency (created on first use; callers keep it)."""

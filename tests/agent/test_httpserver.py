@@ -1,5 +1,6 @@
 """The local API's HTTP/1.1 server on real sockets: keep-alive, JSON errors for every malformed request, body
-limits, HEAD, concurrency across connections, the connection bound, the idle timeout, stop, a unix socket."""
+limits, HEAD, concurrency across connections, the connection bound and its /healthz reserve, the idle timeout,
+stop, a unix socket. Hostile clients (trickling, per-peer floods, deep JSON): tests/security."""
 
 from __future__ import annotations
 
@@ -165,27 +166,52 @@ def test_connections_past_the_bound_get_503_until_one_closes(views: Views, caplo
         for conn in held:  # each answered once: both connections are open and counted
             conn.request("GET", "/healthz")
             conn.getresponse().read()
-        status, _, body, closed = raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        status, headers, body, closed = raw(port, b"GET /v1/models HTTP/1.1\r\n\r\n")
         assert status == 503 and "too many open connections" in json.loads(body)["error"] and closed
-        assert raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")[0] == 503
+        assert headers["retry-after"] == "1"
+        assert raw(port, b"GET /v1/models HTTP/1.1\r\n\r\n")[0] == 503
         assert server.busy_refusals == 2
-        warnings = [r for r in caplog.records if r.name == "agent.httpserver" and r.levelname == "WARNING"]
+        warnings = [r for r in caplog.records if r.name.startswith("agent.http") and r.levelname == "WARNING"]
         assert len(warnings) == 1  # a flood of refusals is one line per interval, not one per connection
+        status, _, body, closed = raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")  # from a reserve slot, then closed
+        assert (status, json.loads(body), closed) == (200, {"status": "ok"}, True)
         held.pop().close()
-        wait_for(lambda: raw(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")[0] == 200, what="slot freed")
+        request = b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n"
+        wait_for(lambda: raw(port, request)[0] == 200, what="slot freed")
         held[0].close()
     finally:
         server.stop()
 
 
-def test_an_idle_connection_is_closed_after_the_timeout(views: Views) -> None:
+def test_with_the_reserve_full_too_a_connection_gets_503_before_it_sends_anything(views: Views) -> None:
+    server, port = start(views, max_connections=1, health_reserve=1)
+    try:
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]  # full + reserve
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            response = http.client.HTTPResponse(third)
+            response.begin()  # unasked: refused at the accept
+            assert response.status == 503 and response.getheader("Retry-After") == "1"
+            assert "too many open connections" in json.loads(response.read())["error"]
+        assert server.refusals == {"busy": 1}
+        for s in silent:
+            s.close()
+    finally:
+        server.stop()
+
+
+def test_an_idle_connection_is_closed_after_the_timeout_and_a_stalled_request_gets_408(views: Views) -> None:
     server, port = start(views, idle_timeout_s=0.3)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            assert s.recv(1) == b""  # closed by the server, not by the 10 s client timeout
+            assert s.recv(1) == b""  # closed by the server, not by the 10 s client timeout; nothing to answer
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"POST /v1/models/demo/predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # a stalled body
+            response = http.client.HTTPResponse(s)
+            response.begin()
+            assert response.status == 408 and response.getheader("Connection") == "close"
+            assert "nothing received for 0.3 s" in json.loads(response.read())["error"]
             assert s.recv(1) == b""
+        assert server.refusals == {"stalled": 1}
     finally:
         server.stop()
 
