@@ -5,12 +5,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from agent.daemon import Agent
@@ -21,6 +18,7 @@ from tests.agent.hubstub import HubStub
 from tests.agent.ports import listen_port
 from tests.agent.procs import kill9, start_agent, stop, write_config
 from tests.support.broker import Broker
+from tests.support.tlsfiles import tls_files
 
 pytestmark = pytest.mark.integration
 
@@ -221,53 +219,6 @@ def test_an_unexpected_error_in_the_session_does_not_end_it(broker: Broker, uniq
         session.stop()
 
 
-def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
-    return key, cert
-
-
-def _tls_files(folder: Path) -> dict[str, Path]:
-    """A CA, a broker certificate it signed for 127.0.0.1 / localhost, and an unrelated CA (PEM files)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_key, ca = _ca("edgefleet test CA")
-    _, other = _ca("someone else's CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-            .add_extension(san, critical=False).sign(ca_key, hashes.SHA256()))  # fmt: skip
-    pem = serialization.Encoding.PEM
-    files = {"ca": folder / "ca.pem", "other_ca": folder / "other-ca.pem", "cert": folder / "broker.pem",
-             "key": folder / "broker.key"}  # fmt: skip
-    files["ca"].write_bytes(ca.public_bytes(pem))
-    files["other_ca"].write_bytes(other.public_bytes(pem))
-    files["cert"].write_bytes(cert.public_bytes(pem))
-    files["key"].write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return files
-
-
 def test_tls_everywhere_with_a_private_ca(tmp_path: Path, unique_root: str, caplog: pytest.LogCaptureFixture) -> None:
     """The hub over HTTPS (verified with `hub_ca_file`), enrollment saying `tls`, the broker verified with
     `mqtt_ca_file`: an update converges over a TLS-only device listener. A broker certificate from a CA the
@@ -280,7 +231,7 @@ def test_tls_everywhere_with_a_private_ca(tmp_path: Path, unique_root: str, capl
     from hub.tuf_repo import TufRepository
     from tests.support.broker import free_port, start_broker
 
-    files = _tls_files(tmp_path)
+    files = tls_files(tmp_path)
     plain = free_port()  # the observer (the hub's side) connects on loopback without TLS, as in deploy/
     broker = start_broker(tmp_path / "broker", extra_conf=[
         f"certfile {files['cert']}", f"keyfile {files['key']}", "tls_version tlsv1.2",
@@ -318,6 +269,39 @@ def test_tls_everywhere_with_a_private_ca(tmp_path: Path, unique_root: str, capl
     finally:
         for session in (untrusting, cleartext):
             session.stop(timeout=2)
+        agent.stop()
+        observer.close()
+        hub.stop()
+        broker.stop()
+
+
+def test_daemon_shows_its_client_certificate_to_a_broker_that_requires_one(tmp_path: Path, unique_root: str) -> None:
+    """mTLS on MQTT through the whole daemon: a broker listener with `require_certificate true` accepts the
+    agent holding `client_cert_file`/`client_key_file` from its CA, and an update converges over it."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from hub.tuf_repo import TufRepository
+    from tests.support.broker import free_port, start_broker
+    from tests.support.tls import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    plain = free_port()
+    broker = start_broker(tmp_path / "broker", extra_conf=[
+        f"certfile {pki.server.cert}", f"keyfile {pki.server.key}", f"cafile {pki.ca}", "require_certificate true",
+        f"listener {plain} 127.0.0.1",
+    ])  # fmt: skip
+    hub = HubStub(TufRepository.create(tmp_path / "tufrepo"), mqtt_port=broker.port, mqtt_tls=True,
+                  tls_files=(pki.server.cert, pki.server.key)).start()  # fmt: skip
+    observer = Observer(cast(Broker, SimpleNamespace(port=plain)), unique_root)
+    agent = Agent(agent_settings(tmp_path / "device", hub, unique_root, mqtt_ca_file=pki.ca, hub_ca_file=pki.ca,
+                                 client_cert_file=pki.client.cert, client_key_file=pki.client.key))  # fmt: skip
+    try:
+        agent.start()
+        observer.desire("dev-1", 1, [("demo", 1, _publish_v1(hub, tmp_path), False)])
+        wait_for(lambda: observer.events("committed"), timeout=60, what="committed over mutual TLS")
+        assert agent.mqtt.connected.is_set()
+    finally:
         agent.stop()
         observer.close()
         hub.stop()
