@@ -27,6 +27,9 @@ CRASH_TABLE: dict[str, tuple[bool, int]] = {
     "probation": (True, 2),
     "rolling_back": (False, 1),
 }
+# tests/agent/slowed_agent.py: every step waits this long before and after its action, so each state lasts
+# long enough to be hit by a kill at a chosen instant.
+SLOW_S = 0.03
 
 
 def publish(hub: HubStub, tmp_path: Path, version: int, good: bool = True, n_in: int = 4) -> str:
@@ -175,41 +178,84 @@ def test_restart_mid_first_install_serves_nothing_untested(
         stop(proc)
 
 
-def test_kill9_at_seeded_random_instants_of_updates(
+def persisted(data: Path) -> tuple[str, int | None] | None:
+    """The (state, target version) in the device's lifecycle record of demo (None before there is one)."""
+    try:
+        record = json.loads((data / "lifecycle" / "demo.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record["state"], record["target_version"]
+
+
+def entered(data: Path, state: str, version: int, rest: str, timeout: float = 30) -> bool:
+    """Poll (finely: a slowed step lasts 2 * SLOW_S) until the record says `state` for `version`; False if the
+    update reached `rest` first (it went through `state` between two looks)."""
+    deadline = time.monotonic() + timeout
+    while (seen := persisted(data)) != (state, version):
+        if seen == (rest, version):
+            return False
+        assert time.monotonic() < deadline, f"v{version} never entered {state} (last seen: {seen})"
+        time.sleep(0.005)
+    return True
+
+
+def test_kill9_at_seeded_random_instants_in_every_state(
     tmp_path: Path, hub: HubStub, observer: Observer, unique_root: str
 ) -> None:
-    """Not only at step starts (the table above): SIGKILL at seeded random instants within an update's span
-    (measured on v1), wherever they land — mostly mid-download, the longest step here. After every kill the
-    store holds exactly one complete, verified active model and the restarted agent converges."""
+    """Not only at step starts (the table above): one update per state in CRASH_TABLE, each SIGKILLed at a seeded
+    random instant once its state is persisted — before, during or after the step's action. Every step of the
+    slowed agent lasts at least 2 * SLOW_S (tests/agent/slowed_agent.py), so even activating, a symlink swap,
+    is hit; rolling_back is reached by an update whose self-test fails. After every kill the store holds exactly
+    one complete, verified active model, and the restarted agent converges with the rollback target kept; the
+    kills landed in every state of the table."""
+    from tests.agent.slowed_agent import start_slowed_agent
+
     data = tmp_path / "device"
     config = write_config(tmp_path / "agent.toml", data, hub, unique_root, bandwidth_bps=400_000)
     log = tmp_path / "agent.log"
     rng = random.Random(20261125)
-    landed: list[str] = []  # the persisted state each kill interrupted
-    proc = start_agent(config, log)
+    kills: list[tuple[int, str, str, int | None]] = []  # (version, aimed at, landed in, active after the kill)
+    unhit = list(CRASH_TABLE)  # aimed at in this order; a kill that lands elsewhere is aimed again
+    proc = start_slowed_agent(config, log, SLOW_S)
     try:
         observer.desire("dev-1", 1, [("demo", 1, publish(hub, tmp_path, 1, n_in=128), False)])
-        wait_for(lambda: observer.events("download_started"), timeout=60, what="v1 begun")
-        begun = time.monotonic()
         wait_for(lambda: observer.events("committed"), timeout=60, what="v1")
-        span = time.monotonic() - begun  # how long an update takes here, as the hub sees it
-        for version in range(2, 12):
-            started = len(observer.events("download_started"))
-            observer.desire("dev-1", version, [("demo", version, publish(hub, tmp_path, version, n_in=128), False)])
-            wait_for(lambda s=started: len(observer.events("download_started")) > s, timeout=30, what="update begun")
-            time.sleep(rng.uniform(0.0, span))
-            kill9(proc)
-            assert assert_one_complete_active(data / "models", "demo") in (version - 1, version)
-            landed.append(json.loads((data / "lifecycle" / "demo.json").read_text())["state"])
-            proc = start_agent(config, log)
+        active, version, committed_versions = 1, 1, {1}
+        while unhit:
+            version += 1
+            assert version <= 1 + 2 * len(CRASH_TABLE), f"never landed in {unhit}: {kills}"
+            aim = unhit[0]
+            good, _ = CRASH_TABLE[aim]
+            final, expected = ("committed", version) if good else ("rolled_back", active)
+            target = publish(hub, tmp_path, version, good=good, n_in=128)
+            observer.desire("dev-1", version, [("demo", version, target, False)])
+            if entered(data, aim, version, rest=final):
+                time.sleep(rng.uniform(0.0, 1.6 * SLOW_S))
+                kill9(proc)
+                now = assert_one_complete_active(data / "models", "demo")
+                assert now in (active, version)
+                landed = persisted(data)
+                assert landed is not None and landed[1] == version
+                kills.append((version, aim, landed[0], now))
+                if landed[0] == aim:
+                    unhit.pop(0)
+                proc = start_slowed_agent(config, log, SLOW_S)
             wait_for(
-                lambda v=version: assert_one_complete_active(data / "models", "demo") == v
-                and any(e["version"] == v for e in observer.events("committed")),
+                lambda v=version, f=final, e=expected: (
+                    persisted(data) == (f, v) and assert_one_complete_active(data / "models", "demo") == e
+                ),
                 timeout=60,
-                what=f"v{version} after kills in {landed} ({log.read_text()[-400:]})",
+                what=f"v{version} {final} after kills {kills} ({log.read_text()[-400:]})",
             )
+            if good:  # what a later rollback returns to survived the kill (e.g. after activating's swap, replayed)
+                previous = (data / "models" / "demo" / "previous").resolve().name
+                assert previous == str(active), (previous, kills)
+                committed_versions.add(version)
+            active = expected
     finally:
         stop(proc)
+    assert set(CRASH_TABLE) <= {landed for _, _, landed, _ in kills}, kills
+    assert {e["version"] for e in observer.events("committed")} == committed_versions
 
 
 def test_a_step_that_kills_the_agent_every_time_is_abandoned(

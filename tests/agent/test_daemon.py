@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import stat
 from pathlib import Path
 
@@ -14,8 +15,6 @@ from tests.agent.harness import Observer, desired_state, wait_for
 from tests.agent.hubstub import HubStub
 
 pytestmark = pytest.mark.integration
-
-
 
 
 def publish_version(hub: HubStub, tmp_path: Path, version: int, **kw: object) -> str:
@@ -132,19 +131,49 @@ def test_bad_enrollment_token_is_one_readable_line(tmp_path: Path, hub: HubStub,
 def test_hub_unreachable_then_back_is_retried_with_backoff(
     tmp_path: Path, hub: HubStub, observer: Observer, make_agent
 ) -> None:
-    from tests.support.broker import wait_port
+    """While the hub answers 503, the update's metadata request is tried exactly `retry_attempts` times, the
+    pauses between tries growing as full-jitter exponential backoff does (each drawn from [0, min(max, base *
+    2^(k-1))]); then the update fails, and the idle retry pass commits it once the hub is back.
 
-    target = publish_version(hub, tmp_path, 1)
-    agent = make_agent(retry_failed_after_s=1.0, retry_attempts=2)
-    wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
-    hub.stop()
-    wait_for(lambda: _port_closed(hub.port), what="hub down")
-    observer.desire("dev-1", 1, [("demo", 1, target, False)])
-    failed = wait_for(lambda: observer.events("failed"), what="download failure reported")[-1]
-    assert failed["reason"].startswith("DownloadError") and agent.store.slot_version("demo", "active") is None
-    hub.start()
-    wait_port("127.0.0.1", hub.port)
-    wait_for(lambda: committed(observer, 1), what="retried and committed once the hub is back")
+    Measured on the wire (arrival times at a real HTTP server), not from the agent's internals. With full jitter
+    a single pause may be near zero, so growth is asserted on averages: the mean pause once the backoff is
+    capped (8 draws from [0, 0.32 s]) is 1.5 times the mean of the first three (draws from [0, 0.01..0.04 s]) or
+    more. A correct agent misses that with odds below 1e-5; a constant pause, or none, fails it.
+    """
+    from tests.agent.gatedhub import GatedHub
+
+    attempts, base, cap, idle_retry = 14, 0.01, 0.32, 1.0
+    capped_from = 6  # the first pause whose bound base * 2^(k-1) reaches the cap
+    gate = GatedHub(hub, down=True).start()
+    hub.public_url = gate.url  # enrollment tells the device to fetch updates from the gate
+    try:
+        target = publish_version(hub, tmp_path, 1)
+        agent = make_agent(retry_failed_after_s=idle_retry, retry_attempts=attempts, retry_base_s=base,
+                           retry_max_s=cap, retry_window_s=0.0)  # fmt: skip
+        wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
+        observer.desire("dev-1", 1, [("demo", 1, target, False)])
+        failed = wait_for(lambda: observer.events("failed"), what="download failure reported")[-1]
+        assert failed["reason"].startswith("DownloadError") and agent.store.slot_version("demo", "active") is None
+        assert f"after {attempts} attempts" in failed["reason"], failed["reason"]
+        tries = gate.refused()
+        gate.down = False
+        wait_for(lambda: committed(observer, 1), what="retried and committed once the hub is back")
+    finally:
+        gate.stop()
+
+    assert len(tries) == attempts, [(round(t.at, 3), t.path) for t in tries]
+    assert all(t.path.startswith("/tuf/metadata/") for t in tries)  # each try: the metadata refresh's first request
+    gaps = [b.at - a.at for a, b in itertools.pairwise(tries)]
+    bounds = [min(cap, base * 2 ** (k - 1)) for k in range(1, attempts)]
+    shown = [f"{g:.3f}<={b:.2f}" for g, b in zip(gaps, bounds, strict=True)]
+    # Never longer than the backoff's bound (plus the time a refused request takes): the cap holds.
+    assert all(g <= b + 0.2 for g, b in zip(gaps, bounds, strict=True)), shown
+    early, late = gaps[:3], gaps[capped_from - 1 :]
+    assert len(late) == 8
+    assert sum(late) / len(late) > 1.5 * sum(early) / len(early), shown
+    # The failed update is not retried at once: the next request is the idle retry pass, once the hub is back.
+    after = next(a for a in gate.arrivals if not a.refused)
+    assert after.at - tries[-1].at >= idle_retry - 0.05, (after, tries[-1])
 
 
 def test_an_update_waiting_for_the_hub_says_so_and_commits_once_it_is_back(

@@ -6,9 +6,9 @@ import json
 import re
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agent.metrics import AgentMetrics
@@ -17,6 +17,8 @@ from hub.metrics import HubMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC = re.compile(r"\b(edgefleet_[a-z_]+)")
+# The CONNACK reasons (MQTT 5) of a refused login: Mosquitto 2.0 says the first for both a missing and a wrong password.
+REFUSED = ("Not authorized", "Bad user name or password")
 
 
 def _exported() -> dict[str, set[str]]:
@@ -47,41 +49,92 @@ def test_grafana_and_prometheus_use_real_metrics() -> None:
     assert {j["job_name"] for j in config["scrape_configs"]} == {"edgefleet-hub", "edgefleet-agents"}
 
 
-def test_mosquitto_config_starts_with_tls_and_auth(tmp_path: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+def _connack(
+    port: int, *, ca: Path | None = None, username: str | None = None, password: str | None = None
+) -> str | None:
+    """Connect one paho client (MQTT 5; over TLS verified with `ca` when given): the CONNACK's reason, or None
+    when the broker closed the connection without one."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                            serialization.PrivateFormat.PKCS8,
-                                                            serialization.NoEncryption()))
-    (tmp_path / "passwd").write_text("")
-    (tmp_path / "acl").write_text("pattern readwrite edgefleet/v1/devices/%u/#\n")
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    if ca is not None:
+        client.tls_set(ca_certs=str(ca))
+    if username is not None:
+        client.username_pw_set(username, password)
+    reasons: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: reasons.append(str(reason))
+    client.connect("127.0.0.1", port)  # the TLS handshake happens here, verifying the broker's certificate
+    try:
+        deadline, rc = time.monotonic() + 10, MQTTErrorCode.MQTT_ERR_SUCCESS
+        while not reasons and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and time.monotonic() < deadline:
+            rc = client.loop(0.1)
+    finally:
+        client.disconnect()
+        client.loop(0.1)  # closes the socket (the broker has already closed it after a refusal)
+    assert reasons or rc != MQTTErrorCode.MQTT_ERR_SUCCESS, "neither a CONNACK nor a closed connection in 10 s"
+    return reasons[0] if reasons else None
+
+
+def test_mosquitto_config_starts_with_tls_and_auth(tmp_path: Path) -> None:
+    """deploy/mosquitto.conf (paths and ports moved into tmp_path) with the hub's own password and ACL files:
+    devices get TLS verified against the fleet's CA, and no client gets in without a password the hub wrote,
+    on the TLS listener or on the hub's loopback one."""
+    import socket
+    import ssl
+
+    from hub.mqtt.auth import render_acl, render_passwords
+    from hub.security import mosquitto_hash, new_password
+    from tests.support.tlsfiles import tls_files
+
+    files = tls_files(tmp_path / "certs")
+    password = new_password()
+    (tmp_path / "passwd").write_text(render_passwords({"dev-1": mosquitto_hash(password)}))
+    (tmp_path / "acl").write_text(render_acl("edgefleet/v1"))
     tls_port, local_port = free_port(), free_port()
     text = (DEPLOY / "mosquitto.conf").read_text()
-    for old, new in (("/var/lib/edgefleet-hub/mosquitto/", f"{tmp_path}/"), ("/etc/mosquitto/certs/", f"{tmp_path}/"),
+    for old, new in (("/var/lib/edgefleet-hub/mosquitto/", f"{tmp_path}/"),
+                     ("/etc/mosquitto/certs/server.crt", str(files["cert"])),
+                     ("/etc/mosquitto/certs/server.key", str(files["key"])),
+                     ("/etc/mosquitto/certs/ca.crt", str(files["ca"])),
                      ("/run/mosquitto/mosquitto.pid", f"{tmp_path}/m.pid"), ("/var/lib/mosquitto/", f"{tmp_path}/"),
                      ("listener 8883", f"listener {tls_port}"),
                      ("listener 1883 127.0.0.1", f"listener {local_port} 127.0.0.1"),
-                     ("log_dest syslog", "log_dest stderr")):
+                     ("log_dest syslog", "log_dest stderr")):  # fmt: skip
+        assert old in text, f"deploy/mosquitto.conf no longer has {old!r}: update this test"
         text = text.replace(old, new)
     text += "user root\n"
     (tmp_path / "mosquitto.conf").write_text(text)
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
+    log = tmp_path / "mosquitto.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stderr=out)
     try:
         wait_port("127.0.0.1", tls_port)
         wait_port("127.0.0.1", local_port)
-        time.sleep(0.2)
-        assert proc.poll() is None
+        assert proc.poll() is None, log.read_text()
+
+        # A real handshake on the device listener: TLS 1.2+, a certificate chain that verifies against the CA.
+        trusting = ssl.create_default_context(cafile=str(files["ca"]))
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
+                trusting.wrap_socket(raw, server_hostname="localhost") as tls:  # fmt: skip
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            peer = tls.getpeercert()
+            assert dict(x[0] for x in peer["subject"])["commonName"] == "broker"
+            assert dict(x[0] for x in peer["issuer"])["commonName"] == "edgefleet test CA"
+        untrusting = ssl.create_default_context(cafile=str(files["other_ca"]))
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
+                pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):  # fmt: skip
+            untrusting.wrap_socket(raw, server_hostname="localhost")
+
+        # allow_anonymous false + the password file: only the hub's credentials get a CONNACK that accepts.
+        assert _connack(tls_port, ca=files["ca"]) in REFUSED
+        assert _connack(tls_port, ca=files["ca"], username="dev-1", password="wrong") in REFUSED
+        assert _connack(tls_port, ca=files["ca"], username="dev-1", password=password) == "Success"
+        assert _connack(tls_port, username="dev-1", password=password) is None  # no cleartext on the device port
+        # The loopback listener is plain MQTT for the hub, and as closed to anonymous clients.
+        assert _connack(local_port) in REFUSED
+        assert _connack(local_port, username="dev-1", password=password) == "Success"
+        assert proc.poll() is None, log.read_text()
     finally:
         proc.terminate()
         proc.wait(10)
@@ -102,7 +155,8 @@ def test_systemd_units_verify_and_match_what_the_code_uses(tmp_path: Path) -> No
         res = subprocess.run([str(analyze), "verify", str(tmp_path / unit)], capture_output=True, text=True)
         assert res.returncode == 0 and not res.stderr.strip(), (unit, res.stderr)
     agent_unit = dict(
-        line.split("=", 1) for line in (DEPLOY / "edgefleet-agent.service").read_text().splitlines()
+        line.split("=", 1)
+        for line in (DEPLOY / "edgefleet-agent.service").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
     assert agent_unit["ExecStart"].split()[1:4] == ["agent", "run", "--config"]
