@@ -184,7 +184,9 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
                 daemon.request_rollback,
                 inference=daemon.inference,
             )
-            server = LocalApiServer(app, sock)
+            server = LocalApiServer(app, sock, max_connections=settings.api_max_connections,
+                                    max_per_peer=settings.api_max_per_peer, idle_timeout_s=settings.api_idle_timeout_s,
+                                    request_deadline_s=settings.api_request_deadline_s)  # fmt: skip
             server.start()
         stop.wait()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C may cut the stop short

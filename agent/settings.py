@@ -101,6 +101,12 @@ class AgentSettings(BaseModel):
     api_port: int = Field(default=8470, ge=0, le=65535)
     api_uds: Path | None = None  # serve on this unix socket instead of api_host:api_port
     api_allow_remote: bool = False  # an api_host beyond loopback exposes predict and rollback (no auth): opt in
+    # Local API limits (agent/httplimits.py): open connections, per TCP peer address, and the time a whole
+    # request (head and body) may take to arrive; a keep-alive connection idle this long is closed.
+    api_max_connections: int = Field(default=64, ge=1, le=10_000)
+    api_max_per_peer: int = Field(default=16, ge=1, le=10_000)
+    api_request_deadline_s: float = Field(default=15.0, gt=0)
+    api_idle_timeout_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
     # Telemetry and cloud fallback (per model: `[fallback.NAME]`, `[fallback_policy.NAME]`; docs/fallback.md).
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
