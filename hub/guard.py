@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -43,6 +44,24 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 UPLOAD_ROUTE = ("POST", f"{API_PREFIX}/models")
 
 
+class LogThrottle:
+    """`due(key)`: true at most once per `every_s` per key, so an attack logs a line per interval, not per try."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.every_s) < self.every_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+throttle = LogThrottle()  # the process's refusal log lines (hub/server.py's head refusals too)
+
+
 class Refused(HubError):
     """A request the guard will not serve: its status and the message the client reads. Raised while the app
     reads a streamed body, it reaches the app's HubError handler, which closes the connection after it."""
@@ -62,6 +81,7 @@ class RequestGuard:
             "edgefleet_hub_http_refused", "Requests refused before their body was served", ["reason"],
             registry=hub.metrics.registry,
         )  # fmt: skip
+        self._seen: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,10 +103,14 @@ class RequestGuard:
                 await _reply(send, e.status_code, e.detail)
 
     def count(self, refusal: Refused, scope: Scope) -> None:
-        """Log and count one refusal."""
+        """Count one refusal; log it unless this reason was logged in the last LOG_EVERY_S (a flood is a line
+        per reason per interval, with the running total)."""
         self.refused.labels(refusal.reason).inc()
-        log.info("refused %s %s from %s: %d %s", scope["method"], scope["path"], _peer(scope), refusal.status_code,
-                 refusal.detail)  # fmt: skip
+        seen = self._seen.get(refusal.reason, 0) + 1
+        self._seen[refusal.reason] = seen
+        if throttle.due(refusal.reason):
+            log.info("refused %s %s from %s: %d %s (%d refused for %s so far)", scope["method"], scope["path"],
+                     _peer(scope), refusal.status_code, refusal.detail, seen, refusal.reason)  # fmt: skip
 
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:
         """Check the head; return the `receive` the app reads the body through."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from hub.guard import throttle
 from hub.settings import HubSettings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class HeadDeadlineProtocol(H11Protocol):
 
     def _refuse(self, status: int, phrase: str, detail: str) -> None:
         self._disarm_head_deadline()
-        log.info("refused a request head from %s: %d %s", self.client, status, detail)
+        if throttle.due(f"head-{status}"):
+            log.info("refused a request head from %s: %d %s (logged once per 10 s)", self.client, status, detail)
         self.transport.write(_refusal(status, phrase, detail))
         self.transport.close()
 
