@@ -36,6 +36,10 @@ class HubSettings(BaseSettings):
     mosquitto_acl_file: Path | None = None
     mosquitto_pid_file: Path | None = None
     mosquitto_binary: str = "/usr/sbin/mosquitto"
+    # Cluster (docs/hub.md#cluster): replicas on one PostgreSQL database and one broker.
+    leader_poll_s: float = Field(default=1.0, gt=0)  # how often a replica tries for (or checks) the leader lease
+    mqtt_share_group: str = Field(default="edgefleet-hub", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # $share/<group>/...
+    broker_auth: Literal["files", "dynsec"] = "files"  # Mosquitto password/ACL files + SIGHUP, or dynamic security
     # Background jobs.
     rollout_tick_s: float = Field(default=1.0, gt=0)
     tuf_refresh_s: float = Field(default=300.0, gt=0)
