@@ -10,6 +10,7 @@ import http.client
 import json
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -221,7 +222,14 @@ def test_json_nested_100k_deep_is_a_400_and_the_server_goes_on(start: Any, monke
     assert _predict(port, b'{"inputs": {"x": [[1, 2, 3, 4]]}}').status_code == 200
     assert _predict(port, b"[" * 64 + b"]" * 64).status_code == 422  # 64 levels are parsed (and not a tensor)
     monkeypatch.setattr(api, "MAX_JSON_DEPTH", 10**6)  # past the scan, the parser's recursion limit: still a 400
-    r = _predict(port, deep)
+    # At Python's default limit: libraries imported earlier in this test process (TensorFlow, onnx2tf) raise it
+    # so far that a 100k-deep parse in a server thread would overflow the C stack before RecursionError.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        r = _predict(port, deep)
+    finally:
+        sys.setrecursionlimit(limit)
     assert r.status_code == 400 and r.json()["error"].startswith("body is JSON nested too deep to parse")
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert 'edgefleet_agent_api_refusals_total{reason="json_depth"} 4.0' in metrics
