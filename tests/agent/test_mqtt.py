@@ -93,11 +93,36 @@ def test_falls_back_to_mqtt_311_and_still_converges(
 
 
 def test_mqtt5_persistent_session_and_reconnect_after_broker_restart(
-    tmp_path: Path, broker: Broker, hub: HubStub, observer: Observer, make_agent
+    tmp_path: Path, broker: Broker, hub: HubStub, observer: Observer, make_agent, unique_root: str
 ) -> None:
-    agent = make_agent()
-    wait_for(lambda: agent.mqtt.connected.is_set(), what="connected")
-    assert agent.mqtt.protocol is MQTTProtocolVersion.MQTTv5
+    """The broker keeps the device's session while it is away, across a broker restart: QoS 1 commands published
+    meanwhile (not retained, so nothing else would bring them) arrive when it comes back. A clean session loses
+    them, having no subscriber when they were sent; the desired state alone would not tell (it is retained)."""
+    from protocol.messages import CommandKind
+
+    # Mosquitto keeps sessions and their queued messages over a restart only with persistence on.
+    conf = broker.conf_path.read_text().splitlines()
+    assert "persistence true" in conf and f"persistence_location {broker.workdir}/" in conf
+    away = Agent(agent_settings(tmp_path / "device", hub, unique_root))
+    away.start()
+    try:
+        wait_for(lambda: away.mqtt.connected.is_set(), what="connected")
+        assert away.mqtt.protocol is MQTTProtocolVersion.MQTTv5  # clean_start=False, session expiry a week
+    finally:
+        away.stop()  # a clean DISCONNECT: the session and its subscriptions stay on the broker
+    # A rollback of a model the device does not have: the agent answers with a "failed" event naming it.
+    observer.command("dev-1", CommandKind.ROLLBACK, model="sent-before-restart")
+    broker.restart()  # SIGTERM: mosquitto writes mosquitto.db, and the new process reads it back
+    assert (broker.workdir / "mosquitto.db").exists()
+    observer.client.reconnect()
+    wait_for(lambda: observer.client.is_connected(), what="observer back")
+    observer.client.subscribe(f"{observer.root}/devices/+/#", qos=1)
+    observer.command("dev-1", CommandKind.ROLLBACK, model="sent-after-restart")
+
+    agent = make_agent()  # the same device id, so the same client id: it resumes the session
+    sent_away = {"sent-before-restart", "sent-after-restart"}
+    wait_for(lambda: {e.get("model") for e in observer.events("failed")} >= sent_away, what="the commands sent away")
+    # An agent that stays up reconnects by itself after a broker restart, and converges.
     broker.restart()
     wait_for(lambda: agent.mqtt.connects >= 2, timeout=30, what="reconnect after broker restart")
     observer.client.reconnect()
@@ -300,7 +325,7 @@ def test_daemon_shows_its_client_certificate_to_a_broker_that_requires_one(tmp_p
         agent.start()
         observer.desire("dev-1", 1, [("demo", 1, _publish_v1(hub, tmp_path), False)])
         wait_for(lambda: observer.events("committed"), timeout=60, what="committed over mutual TLS")
-        assert agent.mqtt.connected.is_set()
+        assert agent.mqtt.connects >= 1  # its only way to the broker is the listener that requires a certificate
     finally:
         agent.stop()
         observer.close()

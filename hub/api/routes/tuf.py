@@ -19,7 +19,7 @@ from hub.schemas import Message
 from protocol.http import TUF_METADATA_PATH, TUF_TARGETS_PATH
 
 router = APIRouter(tags=["tuf"], responses={401: {"model": Message}, 404: {"model": Message}})
-METADATA_NAME = re.compile(r"^(?:[0-9]{1,10}\.(?:root|snapshot|targets)|root|timestamp)\.json$")
+METADATA_NAME = re.compile(r"^(?:[0-9]{1,20}\.(?:root|snapshot|targets)|root|timestamp)\.json$")
 HASHED_NAME = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9_.-]{1,128}$")
 
 
