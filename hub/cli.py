@@ -1,18 +1,28 @@
-"""`edgefleet hub init|serve|token`: set up a data dir and run the hub."""
+"""`edgefleet hub init|serve|sign-root|rotate-keys|backup|restore`: set up, run, re-key and back up a hub."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.errors import HubError
 from hub.settings import HubSettings
 
 
-def _settings(data_dir: Path | None) -> HubSettings:
-    return HubSettings(data_dir=data_dir) if data_dir is not None else HubSettings()
+def _settings(data_dir: Path | None, database_url: str | None = None) -> HubSettings:
+    given: dict[str, Any] = {"data_dir": data_dir, "database_url": database_url}
+    return HubSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error (SQLAlchemy appends SQL and a link on further lines)."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
 
 
 @click.group()
@@ -95,3 +105,74 @@ def sign_root(data_dir: Path | None, root_key: Path | None, days: int) -> None:
     except (HubError, OSError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"signed {version}.root.json, valid for {days} days")
+
+
+@hub.command("rotate-keys")
+@click.option("--role", type=click.Choice(["root", "targets", "snapshot", "timestamp"]), required=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--root-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the offline root key (default: keys/root.pem in the data dir)")  # fmt: skip
+@click.option("--new-root-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="with --role root and --root-key: the new file to write the new offline root key to")  # fmt: skip
+def rotate_keys(role: str, data_dir: Path | None, root_key: Path | None, new_root_key: Path | None) -> None:
+    """Replace a role's signing key: a new root version trusts the new key; devices follow through TUF."""
+    from hub.tuf_repo import TufRepository
+
+    settings = _settings(data_dir)
+    if new_root_key is not None and (role != "root" or root_key is None):
+        raise click.ClickException("--new-root-key goes with --role root and --root-key (an offline root key)")
+    if not (settings.tuf_dir / "metadata" / "root.json").is_file():
+        raise click.ClickException(f"no TUF repository in {settings.tuf_dir}: run `edgefleet hub init` first")
+    try:
+        done = TufRepository(settings.tuf_dir).rotate_key(role, root_key=root_key, new_root_key=new_root_key)
+    except (HubError, OSError, ValueError) as e:
+        raise click.ClickException(_one_line(e)) from e
+    signed_by = "the old and the new root key" if role == "root" else "the root key"
+    old = ", ".join(k[:12] for k in done.old_keyids)
+    click.echo(f"rotated the {role} key: {old} -> {done.new_keyid[:12]}; {done.root_version}.root.json trusts "
+               f"only the new one (signed by {signed_by})")  # fmt: skip
+    if done.resigned:
+        click.echo(f"re-signed with it: {', '.join(done.resigned)}")
+    click.echo(f"new key: {done.key_file} (0600); the old private key was deleted")
+    if root_key is not None and role == "root":
+        click.echo(f"{root_key} is no longer trusted: destroy it once {done.key_file} is safely offline")
+    click.echo("take a new backup now: older ones hold the retired key and an older root")
+
+
+@hub.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="default: EDGEFLEET_HUB_DATA_DIR")
+@click.option("--database-url", default=None,
+              help="default: EDGEFLEET_HUB_DATABASE_URL, else hub.db in the data dir")  # fmt: skip
+def backup(file: Path, data_dir: Path | None, database_url: str | None) -> None:
+    """Write the database, TUF repository (keys, metadata, targets) and secrets to FILE (0600), while serving."""
+    from hub.backup import backup as take_backup
+
+    try:
+        done = take_backup(_settings(data_dir, database_url), file)
+    except (HubError, OSError, sqlite3.Error, SQLAlchemyError) as e:
+        raise click.ClickException(_one_line(e)) from e
+    click.echo(f"wrote {done.path} ({done.size / 1e6:.1f} MB, mode 0600: it holds signing keys and token hashes)")
+    click.echo(f"database ({done.database}): {done.model_versions} model versions, {done.devices} devices; "
+               f"TUF: root v{done.root_version}, timestamp v{done.timestamp_version}, {done.targets} targets, "
+               f"keys {', '.join(done.keys)}")  # fmt: skip
+
+
+@hub.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="default: EDGEFLEET_HUB_DATA_DIR")
+@click.option("--database-url", default=None,
+              help="default: EDGEFLEET_HUB_DATABASE_URL, else hub.db in the data dir")  # fmt: skip
+@click.option("--force", is_flag=True, default=False, help="replace a data dir and database that are not empty")
+def restore(file: Path, data_dir: Path | None, database_url: str | None, force: bool) -> None:
+    """Restore a `hub backup` archive into an empty data dir and database; devices keep updating."""
+    from hub.backup import restore as restore_backup
+
+    try:
+        done = restore_backup(_settings(data_dir, database_url), file, force=force)
+    except (HubError, OSError, sqlite3.Error, SQLAlchemyError) as e:
+        raise click.ClickException(_one_line(e)) from e
+    click.echo(f"restored {file} into {done.data_dir} (database {done.database}): {done.model_versions} model "
+               f"versions, {done.devices} devices, {done.targets} targets")  # fmt: skip
+    click.echo(f"TUF targets, snapshot and timestamp re-signed at version {done.version} (microseconds since the "
+               "epoch: above any version devices have seen)")  # fmt: skip

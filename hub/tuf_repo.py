@@ -3,6 +3,8 @@
 Layout under `path` (served as-is by the hub at /tuf/metadata/ and /tuf/targets/):
 
     keys/{root,targets,snapshot,timestamp}.pem   ed25519 private keys (0600); root.pem may live offline
+    keys/<role>.pem.next                         a rotation's new key until its root is published (tuf_keys.py)
+    publish.lock                                 flock'ed by every writer, in whatever process
     metadata/N.root.json, metadata/root.json     every root version, and the newest one
     metadata/V.targets.json, V.snapshot.json     consistent snapshots (old versions are kept)
     metadata/timestamp.json                      the only unversioned file clients poll
@@ -10,24 +12,27 @@ Layout under `path` (served as-is by the hub at /tuf/metadata/ and /tuf/targets/
 
 Publishing order is targets -> snapshot -> timestamp, timestamp last; every file is written to a
 temporary file and `os.replace`d, so a crash never leaves a half-written document being served.
+Every write holds `locked()`: a thread lock and an flock on `publish.lock`, so the serving hub, `hub sign-root`,
+`hub rotate-keys` and `hub backup` (other processes) never interleave a publish or read keys mid-rotation.
 Tests (the agent's too) use `create()` with short expiries and `clock=` to make expired metadata,
 `copy_metadata()`/`restore_metadata()` to replay an older version, and `target_file()` to tamper.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 from tuf.api.metadata import (  # type: ignore[attr-defined]
     Metadata,
     MetaFile,
@@ -39,9 +44,14 @@ from tuf.api.metadata import (  # type: ignore[attr-defined]
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from hub.errors import SigningKeyMissing, TufRepositoryError
+from hub.errors import TufRepositoryError
+from hub.tuf_keys import create_key_file, fsync_dir, load_signer
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+LOCK_FILE = "publish.lock"
+# What re-signing a role's metadata drags along: the roles that name its version, down to the timestamp.
+CHAIN = {"root": [], "targets": ["targets", "snapshot", "timestamp"], "snapshot": ["snapshot", "timestamp"],
+         "timestamp": ["timestamp"]}  # fmt: skip
 Clock = Callable[[], datetime]
 
 
@@ -65,6 +75,18 @@ class Expiry:
         return value
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What `rotate_key` did: the new root version, the role's new key id, the metadata re-signed with it."""
+
+    role: str
+    root_version: int
+    new_keyid: str
+    old_keyids: list[str]
+    key_file: Path
+    resigned: list[str] = field(default_factory=list)
+
+
 class TufRepository:
     """A single-signer-per-role TUF repository on disk, safe to share between threads."""
 
@@ -73,6 +95,8 @@ class TufRepository:
         self.expiry = expiry or Expiry()
         self.clock = clock
         self._lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd = -1
         self._serializer = JSONSerializer(compact=False)
 
     # ---- paths --------------------------------------------------------------------------------
@@ -87,6 +111,28 @@ class TufRepository:
     @property
     def targets_dir(self) -> Path:
         return self.path / "targets"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's publish lock (re-entrant in this thread, exclusive across processes)."""
+        with self._lock:
+            if self._lock_depth == 0:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = -1
 
     # ---- creation -----------------------------------------------------------------------------
     @classmethod
@@ -104,7 +150,7 @@ class TufRepository:
         root = Root(expires=repo._expires("root"), consistent_snapshot=True)
         for role, signer in signers.items():
             root.add_key(signer.public_key, role)
-        with repo._lock:
+        with repo.locked():
             repo._publish("root", root)
             repo._publish("targets", Targets(expires=repo._expires("targets")))
             snapshot = Snapshot(expires=repo._expires("snapshot"))
@@ -118,6 +164,9 @@ class TufRepository:
         repo = cls(path, expiry=expiry, clock=clock)
         if not (repo.metadata_dir / "1.root.json").exists():
             return cls.create(path, expiry=expiry, clock=clock)
+        if any(repo.keys_dir.glob("*.pem.next")):
+            with repo.locked():
+                repo._finish_interrupted_rotations()
         return repo
 
     # ---- reading ------------------------------------------------------------------------------
@@ -153,7 +202,7 @@ class TufRepository:
     # ---- publishing ---------------------------------------------------------------------------
     def add_targets(self, files: Mapping[str, bytes | Path]) -> int:
         """Publish targets (bytes or a file to copy) and re-sign targets/snapshot/timestamp; new version."""
-        with self._lock:
+        with self.locked():
             targets: Metadata[Targets] = self.load("targets")
             for target_path, content in files.items():
                 _check_target_path(target_path)
@@ -173,7 +222,7 @@ class TufRepository:
 
     def refresh_timestamp(self, *, expires: datetime | None = None) -> int:
         """Re-sign the timestamp with a new version (and `expires`, default now + lifetime)."""
-        with self._lock:
+        with self.locked():
             ts: Timestamp = self.load("timestamp").signed
             ts.version += 1
             ts.expires = expires or self._expires("timestamp")
@@ -182,7 +231,7 @@ class TufRepository:
 
     def refresh_expiring(self) -> list[str]:
         """Re-sign every online role with less than half its lifetime left; returns the roles re-signed."""
-        with self._lock:
+        with self.locked():
             now = self.clock()
             resigned: list[str] = []
             if self._half_spent("root", now) and (self.keys_dir / "root.pem").exists():
@@ -201,12 +250,68 @@ class TufRepository:
 
     def bump_root(self, *, expires: datetime | None = None, root_key: Path | None = None) -> int:
         """Sign a new root version with the same keys; `root_key` is the offline key file if not in keys/."""
-        with self._lock:
+        with self.locked():
             root: Root = self.load("root").signed
             root.version += 1
             root.expires = expires or self._expires("root")
-            self._publish("root", root, key_file=root_key)
+            self._publish("root", root, signers=[self._signer("root", root_key)])
             return root.version
+
+    def rotate_key(self, role: str, *, root_key: Path | None = None, new_root_key: Path | None = None) -> Rotation:
+        """Replace `role`'s key with a new ed25519 key in a new root version, then re-sign with it.
+
+        The root key (keys/root.pem, or `root_key` when it is kept offline) signs root N+1. Rotating root itself,
+        N+1 is signed by the old and the new root key: a client verifies N+1 with N's keys and with its own, so
+        clients chain through every N.root.json. Rotating an offline root key writes the new one to
+        `new_root_key`. The other roles' metadata is re-signed with the new key at once (targets -> snapshot ->
+        timestamp). The old private key is deleted, not kept: it signs nothing any more, and a key that may be
+        why it is rotated is worth nothing to the hub and something to an attacker.
+        """
+        if role not in ROLES:
+            raise TufRepositoryError(f"no such role {role!r}: one of {', '.join(ROLES)}")
+        offline_root = role == "root" and root_key is not None
+        if offline_root and new_root_key is None:
+            raise TufRepositoryError("rotating an offline root key needs a file to write the new root key to")
+        with self.locked():
+            self._finish_interrupted_rotations()
+            root: Root = self.load("root").signed
+            root_signer = self._signer("root", root_key)
+            key_file = new_root_key if offline_root and new_root_key is not None else self.keys_dir / f"{role}.pem"
+            pending = key_file if offline_root else self.keys_dir / f"{role}.pem.next"
+            new_signer = create_key_file(pending)
+            old_keyids = list(root.roles[role].keyids)
+            for keyid in old_keyids:
+                root.revoke_key(keyid, role)
+            root.add_key(new_signer.public_key, role)
+            root.version += 1
+            root.expires = self._expires("root")
+            self._publish("root", root, signers=[root_signer, new_signer] if role == "root" else [root_signer])
+            if not offline_root:
+                os.replace(pending, key_file)
+                fsync_dir(self.keys_dir)
+            return Rotation(role=role, root_version=root.version, new_keyid=new_signer.public_key.keyid,
+                            old_keyids=old_keyids, key_file=key_file, resigned=self._resign_chain(role))  # fmt: skip
+
+    def jump_versions(self, floor: int) -> int:
+        """Re-sign targets, snapshot and timestamp at one version, max(`floor`, each current version + 1).
+
+        For a restored repository: with `floor` above anything the original hub ever signed, no device that kept
+        polling the original after the backup sees a rollback (docs/hub.md#backup has the rule for `floor`).
+        """
+        with self.locked():
+            targets: Targets = self.load("targets").signed
+            snapshot: Snapshot = self.load("snapshot").signed
+            timestamp: Timestamp = self.load("timestamp").signed
+            version = max(floor, targets.version + 1, snapshot.version + 1, timestamp.version + 1)
+            targets.version, targets.expires = version, self._expires("targets")
+            self._publish("targets", targets)
+            snapshot.version, snapshot.expires = version, self._expires("snapshot")
+            snapshot.meta["targets.json"] = MetaFile(version=version)
+            self._publish("snapshot", snapshot)
+            timestamp.version, timestamp.expires = version, self._expires("timestamp")
+            timestamp.snapshot_meta = MetaFile(version=version)
+            self._publish("timestamp", timestamp)
+            return version
 
     # ---- test helpers for refusal scenarios ----------------------------------------------------
     def copy_metadata(self, dest: Path) -> None:
@@ -215,7 +320,7 @@ class TufRepository:
 
     def restore_metadata(self, src: Path) -> None:
         """Serve a previously copied metadata directory again (a rollback or freeze attack)."""
-        with self._lock:
+        with self.locked():
             shutil.rmtree(self.metadata_dir)
             shutil.copytree(src, self.metadata_dir)
 
@@ -247,16 +352,48 @@ class TufRepository:
         ts.snapshot_meta = MetaFile(version=snapshot.version)
         self._publish("timestamp", ts)
 
-    def _signer(self, role: str, key_file: Path | None = None) -> CryptoSigner:
-        key_file = key_file or self.keys_dir / f"{role}.pem"
-        if not key_file.exists():
-            raise SigningKeyMissing(f"the {role} key is not in {self.keys_dir} (offline?): see docs/hub.md")
-        private_key = load_pem_private_key(key_file.read_bytes(), password=None)
-        return CryptoSigner(private_key, SSlibKey.from_crypto(private_key.public_key()))
+    def _resign_chain(self, role: str) -> list[str]:
+        """Re-sign `role` and the roles that name its version (after its key changed)."""
+        if role == "targets":
+            self._republish_targets(self.load("targets").signed)
+        elif role == "snapshot":
+            self._republish_snapshot()
+        elif role == "timestamp":
+            self.refresh_timestamp()
+        return list(CHAIN[role])
 
-    def _publish(self, role: str, signed: Root | Targets | Snapshot | Timestamp, key_file: Path | None = None) -> None:
+    def _finish_interrupted_rotations(self) -> None:
+        """A rotation cut between its new root and its key rename: finish it, or drop a key root never trusted."""
+        for pending in sorted(self.keys_dir.glob("*.pem.next")):
+            role = pending.name.removesuffix(".pem.next")
+            if role not in ROLES:
+                continue
+            root: Root = self.load("root").signed
+            if load_signer(pending, role).public_key.keyid in root.roles[role].keyids:
+                os.replace(pending, self.keys_dir / f"{role}.pem")
+                fsync_dir(self.keys_dir)
+                self._resign_chain(role)
+            else:
+                pending.unlink()
+
+    def _signer(self, role: str, key_file: Path | None = None) -> CryptoSigner:
+        """The role's key (keys/<role>.pem or `key_file`), refused unless the current root trusts it for `role`."""
+        key_file = key_file or self.keys_dir / f"{role}.pem"
+        signer = load_signer(key_file, role)
+        if (self.metadata_dir / "root.json").exists():
+            root: Root = self.load("root").signed
+            if signer.public_key.keyid not in root.roles[role].keyids:
+                raise TufRepositoryError(
+                    f"{key_file} is not the {role} key root.json (version {root.version}) trusts; after an "
+                    f"interrupted rotate-keys, run it again"
+                )
+        return signer
+
+    def _publish(self, role: str, signed: Root | Targets | Snapshot | Timestamp,
+                 signers: list[CryptoSigner] | None = None) -> None:  # fmt: skip
         md: Metadata[Any] = Metadata(signed)
-        md.sign(self._signer(role, key_file))
+        for signer in signers or [self._signer(role)]:
+            md.sign(signer, append=True)
         data = md.to_bytes(self._serializer)
         if role == "root":
             _atomic_write(self.metadata_dir / f"{signed.version}.root.json", data)
