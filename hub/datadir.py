@@ -4,8 +4,8 @@ The data dir holds the SQLite database (token and broker-password hashes), the a
 password and the TUF signing keys: it is 0700 and those files 0600, whatever the umask was when they were
 made. A push killed mid-way leaves its `edgefleet-push-*` folder (the whole upload); an atomic write killed
 between its temp file and the rename leaves a `.<name>.*` file beside the target. Neither is ever read again,
-so start-up removes them and says how much it freed. (One hub process per data dir: a cluster shares
-artifacts through a storage backend, not this folder.)"""
+so start-up removes them and says how much it freed; replicas sharing the data dir leave the sweep to one
+that starts alone (hub/services.py), as another's upload in progress is no leftover."""
 
 from __future__ import annotations
 

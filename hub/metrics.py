@@ -21,6 +21,10 @@ class HubMetrics:
             "edgefleet_hub_desired_published", "Desired states published", registry=self.registry
         )
         self.mqtt_connected = Gauge("edgefleet_hub_mqtt_connected", "1 if connected", registry=self.registry)
+        self.leader = Gauge(
+            "edgefleet_hub_leader", "1 while this replica holds the leader lease (runs rollouts, monitor, TUF refresh)",
+            registry=self.registry,
+        )  # fmt: skip
         self.ingest_queue = Gauge("edgefleet_hub_ingest_queue", "Messages waiting to be stored", registry=self.registry)
         self.http_requests = Counter(
             "edgefleet_hub_http_requests", "HTTP requests", ["method", "status"], registry=self.registry

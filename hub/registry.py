@@ -17,6 +17,7 @@ from typing import IO, Any, cast
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from hub.cluster import locks
 from hub.errors import Conflict, InvalidInput
 from hub.store import models as model_store
 from hub.tuf_repo import TufRepository
@@ -108,6 +109,7 @@ def push_folder(*, folder: Path, engine: Engine, repo: TufRepository, now: datet
     unchanged: list[dict[str, Any]] = []
     targets: dict[str, bytes | Path] = {}
     with engine.begin() as conn:
+        locks.xact_lock(conn, locks.TUF_PUBLISH)  # replicas share tuf/: one publish at a time, checked after the last
         for manifest, manifest_bytes, artifact in checked:
             key: dict[str, Any] = {"name": manifest.name, "version": manifest.version, "profile": manifest.profile}
             row: dict[str, Any] = {

@@ -3,6 +3,11 @@
 Every change is persisted (one transaction) before desired states are published, so a hub killed at
 any instant resumes from the database; the MQTT bridge republishes desired states devices have not
 applied yet whenever it (re)connects.
+
+Replicas (docs/hub.md#cluster): ticks run on the leader only, operator verbs and enrollments on any replica.
+Every transaction that changes a rollout first locks its row (SELECT ... FOR UPDATE) and works from what it
+reads then, and a state change or wave advance is also conditional on the row not having moved
+(`transitions`, `current_wave`): a stale leader or a concurrent verb can never advance a wave twice.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from hub.cluster import locks
 from hub.errors import Conflict, InvalidInput, NotFound
 from hub.rollouts import members as membership
 from hub.rollouts import planner
@@ -50,6 +56,7 @@ class RolloutEngine:
         self.engine = engine
         self.clock = clock
         self.publish: Publisher = publish or (lambda _states: None)
+        self.actor = "engine"  # who the audit log names for wave advances and engine-made transitions
         self._lock = threading.RLock()
         self.wake = threading.Event()
 
@@ -59,6 +66,7 @@ class RolloutEngine:
         rollout_id = spec.id or f"r-{secrets.token_hex(4)}"
         now = self.clock()
         with self._lock, self.engine.begin() as conn:
+            locks.xact_lock(conn, locks.ROLLOUT_CREATE)  # the overlap check sees every other replica's create
             profiles = model_store.profiles_of(conn=conn, name=spec.model, version=spec.version)
             if not profiles:
                 raise NotFound(f"model {spec.model} version {spec.version} is not in the registry")
@@ -87,7 +95,7 @@ class RolloutEngine:
         """Apply an operator verb (start, pause, resume, abort, rollback of all, a group or a device)."""
         published: list[DesiredState] = []
         with self._lock, self.engine.begin() as conn:
-            row = self._get(conn, rollout_id)
+            row = self._get(conn, rollout_id, lock=True)
             state = RolloutState(row["state"])
             now = self.clock()
             partial = scope is not None and (scope.group or scope.device_id)
@@ -125,12 +133,18 @@ class RolloutEngine:
             with self.engine.connect() as conn:
                 live = rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])
                 unfinished = rollout_store.with_unfinished_members(conn=conn)
-            for row in live:
-                if row["state"] == RolloutState.COMPLETED.value and row["id"] not in unfinished:
+            for listed in live:
+                if listed["state"] == RolloutState.COMPLETED.value and listed["id"] not in unfinished:
                     continue  # nothing left to watch (late devices join through adopt_device)
                 published: list[DesiredState] = []
-                with self.engine.begin() as conn:
-                    published = self._advance(conn, row, self.clock())
+                try:
+                    with self.engine.begin() as conn:
+                        row = rollout_store.get(conn=conn, rollout_id=listed["id"], for_update=True)
+                        if row is not None and RolloutState(row["state"]) in LIVE_STATES:
+                            published = self._advance(conn, row, self.clock())
+                except Conflict as e:  # moved by someone else between our read and our write: look again next tick
+                    log.info("rollout %s: %s", listed["id"], e)
+                    continue
                 self.publish(published)
 
     def adopt_device(self, device_id: str) -> None:
@@ -143,12 +157,15 @@ class RolloutEngine:
             now = self.clock()
             mine = rollout_store.rollouts_of_device(conn=conn, device_id=device_id)
             adopted: set[str] = set()  # one rollout per model: the newest live one that matches
-            for row in reversed(rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])):
-                spec = row["spec"]
+            for listed in reversed(rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])):
+                spec = listed["spec"]
                 target = RolloutTarget.model_validate(spec["target"])
-                if row["id"] in mine or device["profile"] not in spec["profiles"] or row["model"] in adopted:
+                if listed["id"] in mine or device["profile"] not in spec["profiles"] or listed["model"] in adopted:
                     continue
                 if not planner.matches(target, device):
+                    continue
+                row = rollout_store.get(conn=conn, rollout_id=listed["id"], for_update=True)  # its wave, now
+                if row is None or RolloutState(row["state"]) not in LIVE_STATES:
                     continue
                 adopted.add(row["model"])
                 members = [(device_id, row["current_wave"], planner.current_version(device, row["model"]))]
@@ -182,8 +199,8 @@ class RolloutEngine:
                     f"{row['id']!r} of {model}; abort or finish it first"
                 )
 
-    def _get(self, conn: Connection, rollout_id: str) -> dict[str, Any]:
-        row = rollout_store.get(conn=conn, rollout_id=rollout_id)
+    def _get(self, conn: Connection, rollout_id: str, *, lock: bool = False) -> dict[str, Any]:
+        row = rollout_store.get(conn=conn, rollout_id=rollout_id, for_update=lock)
         if row is None:
             raise NotFound(f"no rollout {rollout_id!r}")
         return row
@@ -192,8 +209,9 @@ class RolloutEngine:
         self, conn: Connection, row: dict[str, Any], event: RolloutEvent, now: datetime, reason: str | None
     ) -> RolloutState:
         state = next_state(RolloutState(row["state"]), event)
-        rollout_store.set_state(conn=conn, now=now, rollout_id=row["id"], state=state, reason=reason)
-        row["state"] = state.value
+        rollout_store.set_state(conn=conn, now=now, rollout_id=row["id"], state=state, reason=reason,
+                                seen_transitions=row["transitions"])  # fmt: skip
+        row["state"], row["transitions"] = state.value, row["transitions"] + 1
         log.info("rollout %s: %s -> %s (%s)", row["id"], event.value, state.value, reason)
         return state
 
@@ -226,17 +244,26 @@ class RolloutEngine:
             first = next((m for m in in_wave if m["state"] == DeviceState.FAILED.value and m["reason"]), None)
             reason += f" (e.g. {first['device_id']}: {first['reason']})" if first else ""
             if spec["auto_rollback"]:
-                self._transition(conn, row, RolloutEvent.AUTO_ROLLBACK, now, reason)
+                self._finding(conn, row, RolloutEvent.AUTO_ROLLBACK, now, reason)
                 return published + membership.rollback_members(conn, row, now)
-            self._transition(conn, row, RolloutEvent.ERROR_THRESHOLD, now, reason)
+            self._finding(conn, row, RolloutEvent.ERROR_THRESHOLD, now, reason)
             return published
         if n == 0 or healthy / n >= spec["success_threshold"]:
             if wave + 1 >= len(spec["wave_sizes"]):
                 if any(m["held"] and m["released_at"] is None for m in members):
                     return published  # a held group or device still waits for resume
-                self._transition(conn, row, RolloutEvent.ALL_WAVES_PASSED, now, f"{healthy}/{n} healthy")
+                self._finding(conn, row, RolloutEvent.ALL_WAVES_PASSED, now, f"{healthy}/{n} healthy")
                 return published
             rollout_store.set_wave(conn=conn, now=now, rollout_id=row["id"], wave=wave + 1)
             row["current_wave"] = wave + 1
+            audit.record(conn=conn, now=now, actor=self.actor, action="rollout.wave", target=row["id"],
+                         details={"from": wave, "to": wave + 1, "healthy": healthy, "total": n})  # fmt: skip
+            log.info("rollout %s: wave %d -> %d (%d/%d healthy)", row["id"], wave, wave + 1, healthy, n)
             return published + membership.release(conn, row, now)
         return published
+
+    def _finding(self, conn: Connection, row: dict[str, Any], event: RolloutEvent, now: datetime, reason: str) -> None:
+        """A transition the engine decided on its own, audited under the engine's (replica's) name."""
+        self._transition(conn, row, event, now, reason)
+        audit.record(conn=conn, now=now, actor=self.actor, action=f"rollout.{event.value}", target=row["id"],
+                     details={"reason": reason, "wave": row["current_wave"]})  # fmt: skip

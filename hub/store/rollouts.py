@@ -62,9 +62,10 @@ def add_members(
         )
 
 
-def get(*, conn: Connection, rollout_id: str) -> dict[str, Any] | None:
-    """One rollout row, or None."""
-    row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
+def get(*, conn: Connection, rollout_id: str, for_update: bool = False) -> dict[str, Any] | None:
+    """One rollout row, or None; `for_update` locks it until the transaction ends (PostgreSQL: replicas queue)."""
+    q = select(rollouts).where(rollouts.c.id == rollout_id)
+    row = conn.execute(q.with_for_update() if for_update else q).first()
     return dict(row._mapping) if row else None
 
 
@@ -76,16 +77,28 @@ def list_rollouts(*, conn: Connection, states: list[str] | None = None) -> list[
     return [dict(r._mapping) for r in conn.execute(q)]
 
 
-def set_state(*, conn: Connection, now: datetime, rollout_id: str, state: RolloutState, reason: str | None) -> None:
-    """Persist a transition; refuses a rollout that has changed state MAX_TRANSITIONS times."""
+def set_state(
+    *,
+    conn: Connection,
+    now: datetime,
+    rollout_id: str,
+    state: RolloutState,
+    reason: str | None,
+    seen_transitions: int | None = None,
+) -> None:
+    """Persist a transition; refuses a rollout that has changed state MAX_TRANSITIONS times, and (optimistic
+    concurrency) one whose `transitions` count is no longer `seen_transitions`: someone else moved it."""
     row = get(conn=conn, rollout_id=rollout_id)
     if row is None or row["transitions"] >= MAX_TRANSITIONS:
         raise RolloutError(f"rollout {rollout_id!r}: too many state changes, refusing more")
-    conn.execute(
-        update(rollouts)
-        .where(rollouts.c.id == rollout_id)
-        .values(state=state.value, reason=reason, transitions=rollouts.c.transitions + 1, updated_at=now)
+    q = update(rollouts).where(rollouts.c.id == rollout_id)
+    if seen_transitions is not None:
+        q = q.where(rollouts.c.transitions == seen_transitions)
+    done = conn.execute(
+        q.values(state=state.value, reason=reason, transitions=rollouts.c.transitions + 1, updated_at=now)
     )
+    if done.rowcount != 1:
+        raise Conflict(f"rollout {rollout_id!r} changed state meanwhile (another replica?); try again")
 
 
 def set_spec(*, conn: Connection, now: datetime, rollout_id: str, spec: dict[str, Any]) -> None:
@@ -94,8 +107,14 @@ def set_spec(*, conn: Connection, now: datetime, rollout_id: str, spec: dict[str
 
 
 def set_wave(*, conn: Connection, now: datetime, rollout_id: str, wave: int) -> None:
-    """Advance the current wave."""
-    conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(current_wave=wave, updated_at=now))
+    """Advance the current wave to `wave`, only from `wave - 1`: a wave is never advanced twice."""
+    done = conn.execute(
+        update(rollouts)
+        .where(rollouts.c.id == rollout_id, rollouts.c.current_wave == wave - 1)
+        .values(current_wave=wave, updated_at=now)
+    )
+    if done.rowcount != 1:
+        raise Conflict(f"rollout {rollout_id!r} is no longer in wave {wave - 1} (another replica?)")
 
 
 def members(*, conn: Connection, rollout_id: str) -> list[dict[str, Any]]:

@@ -102,10 +102,13 @@ def update_device(
 @router.delete("/{device_id}", status_code=204, response_class=Response)
 def decommission_device(device_id: Identifier, hub: HubDep, actor: AdminDep) -> Response:
     """Revoke the device: its token stops working, its broker account is removed (the broker drops it)."""
+    accounts = hub.dynsec
     with hub.engine.begin() as conn:
         if not device_store.delete_device(conn=conn, device_id=device_id):
             raise NotFound(f"no device {device_id!r}")
         hub.sync_broker_auth(conn)
+        if accounts is not None:  # dynsec: the broker drops the device at once; if it refuses, the device stays
+            accounts.remove_device(device_id)
         audit.record(conn=conn, now=hub.clock(), actor=actor, action="device.decommission", target=device_id)
     hub.sync_broker_auth()  # committed view (see Hub.sync_broker_auth)
     if hub.bridge is not None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from fastapi import APIRouter
 
 from hub.api.deps import HubDep
-from hub.errors import InvalidInput
+from hub.errors import HubError, InvalidInput
 from hub.schemas import Message
 from hub.security import mosquitto_hash, new_password, new_token, sha256_hex
 from hub.store import audit
 from hub.store import devices as device_store
 from protocol.http import ENROLL_PATH, EnrollRequest, EnrollResponse, MqttCredentials
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["enrollment"])
 RESERVED_ID_PREFIX = "edgefleet"  # the hub's broker account is `edgefleet-hub`; replicas and tools get others
 
@@ -32,19 +34,32 @@ def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
                            "broker accounts; choose another")  # fmt: skip
     device_id = body.device_id or f"dev-{secrets.token_hex(6)}"
     device_token, mqtt_password = new_token("efd"), new_password()
-    with hub.engine.begin() as conn:
-        token = device_store.consume_enrollment_token(
-            conn=conn, now=now, token_sha256=sha256_hex(body.enrollment_token)
-        )
-        tags = {**token["tags"], **body.tags}
-        device_store.create_device(
-            conn=conn, now=now, device_id=device_id, profile=body.profile, group=token["group_name"], tags=tags,
-            token_sha256=sha256_hex(device_token), mqtt_password_hash=mosquitto_hash(mqtt_password),
-            agent_version=body.agent_version,
-        )  # fmt: skip
-        audit.record(conn=conn, now=now, actor=f"device:{device_id}", action="device.enroll", target=device_id,
-                     details={"token_id": token["id"], "profile": body.profile})  # fmt: skip
-        hub.sync_broker_auth(conn)
+    accounts = hub.dynsec  # dynsec: accounts live in the broker; else files (sync_broker_auth)
+    account_made = False
+    try:
+        with hub.engine.begin() as conn:
+            token = device_store.consume_enrollment_token(
+                conn=conn, now=now, token_sha256=sha256_hex(body.enrollment_token)
+            )
+            tags = {**token["tags"], **body.tags}
+            device_store.create_device(
+                conn=conn, now=now, device_id=device_id, profile=body.profile, group=token["group_name"], tags=tags,
+                token_sha256=sha256_hex(device_token), mqtt_password_hash=mosquitto_hash(mqtt_password),
+                agent_version=body.agent_version,
+            )  # fmt: skip
+            audit.record(conn=conn, now=now, actor=f"device:{device_id}", action="device.enroll", target=device_id,
+                         details={"token_id": token["id"], "profile": body.profile})  # fmt: skip
+            hub.sync_broker_auth(conn)
+            if accounts is not None:  # live before the commit; if the broker refuses, the token is not used up
+                accounts.add_device(device_id, mqtt_password)
+                account_made = True
+    except Exception:
+        if accounts is not None and account_made:  # the commit failed: take back the account nobody got
+            try:
+                accounts.remove_device(device_id)
+            except HubError as e:
+                log.warning("enrollment of %s failed after its broker account was made; removing it: %s", device_id, e)
+        raise
     hub.sync_broker_auth()  # committed view: no concurrent enrollment's account is lost
     hub.rollouts.adopt_device(device_id)
     s = hub.settings

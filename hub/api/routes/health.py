@@ -6,7 +6,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from hub.api.deps import Credentials, HubDep
@@ -22,16 +22,19 @@ class Health(BaseModel):
     database: bool
     mqtt_connected: bool
     tuf_timestamp_expires: datetime
+    leader: bool = Field(description="this replica holds the leader lease: it runs rollouts, monitor, TUF refresh")
+    replica: str = Field(description="this replica's id (host-pid), as in the logs and the audit log")
 
 
 @router.get("/healthz", response_model=Health)
 def healthz(hub: HubDep) -> Health:
-    """Database reachable, broker connection, and when the signed timestamp expires."""
+    """Database reachable, broker connection, when the signed timestamp expires, and whether this replica leads."""
     with hub.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     mqtt = hub.bridge is not None and hub.bridge.connected.is_set()
     expires = hub.repo.load("timestamp").signed.expires
-    return Health(status="ok", database=True, mqtt_connected=mqtt, tuf_timestamp_expires=expires)
+    return Health(status="ok", database=True, mqtt_connected=mqtt, tuf_timestamp_expires=expires,
+                  leader=hub.is_leader, replica=hub.replica_id)  # fmt: skip
 
 
 def require_metrics_reader(hub: HubDep, creds: Credentials) -> None:
