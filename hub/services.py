@@ -197,6 +197,7 @@ class Hub:
                 username=HUB_USERNAME if hub_login else None,
                 password=self.mqtt_password if hub_login else None,
                 topic_root=s.topic_root,
+                share_group=s.mqtt_share_group,
                 engine=self.engine,
                 clock=self.clock,
                 metrics=self.metrics,

@@ -34,7 +34,11 @@ def wildcard(channel: Channel, root: str = ROOT) -> str:
 
 
 def shared_wildcard(channel: Channel, group: str = "hub", root: str = ROOT) -> str:
-    """MQTT 5 shared subscription so hub replicas split the load."""
+    """MQTT 5 shared subscription so hub replicas split the load, e.g. `$share/hub/edgefleet/v1/devices/+/events`.
+
+    The broker hands each message to one member of `group`, in no order across members: fit for keyed messages
+    (events, telemetry), not for last-write-wins state (reported, status), and it brings no retained messages.
+    """
     return f"$share/{group}/{wildcard(channel, root)}"
 
 

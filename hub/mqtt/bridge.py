@@ -1,7 +1,17 @@
-"""The MQTT bridge: ingests reported state, events and status into storage; publishes desired state.
+"""The MQTT bridge: ingests reported state, events, telemetry and status into storage; publishes desired state.
 
 Messages are queued by paho's network thread and stored in batches by one worker thread, so the
 broker connection never waits on the database. A malformed payload is logged and counted, never fatal.
+
+Hub replicas on one broker (docs/hub.md, cluster). Over MQTT 5 every replica subscribes to events and
+telemetry as shared subscriptions (`$share/<group>/...`): the broker hands each message to one replica, which
+stores and acknowledges it (rows are keyed, so a resend landing elsewhere is stored once). Reported state and
+status are different: each is the device's latest word, stored last-write-wins, so one replica must see them
+in order; split between replicas, a burst of reports is stored out of order and an older one can win. The
+leader takes them on a plain subscription, which also brings the broker's retained copies on every subscribe:
+what devices reported while no leader listened (a shared subscription gets no retained messages). No plain
+subscription overlaps a shared one (MQTT 5 would deliver both copies). Over MQTT 3.1.1, which has no shared
+subscriptions, only the leader subscribes at all. `set_leader` moves the subscriptions when the lease moves.
 """
 
 from __future__ import annotations
@@ -11,12 +21,14 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
@@ -26,7 +38,7 @@ from hub.store import devices as device_store
 from hub.tuf_repo import Clock
 from protocol.messages import MAX_PAYLOAD_BYTES, Ack, DesiredState, DeviceStatus, Event, ReportedState
 from protocol.telemetry import decode_message
-from protocol.topics import Channel, device_topic, parse_device_topic, wildcard
+from protocol.topics import Channel, device_topic, parse_device_topic, shared_wildcard, wildcard
 
 log = logging.getLogger(__name__)
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
@@ -34,10 +46,24 @@ BATCH = 2000
 RETRIES = 5
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason code
 SUBSCRIBED = (Channel.REPORTED, Channel.EVENTS, Channel.STATUS, Channel.TELEMETRY)
+KEYED = (Channel.EVENTS, Channel.TELEMETRY)  # rows stored once whoever stores them: shared over MQTT 5
+STATE = (Channel.REPORTED, Channel.STATUS)  # retained, last write wins: the leader's, in order
+NO_RETAINED_ON_SUBSCRIBE = 2  # MQTT 5 subscription option "Retain Handling" (Mosquitto 2.0 sends them otherwise)
+
+
+class Rejected(Exception):
+    """A message the bridge will not store; `reason` labels the rejection counter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class MqttBridge:
-    """One paho client (MQTT 5, or 3.1.1 when asked) plus an ingest worker."""
+    """One paho client (MQTT 5, or 3.1.1 when asked) plus an ingest worker.
+
+    A hub on its own is the leader (the default); replicas are told by `set_leader` when the lease moves.
+    """
 
     def __init__(
         self,
@@ -51,15 +77,25 @@ class MqttBridge:
         clock: Clock,
         metrics: HubMetrics,
         protocol: str = "5",
+        share_group: str = "edgefleet-hub",
         on_devices_changed: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.topic_root = topic_root
         self.engine = engine
         self.clock = clock
         self.metrics = metrics
+        self.share_group = share_group
         self.on_devices_changed = on_devices_changed
-        self.processed = 0  # messages handled (stored or rejected): the ingest benchmark reads this
+        self.processed = 0  # messages handled: stored, rejected, or lost to a storage failure
+        self.stored = 0  # messages in committed batches (the ingest benchmark reads this)
+        self.stored_by_channel: Counter[Channel] = Counter()
         self.connected = threading.Event()
+        self.ingesting = threading.Event()  # the broker granted every ingest subscription this replica should hold
+        self._lock = threading.Lock()  # leadership and the subscriptions that follow from it
+        self._leader = True
+        self._plain: tuple[Channel, ...] = ()  # channels on plain subscriptions now
+        self._pending: set[int] = set()  # (un)subscribe requests the broker has not answered yet
+        self._said_protocol = False
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._resync = threading.Event()
         self._worker = threading.Thread(target=self._work, name="hub-ingest", daemon=True)
@@ -84,6 +120,8 @@ class MqttBridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_acked
+        client.on_unsubscribe = self._on_acked
         return client
 
     def start(self) -> None:
@@ -112,6 +150,19 @@ class MqttBridge:
         self._queue.put(None)
         self._worker.join(timeout=30)
 
+    def set_leader(self, is_leader: bool) -> None:
+        """This replica gained or lost the leader lease: take or give up the subscriptions only the leader holds."""
+        with self._lock:
+            if is_leader == self._leader:
+                return
+            self._leader = is_leader
+            if not self.connected.is_set():
+                return  # the next connect subscribes as the flag now says
+            channels = ", ".join(ch.value for ch in self._leader_channels())
+            log.info("%s: %s %s", "leader now" if is_leader else "no longer leader",
+                     "subscribing to" if is_leader else "unsubscribing from", channels)  # fmt: skip
+            self._follow_leadership(self.client)
+
     def publish_desired(self, states: list[DesiredState]) -> None:
         """Retained QoS 1; queued by paho while disconnected and resynced on every connect."""
         for state in states:
@@ -132,16 +183,74 @@ class MqttBridge:
                 return
             log.error("MQTT connect refused: %s", reason)
             return
-        subs = [(wildcard(ch, self.topic_root), 1) for ch in SUBSCRIBED]
-        client.subscribe(subs)
+        with self._lock:
+            self._subscribe_ingest(client)
+            self.connected.set()
         self.metrics.mqtt_connected.set(1)
-        self.connected.set()
         self._resync.set()
         self._queue.put(("", b""))  # wake the worker to resync desired states
 
+    def _leader_channels(self) -> tuple[Channel, ...]:
+        return STATE if self.protocol == "5" else SUBSCRIBED
+
+    def _subscribe_ingest(self, client: mqtt.Client) -> None:
+        """After a connect (a clean session: nothing subscribed yet), subscribe as this replica should; lock held."""
+        self._plain, self._pending = (), set()
+        self.ingesting.clear()
+        if self.protocol == "5":
+            options = SubscribeOptions(qos=1, retainHandling=NO_RETAINED_ON_SUBSCRIBE)
+            shared = [(shared_wildcard(ch, self.share_group, self.topic_root), options) for ch in KEYED]
+            self._expect(client.subscribe(shared))
+        if not self._said_protocol:
+            self._said_protocol = True
+            if self.protocol == "5":
+                log.info("MQTT 5: events and telemetry through shared subscriptions ($share/%s/...), split between "
+                         "replicas; reported state and status on the leader", self.share_group)  # fmt: skip
+            else:
+                log.info("MQTT 3.1.1 broker: no shared subscriptions, so only the leader replica ingests device "
+                         "messages (this one is %s)", "the leader" if self._leader else "not the leader")  # fmt: skip
+        self._follow_leadership(client)
+
+    def _follow_leadership(self, client: mqtt.Client) -> None:
+        """Hold the leader's plain subscriptions exactly while leader; lock held."""
+        want = self._leader_channels() if self._leader else ()
+        if want == self._plain:
+            self._settle()
+            return
+        if want:
+            self._expect(client.subscribe([(wildcard(ch, self.topic_root), 1) for ch in want]))
+        else:
+            self._expect(client.unsubscribe([wildcard(ch, self.topic_root) for ch in self._plain]))
+        self._plain = want
+        self.ingesting.clear()
+
+    def _expect(self, sent: tuple[MQTTErrorCode, int | None]) -> None:
+        """Wait for the broker's answer to a (un)subscribe request; lock held."""
+        if sent[1] is not None:
+            self._pending.add(sent[1])
+
+    def _settle(self) -> None:
+        """Nothing pending: `ingesting` says whether this replica now takes any device messages; lock held."""
+        if not self._pending and (self.protocol == "5" or self._plain):
+            self.ingesting.set()
+        elif not self._pending:
+            self.ingesting.clear()
+
+    def _on_acked(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+        """SUBACK or UNSUBACK."""
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("the broker refused an ingest subscription change: %s", refused[0])
+        with self._lock:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self._settle()
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.metrics.mqtt_connected.set(0)
-        self.connected.clear()
+        with self._lock:
+            self.connected.clear()
+            self.ingesting.clear()
         log.warning("MQTT disconnected: %s", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -171,25 +280,35 @@ class MqttBridge:
 
     def _handle_with_retry(self, items: list[tuple[str, bytes]]) -> None:
         """Store a batch; a storage failure is retried with backoff before the batch is counted as lost."""
+        batch, accepted = self._parse_all(items)
         for attempt in range(RETRIES):
             try:
-                self._handle(items, self.clock())
+                self._store(batch, accepted, self.clock())
                 break
             except Exception:
                 log.exception("ingest batch of %d failed (attempt %d/%d)", len(items), attempt + 1, RETRIES)
                 time.sleep(0.2 * 2**attempt)
         else:
-            self.metrics.mqtt_rejected.labels("storage_error").inc(len(items))
+            self.metrics.mqtt_rejected.labels("storage_error").inc(sum(accepted.values()))
         self.processed += sum(1 for topic, _ in items if topic)
 
-    def _handle(self, items: list[tuple[str, bytes]], now: datetime) -> None:
-        batch = IngestBatch()
+    def _parse_all(self, items: list[tuple[str, bytes]]) -> tuple[IngestBatch, Counter[Channel]]:
+        """The batch to store and how many messages of each channel it holds; rejections counted."""
+        batch, accepted = IngestBatch(), Counter[Channel]()
         for topic, payload in items:
             if not topic:
                 continue
-            reason = self._parse(batch, topic, payload)
-            if reason:
-                self.metrics.mqtt_rejected.labels(reason).inc()
+            try:
+                channel = self._parse(batch, topic, payload)
+            except Rejected as e:
+                self.metrics.mqtt_rejected.labels(e.reason).inc()
+                continue
+            if channel is not None:
+                accepted[channel] += 1
+        return batch, accepted
+
+    def _store(self, batch: IngestBatch, accepted: Counter[Channel], now: datetime) -> None:
+        """Commit the batch, then acknowledge its events and telemetry: the replica that stored them acks them."""
         with self.metrics.ingest_batch_seconds.time():
             stored = store_batch(engine=self.engine, batch=batch, now=now)
         for device_id, seqs in stored.events.items():
@@ -198,48 +317,54 @@ class MqttBridge:
         for device_id, ids in stored.telemetry.items():
             ack = Ack(channel="telemetry", ids=sorted(ids))
             self.client.publish(device_topic(device_id, Channel.ACK, self.topic_root), ack.to_bytes(), qos=1)
+        self.stored_by_channel.update(accepted)
+        self.stored += sum(accepted.values())
         changed = set(batch.reported) | set(stored.events) | set(batch.status)
         if changed and self.on_devices_changed:
             self.on_devices_changed(changed)
 
-    def _parse(self, batch: IngestBatch, topic: str, payload: bytes) -> str | None:
-        """Add one message to the batch; returns a rejection reason or None."""
+    def _parse(self, batch: IngestBatch, topic: str, payload: bytes) -> Channel | None:
+        """Add one message to the batch and return its channel (None: a cleared retained message); or raise Rejected."""
         try:
             device_id, channel = parse_device_topic(topic, self.topic_root)
         except ValueError:
-            return "bad_topic"
+            raise Rejected("bad_topic") from None
+        if channel in STATE and not self._leader:
+            # Queued before this replica lost the lease: stored now it could overwrite a newer state the new
+            # leader stored; that leader's subscription brought the broker's retained copy, the latest, anyway.
+            return None
         if not payload:
-            return None  # a cleared retained message
+            return None
         if len(payload) > MAX_PAYLOAD_BYTES:
-            return "too_large"
+            raise Rejected("too_large")
         try:
             if channel is Channel.REPORTED:
                 reported = ReportedState.from_json(payload)
                 if reported.device_id != device_id:
-                    return "device_mismatch"
+                    raise Rejected("device_mismatch")
                 batch.reported[device_id] = reported
             elif channel is Channel.EVENTS:
                 event = Event.from_json(payload)
                 if event.device_id != device_id:
-                    return "device_mismatch"
+                    raise Rejected("device_mismatch")
                 batch.events.append(event)
             elif channel is Channel.TELEMETRY:
                 message = decode_message(payload)
                 if message.device_id != device_id or message.summary.device_id != device_id:
-                    return "device_mismatch"
+                    raise Rejected("device_mismatch")
                 batch.telemetry.append(message)
             elif channel is Channel.STATUS:
                 batch.status[device_id] = DeviceStatus.from_json(payload).status == "online"
             else:
-                return "unexpected_channel"
+                raise Rejected("unexpected_channel")
         except ValidationError as e:
             log.warning("rejected %s: %s", topic, e.errors()[0].get("msg"))
-            return "malformed"
+            raise Rejected("malformed") from None
         except ValueError as e:  # undecodable telemetry compression
             log.warning("rejected %s: %s", topic, e)
-            return "malformed"
+            raise Rejected("malformed") from None
         self.metrics.mqtt_messages.labels(channel.value).inc()
-        return None
+        return channel
 
     def _republish_pending(self) -> None:
         """After (re)connecting: publish desired states devices have not applied yet."""

@@ -1,4 +1,9 @@
-"""Store one batch of parsed MQTT messages in a single transaction."""
+"""Store one batch of parsed MQTT messages in a single transaction.
+
+Replicas store events and telemetry concurrently (MQTT 5 shared subscriptions), a resent message possibly on
+another replica than the first copy: rows are keyed, inserted in key order (one lock order for every replica,
+so two batches never deadlock on PostgreSQL) and skipped when already there.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +69,7 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                     "rollout_id": e.rollout_id,
                     "payload": e.model_dump(mode="json"),
                 }
-                for e in batch.events
+                for e in sorted(batch.events, key=lambda e: (e.device_id, e.seq))
             ]
             event_store.insert_new(conn=conn, rows=rows)
             for e in batch.events:
@@ -80,7 +85,7 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                     "window_end": t.summary.window_end,
                     "summary": t.summary.model_dump(mode="json"),
                 }
-                for t in batch.telemetry
+                for t in sorted(batch.telemetry, key=lambda t: (t.device_id, t.id))
             ]
             event_store.insert_new(conn=conn, rows=rows, table=telemetry, key=("device_id", "msg_id"))
             for t in batch.telemetry:

@@ -50,7 +50,8 @@ def test_ingest_dedup_ack_and_rejections(
     hub.start()
     dev = Collector(broker.port, protocol=mqtt.MQTTv311 if protocol == "3.1.1" else mqtt.MQTTv5).wait_connected()
     try:
-        assert hub.bridge is not None and hub.bridge.connected.wait(10)
+        # Subscribed, not only connected: a message published before the broker granted the subscription is lost.
+        assert hub.bridge is not None and hub.bridge.ingesting.wait(10)
         base = f"{unique_root}/devices/d1"
         dev.subscribe(f"{base}/ack")
         ev = Event(device_id="d1", seq=7, kind=EventKind.COMMITTED, ts=now, model="m", version=1)
@@ -91,7 +92,7 @@ def test_auto_protocol_falls_back_to_mqtt_311(tmp_path: Path, unique_root: str) 
         try:
             hub.start()
             assert hub.bridge is not None
-            assert _until(lambda: hub.bridge is not None and hub.bridge.connected.is_set(), timeout=15)
+            assert _until(lambda: hub.bridge is not None and hub.bridge.ingesting.is_set(), timeout=15)
             assert hub.bridge.protocol == "3.1.1"
             dev = Collector(port, protocol=mqtt.MQTTv311).wait_connected()
             dev.publish(f"{unique_root}/devices/d9/status", b"garbage")
