@@ -49,8 +49,17 @@ $(SYSTEMD_ANALYZE):
 	@if [ "$$(id -u)" = 0 ]; then $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; \
 	else echo "the unit-file tests need systemd-analyze: sudo apt-get install systemd"; exit 1; fi
 
+# HAProxy in front of hub replicas (tests/cluster/test_haproxy.py runs deploy/haproxy.cfg): Debian's package. The
+# tests start their own haproxy; the service the package enables (and may start) is stopped and disabled
+# (`|| true`: a container without systemd as init can only drop the unit's symlink).
+HAPROXY := /usr/sbin/haproxy
+$(HAPROXY):
+	@if [ "$$(id -u)" = 0 ]; then $(APT_GET) update -qq && $(APT_GET) install -y -qq haproxy && \
+		{ systemctl disable --now haproxy >/dev/null 2>&1 || true; }; \
+	else echo "the load-balancer tests need Debian's haproxy: sudo apt-get install haproxy"; exit 1; fi
+
 setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(TFLITE_VENV)/bin/python $(CHROMIUM) \
-	$(SYSTEMD_ANALYZE)
+	$(SYSTEMD_ANALYZE) $(HAPROXY)
 
 demo: setup
 	$(BIN)/edgefleet demo

@@ -66,6 +66,7 @@ class Cluster:
     replicas: list[Replica] = field(default_factory=list)
     devices: dict[str, SimDevice] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    public_url: str | None = None  # what enrollment hands devices (a load balancer); default: each replica's URL
     _turn: count[int] = field(default_factory=count)
 
     @property
@@ -97,7 +98,7 @@ class Cluster:
             self.replicas.append(replica)
         log = replica.log_path.open("ab")
         cmd = [sys.executable, "-m", "edgefleet", "hub", "serve", "--port", str(replica.port)]
-        env = {**os.environ, **self.env, "EDGEFLEET_HUB_PUBLIC_URL": replica.url}
+        env = {**os.environ, **self.env, "EDGEFLEET_HUB_PUBLIC_URL": self.public_url or replica.url}
         replica.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
         return replica
 
