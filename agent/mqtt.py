@@ -1,8 +1,15 @@
-"""The device's MQTT session: persistent session, last will, jittered reconnect, v5 -> 3.1.1 fallback."""
+"""The device's MQTT session: persistent session, last will, jittered reconnect, v5 -> 3.1.1 fallback.
+
+paho is driven by hand (`loop()` in this session's own thread), and in that mode its `publish()` writes to the
+socket from the calling thread. Over TLS that is two threads on one SSL connection at once (reading here,
+writing there), which OpenSSL does not allow: under load the connection broke now and then ("Unspecified
+error", a reconnect). So every call into paho happens in the network thread: `publish()` only queues, the
+thread hands the queue to paho between short `loop()` waits (LOOP_WAIT_S)."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import ssl
 import threading
@@ -25,6 +32,8 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 UNSUPPORTED_PROTOCOL = ("Unsupported protocol version",)
 Handler = Callable[[Channel, bytes], None]
 _VERSION = {MQTTProtocolVersion.MQTTv5: "5", MQTTProtocolVersion.MQTTv311: "3.1.1"}
+LOOP_WAIT_S = 0.05  # the longest a queued publish waits for the network thread
+OFFLINE_WAIT_S = 2.0  # on stop, how long the `offline` status may take to leave
 
 
 class MqttSession:
@@ -69,6 +78,7 @@ class MqttSession:
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._fallback = False
+        self._outgoing: queue.SimpleQueue[tuple[str, bytes, bool]] = queue.SimpleQueue()
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self.connects = 0
@@ -106,21 +116,37 @@ class MqttSession:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish `offline`, disconnect cleanly and join the network thread."""
-        if self.connected.is_set():
-            status = DeviceStatus(status="offline", ts=datetime.now(UTC)).to_bytes()
-            info = self._client.publish(self.topic(Channel.STATUS), status, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout=2)
-            except (RuntimeError, ValueError):
-                log.warning("could not publish offline status before stopping")
+        """Publish `offline`, disconnect cleanly and join the network thread (which does both)."""
         self._stop.set()
-        self._thread.join(timeout)
-        self._client.disconnect()
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     def publish(self, channel: Channel, payload: bytes, *, retain: bool = False) -> None:
-        """QoS 1 publish; paho queues it while disconnected and sends it after reconnecting."""
-        self._client.publish(self.topic(channel), payload, qos=1, retain=retain)
+        """QoS 1 publish, from any thread: queued for the network thread, which hands it to paho (paho keeps it
+        while disconnected and sends it after reconnecting)."""
+        self._outgoing.put((self.topic(channel), payload, retain))
+
+    def _hand_to_paho(self) -> None:
+        while True:
+            try:
+                topic, payload, retain = self._outgoing.get_nowait()
+            except queue.Empty:
+                return
+            self._client.publish(topic, payload, qos=1, retain=retain)
+
+    def _go_offline(self) -> None:
+        """In the network thread, on stop: what is queued, then `offline` (retained), then DISCONNECT."""
+        self._hand_to_paho()
+        status = DeviceStatus(status="offline", ts=datetime.now(UTC)).to_bytes()
+        info = self._client.publish(self.topic(Channel.STATUS), status, qos=1, retain=True)
+        deadline = time.monotonic() + OFFLINE_WAIT_S
+        while not info.is_published() and time.monotonic() < deadline:
+            if self._client.loop(timeout=LOOP_WAIT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        if not info.is_published():
+            log.warning("could not publish offline status before stopping")
+        self._client.disconnect()
+        self._client.loop(timeout=LOOP_WAIT_S)  # let the DISCONNECT go out
 
     def _connect(self) -> None:
         if self.protocol is MQTTProtocolVersion.MQTTv5:
@@ -142,7 +168,8 @@ class MqttSession:
                 self._connect()
                 opened, sent = True, time.monotonic()
                 while not self._stop.is_set() and not self._fallback:
-                    if self._client.loop(timeout=0.2) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._hand_to_paho()
+                    if self._client.loop(timeout=LOOP_WAIT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         self._refused_after_handshake()
                         break
                     if not self._connack and time.monotonic() - sent > self.connack_timeout_s:
@@ -156,9 +183,12 @@ class MqttSession:
                 log.info("mqtt connect to %s:%s failed: %s", self.host, self.port, e)
             except Exception:  # a bug in a callback or in paho must not end the session for good: log, back off
                 log.exception("mqtt session error; reconnecting")
-            self.connected.clear()
             if self._stop.is_set():
+                if self.connected.is_set():
+                    self._go_offline()
+                self.connected.clear()
                 return
+            self.connected.clear()
             # Some 3.1.1-only brokers (amqtt) cannot parse an MQTT 5 CONNECT and drop it without a CONNACK:
             # after two such connections try the other version (and back, should that one fare no better).
             unanswered = 0 if self._connack or not opened else unanswered + 1
