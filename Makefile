@@ -61,7 +61,7 @@ $(HAPROXY):
 setup: $(STAMP) $(MLSERVER_VENV)/bin/mlserver $(AMQTT_VENV)/bin/amqtt $(TFLITE_VENV)/bin/python $(CHROMIUM) \
 	$(SYSTEMD_ANALYZE) $(HAPROXY)
 
-demo: setup
+demo: $(STAMP)  # the demo needs the project venv only (setup adds the test-only side venvs and Debian packages)
 	$(BIN)/edgefleet demo
 
 test: setup
