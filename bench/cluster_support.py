@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
-from edgefleet.brokers import Broker, free_port, start_broker
+from edgefleet.brokers import Broker, start_broker
+from edgefleet.replicas import Replica
 from hub.mqtt.dynsec import initial_config
 from hub.security import mosquitto_hash
 from hub.services import init_data_dir
@@ -75,41 +75,6 @@ def pg_schema() -> Iterator[Schema]:
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema.name}" CASCADE')
-
-
-@dataclass
-class Replica:
-    """One `edgefleet hub serve` process."""
-
-    name: str
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def health(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        """/healthz, or None if the replica does not answer."""
-        if not self.alive:
-            return None
-        try:
-            r = httpx.get(f"{self.url}/healthz", timeout=timeout)
-        except httpx.HTTPError:
-            return None
-        health: dict[str, Any] = r.json()
-        return health if r.status_code == 200 else None
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample on /metrics: (name, sorted labels) -> value."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
 
 
 @dataclass

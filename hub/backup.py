@@ -19,6 +19,10 @@ the snapshot can leave signed targets no row names: harmless, no device is ever 
 backup checks both (every row's manifest and artifact signed with the row's sha256; every file its signed
 hash) before it writes anything, so a restored hub never names a file the archive lacks.
 
+Storage. Metadata and targets are read through the hub's storage (hub/storage/: files under tuf/, or PostgreSQL
+large objects) and restored through it; the archive's layout is the same either way, so a backup restores into
+either backend. The keys are always files under tuf/keys/.
+
 Versions on restore. Devices refuse a timestamp, snapshot or targets version lower than one they have seen
 (a rollback attack), and they may have seen versions the original signed after the backup. Restore re-signs
 the three at one version: max(archived version + 1, microseconds since the epoch now). Why that is above
@@ -52,6 +56,7 @@ from hub import backup_db, datadir
 from hub.backup_db import BackupError
 from hub.errors import HubError
 from hub.settings import HubSettings
+from hub.storage import DirectoryStorage, Storage, opened
 from hub.tuf_keys import fsync_dir, load_signer, signer_from_pem
 from hub.tuf_repo import ROLES, Clock, TufRepository, utcnow
 
@@ -115,9 +120,14 @@ def backup(settings: HubSettings, dest: Path, *, clock: Clock = utcnow) -> Backu
         raise BackupError(f"{dest} is a directory; give the archive's file name")
     if not dest.parent.is_dir():
         raise BackupError(f"no directory {dest.parent} to write the archive in")
-    repo = TufRepository(settings.tuf_dir)
-    if not (repo.metadata_dir / "timestamp.json").is_file():
-        raise BackupError(f"no TUF repository in {settings.tuf_dir}: is {settings.data_dir} a hub data dir?")
+    with opened(settings) as storage:
+        return _backup(settings, dest, TufRepository(settings.tuf_dir, storage=storage), clock)
+
+
+def _backup(settings: HubSettings, dest: Path, repo: TufRepository, clock: Clock) -> BackupSummary:
+    if not repo.storage.exists("metadata/timestamp.json"):
+        where = settings.tuf_dir if repo.storage.kind == DirectoryStorage.kind else repo.storage.describe()
+        raise BackupError(f"no TUF repository in {where}: is {settings.data_dir} a hub data dir?")
     with tempfile.TemporaryDirectory(prefix=".edgefleet-backup-", dir=dest.parent) as work:
         db_file = Path(work) / "hub.db"
         database = backup_db.snapshot(settings.resolved_database_url(), db_file)  # first the database...
@@ -146,17 +156,20 @@ def backup(settings: HubSettings, dest: Path, *, clock: Clock = utcnow) -> Backu
 def _copy_tuf(repo: TufRepository) -> _TufCopy:
     """The current metadata chain, every root, and the keys, read together under the publish lock."""
     meta: dict[str, bytes] = {}
+    storage = repo.storage
     with repo.locked():
-        meta["timestamp.json"] = (repo.metadata_dir / "timestamp.json").read_bytes()
+        meta["timestamp.json"] = storage.read_bytes("metadata/timestamp.json")
         timestamp: Metadata[Timestamp] = Metadata.from_bytes(meta["timestamp.json"])
         snap_name = f"{timestamp.signed.snapshot_meta.version}.snapshot.json"
-        meta[snap_name] = (repo.metadata_dir / snap_name).read_bytes()
+        meta[snap_name] = storage.read_bytes(f"metadata/{snap_name}")
         snapshot: Metadata[Snapshot] = Metadata.from_bytes(meta[snap_name])
         targets_name = f"{snapshot.signed.meta['targets.json'].version}.targets.json"
-        meta[targets_name] = (repo.metadata_dir / targets_name).read_bytes()
-        for path in repo.metadata_dir.glob("*.root.json"):
-            meta[path.name] = path.read_bytes()
-        meta["root.json"] = (repo.metadata_dir / "root.json").read_bytes()
+        meta[targets_name] = storage.read_bytes(f"metadata/{targets_name}")
+        for key in storage.list("metadata/"):
+            name = key.removeprefix("metadata/")
+            if name.endswith(".root.json") and "/" not in name:
+                meta[name] = storage.read_bytes(key)
+        meta["root.json"] = storage.read_bytes("metadata/root.json")
         keys = {f"{role}.pem": (repo.keys_dir / f"{role}.pem").read_bytes()
                 for role in ROLES if (repo.keys_dir / f"{role}.pem").is_file()}  # fmt: skip
     root: Root = Metadata.from_bytes(meta["root.json"]).signed
@@ -188,16 +201,18 @@ def _add_all(tar: tarfile.TarFile, manifest: dict[str, Any], db_file: Path, sett
         files[f"tuf/metadata/{name}"] = _add_bytes(tar, f"tuf/metadata/{name}", data)
     for target_path, info in sorted(tuf.targets.items()):
         hashed = _hashed_name(target_path, info.hashes["sha256"])
-        path = repo.targets_dir / hashed
+        key = f"targets/{hashed}"
+        where = repo.storage.local_path(key) or f"{key} in {repo.storage.describe()}"
         try:
-            with path.open("rb") as f:
-                entry = _add(tar, f"tuf/targets/{hashed}", f, info.length)
-        except (OSError, tarfile.TarError) as e:
-            raise BackupError(f"target {target_path}: cannot read {path}: {e}") from e
-        if entry["sha256"] != info.hashes["sha256"] or path.stat().st_size != info.length:
-            raise BackupError(f"target {target_path}: {path} does not match its signed length and sha256 "
+            with repo.storage.open(key) as blob:
+                size = blob.info.size
+                entry = _add(tar, f"tuf/{key}", blob.file, info.length)
+        except (OSError, tarfile.TarError, HubError) as e:
+            raise BackupError(f"target {target_path}: cannot read {where}: {e}") from e
+        if entry["sha256"] != info.hashes["sha256"] or size != info.length:
+            raise BackupError(f"target {target_path}: {where} does not match its signed length and sha256 "
                               "(tampered or damaged); no archive written")  # fmt: skip
-        files[f"tuf/targets/{hashed}"] = entry
+        files[f"tuf/{key}"] = entry
     _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
@@ -267,11 +282,13 @@ def restore(settings: HubSettings, archive: Path, *, force: bool = False, clock:
         if force:
             _clear_data_dir(data_dir, keep=work)
         backup_db.restore(db_file, url)
-        os.replace(work / "tuf", settings.tuf_dir)
-        for name in SECRETS:
-            if (work / "data" / name).is_file():
-                os.replace(work / "data" / name, data_dir / name)
-        version = TufRepository(settings.tuf_dir, clock=clock).jump_versions(version_floor(clock))
+        with opened(settings) as storage:
+            _restore_tuf(work / "tuf", settings.tuf_dir, storage, force=force)
+            for name in SECRETS:
+                if (work / "data" / name).is_file():
+                    os.replace(work / "data" / name, data_dir / name)
+            repo = TufRepository(settings.tuf_dir, clock=clock, storage=storage)
+            version = repo.jump_versions(version_floor(clock))
         datadir.secure(data_dir, sqlite_here=settings.database_url is None)
         counts = manifest["counts"]
         return RestoreSummary(data_dir=data_dir.resolve(), database=backup_db.describe(url),
@@ -279,6 +296,25 @@ def restore(settings: HubSettings, archive: Path, *, force: bool = False, clock:
                               targets=counts["targets"], version=version)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _restore_tuf(staged: Path, tuf_dir: Path, storage: Storage, *, force: bool) -> None:
+    """Put the checked, staged repository in place: keys under tuf_dir, metadata and targets into the storage."""
+    if isinstance(storage, DirectoryStorage) and storage.root.resolve() == tuf_dir.resolve():
+        os.replace(staged, tuf_dir)  # the storage is tuf_dir itself: one rename, as it always was
+        return
+    if force:
+        for key in storage.list("metadata/") + storage.list("targets/"):
+            storage.delete(key)
+    tuf_dir.mkdir(parents=True, exist_ok=True)
+    if (staged / "keys").is_dir():
+        shutil.rmtree(tuf_dir / "keys", ignore_errors=True)
+        os.replace(staged / "keys", tuf_dir / "keys")
+    staged_files = DirectoryStorage(staged)
+    for key in staged_files.list("targets/"):  # targets first, then metadata with the timestamp last
+        storage.write_file(key, staged / key)
+    for key in sorted(staged_files.list("metadata/"), key=lambda k: k == "metadata/timestamp.json"):
+        storage.write_file(key, staged / key)
 
 
 def _require_free(data_dir: Path, url: str, *, force: bool) -> None:
@@ -387,6 +423,6 @@ def _check_tuf(repo: TufRepository) -> None:
             raise
         raise BackupError(f"the archive's TUF repository does not verify: {e}") from e
     for target_path, info in repo.targets().items():
-        path = repo.targets_dir / _hashed_name(target_path, info.hashes["sha256"])
-        if not path.is_file() or path.stat().st_size != info.length:
+        stored = repo.storage.stat("targets/" + _hashed_name(target_path, info.hashes["sha256"]))
+        if stored is None or stored.size != info.length:
             raise BackupError(f"the archive lacks the file of signed target {target_path}")

@@ -31,6 +31,9 @@ from hub.db.schema import metadata
 from hub.errors import HubError
 
 BATCH = 1000
+# Tables not copied as rows: `blobs` names PostgreSQL large objects (storage_backend=postgresql), which mean
+# nothing in another database; the archive carries their content as the TUF files (hub/backup.py).
+STORAGE_TABLES = frozenset({"blobs"})
 
 
 class BackupError(HubError):
@@ -39,11 +42,11 @@ class BackupError(HubError):
     status_code = 500
 
 
-def hub_tables() -> list[Table]:
-    """Every table of the hub's schema, in dependency order."""
+def hub_tables(*, with_storage: bool = False) -> list[Table]:
+    """Every table of the hub's schema copied as rows (and the storage's, `with_storage`), in dependency order."""
     import hub.telemetry.tables  # noqa: F401  (registers its tables on the shared metadata)
 
-    return list(metadata.sorted_tables)
+    return [t for t in metadata.sorted_tables if with_storage or t.name not in STORAGE_TABLES]
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -135,7 +138,7 @@ def first_filled_table(url: str) -> str | None:
     try:
         with engine.connect() as conn:
             present = set(inspect(conn).get_table_names())
-            for t in hub_tables():
+            for t in hub_tables(with_storage=True):  # stored blobs make a database just as filled
                 if t.name in present and conn.execute(select(text("1")).select_from(t).limit(1)).first():
                     return t.name
     finally:
@@ -169,7 +172,7 @@ def restore(db_file: Path, url: str) -> None:
 
 def copy_rows(src: Connection, dst: Connection) -> dict[str, int]:
     """Copy every hub table from `src` to the migrated, empty `dst`; refuses a table the schema does not know."""
-    present = set(inspect(src).get_table_names()) - {"alembic_version"}
+    present = set(inspect(src).get_table_names()) - {"alembic_version"} - STORAGE_TABLES
     tables = hub_tables()
     unknown = present - {t.name for t in tables}
     if unknown:

@@ -42,7 +42,12 @@ def init(data_dir: Path | None) -> None:
     except (HubError, OSError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"data dir: {settings.data_dir.resolve()}")
-    click.echo(f"TUF root: {settings.tuf_dir / 'metadata' / '1.root.json'} (move keys/root.pem offline: docs/hub.md)")
+    root = settings.tuf_dir / "metadata" / "1.root.json"
+    if settings.storage_backend == "directory":
+        click.echo(f"TUF root: {root} (move keys/root.pem offline: docs/hub.md)")
+    else:
+        click.echo(f"TUF metadata and artifacts: {settings.storage_backend}; keys in {settings.tuf_dir / 'keys'} (give "
+                   "every replica a copy; move keys/root.pem offline: docs/hub.md)")  # fmt: skip
     if token:
         click.echo(f"admin token (also in {settings.admin_token_file}): {token}")
     else:
@@ -96,14 +101,16 @@ def sign_root(data_dir: Path | None, root_key: Path | None, days: int) -> None:
     """Sign a new root version (before the current one expires); devices pick it up through TUF."""
     from datetime import timedelta
 
+    from hub.storage import opened
     from hub.tuf_repo import TufRepository, utcnow
 
     settings = _settings(data_dir)
-    repo = TufRepository(settings.tuf_dir)
     try:
-        version = repo.bump_root(expires=utcnow() + timedelta(days=days), root_key=root_key)
-    except (HubError, OSError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+        with opened(settings) as storage:
+            repo = TufRepository(settings.tuf_dir, storage=storage)
+            version = repo.bump_root(expires=utcnow() + timedelta(days=days), root_key=root_key)
+    except (HubError, OSError, ValueError, SQLAlchemyError) as e:
+        raise click.ClickException(_one_line(e)) from e
     click.echo(f"signed {version}.root.json, valid for {days} days")
 
 
@@ -116,16 +123,20 @@ def sign_root(data_dir: Path | None, root_key: Path | None, days: int) -> None:
               help="with --role root and --root-key: the new file to write the new offline root key to")  # fmt: skip
 def rotate_keys(role: str, data_dir: Path | None, root_key: Path | None, new_root_key: Path | None) -> None:
     """Replace a role's signing key: a new root version trusts the new key; devices follow through TUF."""
+    from hub.storage import opened
     from hub.tuf_repo import TufRepository
 
     settings = _settings(data_dir)
     if new_root_key is not None and (role != "root" or root_key is None):
         raise click.ClickException("--new-root-key goes with --role root and --root-key (an offline root key)")
-    if not (settings.tuf_dir / "metadata" / "root.json").is_file():
-        raise click.ClickException(f"no TUF repository in {settings.tuf_dir}: run `edgefleet hub init` first")
     try:
-        done = TufRepository(settings.tuf_dir).rotate_key(role, root_key=root_key, new_root_key=new_root_key)
-    except (HubError, OSError, ValueError) as e:
+        with opened(settings) as storage:
+            if not storage.exists("metadata/root.json"):
+                where = settings.tuf_dir if settings.storage_backend == "directory" else storage.describe()
+                raise click.ClickException(f"no TUF repository in {where}: run `edgefleet hub init` first")
+            repo = TufRepository(settings.tuf_dir, storage=storage)
+            done = repo.rotate_key(role, root_key=root_key, new_root_key=new_root_key)
+    except (HubError, OSError, ValueError, SQLAlchemyError) as e:
         raise click.ClickException(_one_line(e)) from e
     signed_by = "the old and the new root key" if role == "root" else "the root key"
     old = ", ".join(k[:12] for k in done.old_keyids)
@@ -136,6 +147,9 @@ def rotate_keys(role: str, data_dir: Path | None, root_key: Path | None, new_roo
     click.echo(f"new key: {done.key_file} (0600); the old private key was deleted")
     if root_key is not None and role == "root":
         click.echo(f"{root_key} is no longer trusted: destroy it once {done.key_file} is safely offline")
+    if settings.storage_backend != "directory" and done.key_file.parent == settings.tuf_dir / "keys":
+        click.echo(f"copy {done.key_file} to every other replica's {settings.tuf_dir / 'keys'} now (unless tuf/keys "
+                   "is shared): until then they cannot sign")  # fmt: skip
     click.echo("take a new backup now: older ones hold the retired key and an older root")
 
 

@@ -41,7 +41,7 @@ def remove_crash_leftovers(data_dir: Path, tuf_dir: Path) -> tuple[int, int]:
             freed += _size(folder)
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
-    for temp in tuf_dir.rglob(".*"):  # tuf_repo._atomic_write / _atomic_copy: `.<name>.<random>`
+    for temp in tuf_dir.rglob(".*"):  # storage/directory.py atomic_write / atomic_copy: `.<name>.<random>`
         if temp.is_file() and not temp.is_symlink():
             freed += temp.stat().st_size
             temp.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ HubError
 │   └── Forbidden            (403) a valid token that may not do this
 ├── TufRepositoryError       the signed metadata cannot be produced or read
 │   └── SigningKeyMissing    a role key (e.g. the offline root key) is not in the data dir
+├── StorageError             (500) the metadata/artifact store cannot be used (wrong database for it, I/O)
+│   └── BlobNotFound         (404) nothing stored under that key
 ├── BrokerConfigError        (503) a Mosquitto password/ACL candidate failed validation; nothing replaced
 └── RolloutError
     └── InvalidTransition    (409) the rollout's state machine has no such transition
@@ -60,6 +62,18 @@ class TufRepositoryError(HubError):
 
 class SigningKeyMissing(TufRepositoryError):
     """A role's private key is not available (e.g. the root key is kept offline)."""
+
+
+class StorageError(HubError):
+    """The store of TUF metadata and targets (hub/storage/) cannot be used as asked."""
+
+    status_code = 500
+
+
+class BlobNotFound(StorageError):
+    """Nothing is stored under the key asked for."""
+
+    status_code = 404
 
 
 class BrokerConfigError(HubError):

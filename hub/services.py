@@ -35,6 +35,7 @@ from hub.mqtt.dynsec import DynsecAccounts
 from hub.rollouts.engine import RolloutEngine
 from hub.security import mosquitto_hash, new_password, new_token
 from hub.settings import HubSettings
+from hub.storage import Storage, open_storage, opened
 from hub.store import devices as device_store
 from hub.telemetry.monitor import TelemetryMonitor
 from hub.telemetry.retention import Retention
@@ -45,10 +46,17 @@ log = logging.getLogger(__name__)
 JOB_JOIN_S = 15.0  # how long stepping down waits for a job's current pass before leaving it to finish alone
 
 
-def init_data_dir(settings: HubSettings) -> str | None:
-    """Create the data dir, TUF keys/metadata, admin token and hub broker password; returns a new admin token."""
+def init_data_dir(settings: HubSettings, storage: Storage | None = None) -> str | None:
+    """Create the data dir, TUF keys/metadata, admin token and hub broker password; returns a new admin token.
+
+    `storage`: where the TUF metadata goes; default the configured backend (on PostgreSQL, migrated first).
+    """
     datadir.secure(settings.data_dir, sqlite_here=settings.database_url is None)
-    TufRepository.open_or_create(settings.tuf_dir)
+    if storage is None:
+        with opened(settings, migrate=True) as own:
+            TufRepository.open_or_create(settings.tuf_dir, storage=own)
+    else:
+        TufRepository.open_or_create(settings.tuf_dir, storage=storage)
     if not settings.mqtt_password_file.exists():
         _write_secret(settings, settings.mqtt_password_file.name, new_password())
     if settings.admin_token_file.exists():
@@ -72,6 +80,7 @@ class Hub:
     settings: HubSettings
     clock: Clock = utcnow
     engine: Engine = field(init=False)
+    storage: Storage = field(init=False)
     repo: TufRepository = field(init=False)
     metrics: HubMetrics = field(init=False)
     rollouts: RolloutEngine = field(init=False)
@@ -99,12 +108,13 @@ class Hub:
             self._dir_lock.acquire()  # a second hub on this data dir stops here with one line
         self.engine = make_engine(url)
         try:
+            self.storage = open_storage(s, self.engine)  # postgresql storage on SQLite stops here, with one line
             self._prepare()
         except BaseException:
             self._release()
             raise
         self.admin_token = s.admin_token or s.admin_token_file.read_text().strip()
-        self.repo = TufRepository.open_or_create(s.tuf_dir, clock=self.clock)
+        self.repo = TufRepository.open_or_create(s.tuf_dir, clock=self.clock, storage=self.storage)
         self.metrics = HubMetrics()
         self.rollouts = RolloutEngine(engine=self.engine, clock=self.clock)
         self.rollouts.actor = f"engine@{self.replica_id}"[:64]
@@ -130,7 +140,7 @@ class Hub:
         only by a replica that starts alone (another's upload or TUF temp file is no leftover)."""
         s = self.settings
         if self._dir_lock is not None:
-            init_data_dir(s)
+            init_data_dir(s, self.storage)
             datadir.remove_crash_leftovers(s.data_dir, s.tuf_dir)
             upgrade(self.engine)
             return
@@ -139,13 +149,13 @@ class Hub:
         self.leadership = lease
         with locks.held(self.engine, locks.STARTUP):
             alone = lease.register()
-            init_data_dir(s)
+            upgrade(self.engine)  # before the TUF repository: storage_backend=postgresql keeps it in a table
+            init_data_dir(s, self.storage)
             if alone:
                 datadir.remove_crash_leftovers(s.data_dir, s.tuf_dir)
             else:
                 log.info("other replicas are running: crash leftovers in %s are left to a replica that starts alone",
                          s.data_dir)  # fmt: skip
-            upgrade(self.engine)
 
     @property
     def is_leader(self) -> bool:
@@ -299,7 +309,7 @@ class Hub:
     def _refresh_tuf(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                with locks.held(self.engine, locks.TUF_PUBLISH):  # replicas share tuf/ (a push may be signing)
+                with locks.held(self.engine, locks.TUF_PUBLISH):  # replicas share the repository (a push may sign)
                     resigned = self.repo.refresh_expiring()
                 if resigned:
                     log.info("re-signed TUF metadata: %s", ", ".join(resigned))

@@ -40,6 +40,8 @@ class HubSettings(BaseSettings):
     leader_poll_s: float = Field(default=1.0, gt=0)  # how often a replica tries for (or checks) the leader lease
     mqtt_share_group: str = Field(default="edgefleet-hub", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # $share/<group>/...
     broker_auth: Literal["files", "dynsec"] = "files"  # Mosquitto password/ACL files + SIGHUP, or dynamic security
+    # TUF metadata and artifacts (hub/storage/): files under data_dir/tuf, or large objects in PostgreSQL.
+    storage_backend: Literal["directory", "postgresql"] = "directory"
     # Background jobs.
     rollout_tick_s: float = Field(default=1.0, gt=0)
     tuf_refresh_s: float = Field(default=300.0, gt=0)

@@ -1,6 +1,7 @@
 """The hub's TUF repository: signed root/targets/snapshot/timestamp metadata and hash-named targets.
 
-Layout under `path` (served as-is by the hub at /tuf/metadata/ and /tuf/targets/):
+Layout under `path` (metadata/ and targets/ are blob keys in the storage, hub/storage/; with the default
+`directory` backend they are these very files; the hub serves them at /tuf/metadata/ and /tuf/targets/):
 
     keys/{root,targets,snapshot,timestamp}.pem   ed25519 private keys (0600); root.pem may live offline
     keys/<role>.pem.next                         a rotation's new key until its root is published (tuf_keys.py)
@@ -10,10 +11,12 @@ Layout under `path` (served as-is by the hub at /tuf/metadata/ and /tuf/targets/
     metadata/timestamp.json                      the only unversioned file clients poll
     targets/<dir>/<sha256>.<name>                content-addressed targets, never overwritten
 
-Publishing order is targets -> snapshot -> timestamp, timestamp last; every file is written to a
-temporary file and `os.replace`d, so a crash never leaves a half-written document being served.
-Every write holds `locked()`: a thread lock and an flock on `publish.lock`, so the serving hub, `hub sign-root`,
-`hub rotate-keys` and `hub backup` (other processes) never interleave a publish or read keys mid-rotation.
+Publishing order is targets -> snapshot -> timestamp, timestamp last; every blob is written atomically (a temp
+file `os.replace`d, or one PostgreSQL transaction), so a crash never leaves a half-written document being served.
+Every write holds `locked()`: a thread lock, an flock on `publish.lock` (the keys are local files) and the
+storage's own lock (a no-op for the directory, whose publish.lock it is; a cluster-wide advisory lock for
+PostgreSQL, whose writers share no directory), so the serving hub, `hub sign-root`, `hub rotate-keys` and `hub
+backup` (other processes, other hosts) never interleave a publish or read keys mid-rotation.
 Tests (the agent's too) use `create()` with short expiries and `clock=` to make expired metadata,
 `copy_metadata()`/`restore_metadata()` to replay an older version, and `target_file()` to tamper.
 """
@@ -22,11 +25,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,9 +46,12 @@ from tuf.api.metadata import (  # type: ignore[attr-defined]
 from tuf.api.serialization.json import JSONSerializer
 
 from hub.errors import TufRepositoryError
+from hub.storage.base import Storage
+from hub.storage.directory import DirectoryStorage, atomic_write
 from hub.tuf_keys import create_key_file, fsync_dir, load_signer
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 LOCK_FILE = "publish.lock"
 # What re-signing a role's metadata drags along: the roles that name its version, down to the timestamp.
 CHAIN = {"root": [], "targets": ["targets", "snapshot", "timestamp"], "snapshot": ["snapshot", "timestamp"],
@@ -88,15 +92,17 @@ class Rotation:
 
 
 class TufRepository:
-    """A single-signer-per-role TUF repository on disk, safe to share between threads."""
+    """A single-signer-per-role TUF repository (keys under `path`, blobs in `storage`), safe to share by threads."""
 
-    def __init__(self, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow) -> None:
+    def __init__(self, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow,
+                 storage: Storage | None = None) -> None:  # fmt: skip
         self.path = Path(path)
+        self.storage: Storage = storage if storage is not None else DirectoryStorage(self.path)
         self.expiry = expiry or Expiry()
         self.clock = clock
         self._lock = threading.RLock()
         self._lock_depth = 0
-        self._lock_fd = -1
+        self._held: ExitStack | None = None
         self._serializer = JSONSerializer(compact=False)
 
     # ---- paths --------------------------------------------------------------------------------
@@ -114,39 +120,61 @@ class TufRepository:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the repository's publish lock (re-entrant in this thread, exclusive across processes)."""
+        """Hold the repository's publish lock (re-entrant in this thread, exclusive across processes and hosts)."""
         with self._lock:
             if self._lock_depth == 0:
-                self.path.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+                held = ExitStack()
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    held.enter_context(self._flock())  # first the keys' directory, then the storage: one order
+                    held.enter_context(self.storage.lock())
                 except BaseException:
-                    os.close(fd)
+                    held.close()
                     raise
-                self._lock_fd = fd
+                self._held = held
             self._lock_depth += 1
             try:
                 yield
             finally:
                 self._lock_depth -= 1
-                if self._lock_depth == 0:
-                    os.close(self._lock_fd)  # releases the flock
-                    self._lock_fd = -1
+                if self._lock_depth == 0 and self._held is not None:
+                    self._held.close()
+                    self._held = None
+
+    @contextmanager
+    def _flock(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     # ---- creation -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow) -> TufRepository:
+    def create(cls, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow,
+               storage: Storage | None = None) -> TufRepository:  # fmt: skip
         """Generate keys and sign version 1 of every role; refuses a directory that already has one."""
-        repo = cls(path, expiry=expiry, clock=clock)
-        if (repo.metadata_dir / "1.root.json").exists():
-            raise TufRepositoryError(f"a TUF repository already exists at {repo.path}")
-        for d in (repo.keys_dir, repo.metadata_dir, repo.targets_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        repo = cls(path, expiry=expiry, clock=clock, storage=storage)
+        if repo.storage.exists("metadata/1.root.json"):
+            where = repo.path if repo.storage.kind == DirectoryStorage.kind else repo.storage.describe()
+            raise TufRepositoryError(f"a TUF repository already exists at {where}")
+        if repo.storage.kind != DirectoryStorage.kind and any(repo.keys_dir.glob("*.pem")):
+            # Metadata elsewhere than the keys: new keys here would orphan the ones other replicas were given.
+            raise TufRepositoryError(
+                f"{repo.keys_dir} holds signing keys but {repo.storage.describe()} has no TUF metadata: this data "
+                "dir belongs to another database or storage backend (move it with `hub backup` + `hub restore`), "
+                "or remove the keys to start a new repository"
+            )
+        repo.keys_dir.mkdir(parents=True, exist_ok=True)
+        for folder in ("metadata", "targets"):  # the directory backend's layout exists from the start, as always
+            local = repo.storage.local_path(folder)
+            if local is not None:
+                local.mkdir(parents=True, exist_ok=True)
         os.chmod(repo.keys_dir, 0o700)
         signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
         for role, signer in signers.items():
-            _atomic_write(repo.keys_dir / f"{role}.pem", signer.private_bytes, mode=0o600)
+            atomic_write(repo.keys_dir / f"{role}.pem", signer.private_bytes, mode=0o600)
         root = Root(expires=repo._expires("root"), consistent_snapshot=True)
         for role, signer in signers.items():
             root.add_key(signer.public_key, role)
@@ -159,11 +187,14 @@ class TufRepository:
         return repo
 
     @classmethod
-    def open_or_create(cls, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow) -> TufRepository:
+    def open_or_create(cls, path: Path, *, expiry: Expiry | None = None, clock: Clock = utcnow,
+                       storage: Storage | None = None) -> TufRepository:  # fmt: skip
         """Open the repository at `path`, creating it first if there is none."""
-        repo = cls(path, expiry=expiry, clock=clock)
-        if not (repo.metadata_dir / "1.root.json").exists():
-            return cls.create(path, expiry=expiry, clock=clock)
+        repo = cls(path, expiry=expiry, clock=clock, storage=storage)
+        if not repo.storage.exists("metadata/1.root.json"):
+            return cls.create(path, expiry=expiry, clock=clock, storage=storage)
+        if repo.storage.kind != DirectoryStorage.kind:
+            repo._require_online_keys()
         if any(repo.keys_dir.glob("*.pem.next")):
             with repo.locked():
                 repo._finish_interrupted_rotations()
@@ -172,32 +203,43 @@ class TufRepository:
     # ---- reading ------------------------------------------------------------------------------
     def root_bytes(self) -> bytes:
         """The newest root.json exactly as served (what a device pins at enrollment)."""
-        return (self.metadata_dir / "root.json").read_bytes()
+        return self.storage.read_bytes("metadata/root.json")
 
     def load(self, role: str) -> Metadata[Any]:
         """The current signed metadata of one role (timestamp -> snapshot -> targets chain)."""
         if role == "root":
-            return Metadata.from_file(str(self.metadata_dir / "root.json"))
+            return self._read("root.json")
         if role == "timestamp":
-            return Metadata.from_file(str(self.metadata_dir / "timestamp.json"))
+            return self._read("timestamp.json")
         ts: Metadata[Timestamp] = self.load("timestamp")
-        snap_file = self.metadata_dir / f"{ts.signed.snapshot_meta.version}.snapshot.json"
+        snap_name = f"{ts.signed.snapshot_meta.version}.snapshot.json"
         if role == "snapshot":
-            return Metadata.from_file(str(snap_file))
-        snap: Metadata[Snapshot] = Metadata.from_file(str(snap_file))
-        return Metadata.from_file(str(self.metadata_dir / f"{snap.signed.meta['targets.json'].version}.targets.json"))
+            return self._read(snap_name)
+        snap: Metadata[Snapshot] = self._read(snap_name)
+        return self._read(f"{snap.signed.meta['targets.json'].version}.targets.json")
+
+    def _read(self, name: str) -> Metadata[Any]:
+        return Metadata.from_bytes(self.storage.read_bytes(f"metadata/{name}"))
 
     def targets(self) -> dict[str, TargetFile]:
         """Every published target path and its signed length/hashes."""
         signed: Targets = self.load("targets").signed
         return dict(signed.targets)
 
-    def target_file(self, target_path: str) -> Path:
-        """The on-disk, hash-named file of a published target (tests tamper with it)."""
+    def target_key(self, target_path: str) -> str:
+        """The storage key of a published target's hash-named blob."""
         info = self.targets().get(target_path)
         if info is None:
             raise TufRepositoryError(f"no such target: {target_path}")
-        return self.targets_dir / _hashed_name(target_path, info.hashes["sha256"])
+        return "targets/" + _hashed_name(target_path, info.hashes["sha256"])
+
+    def target_file(self, target_path: str) -> Path:
+        """The on-disk, hash-named file of a published target (directory backend; tests tamper with it)."""
+        key = self.target_key(target_path)
+        path = self.storage.local_path(key)
+        if path is None:
+            raise TufRepositoryError(f"{self.storage.describe()} keeps no files: {key} is not on disk")
+        return path
 
     # ---- publishing ---------------------------------------------------------------------------
     def add_targets(self, files: Mapping[str, bytes | Path]) -> int:
@@ -210,13 +252,12 @@ class TufRepository:
                     info = TargetFile.from_file(target_path, str(content), ["sha256"])
                 else:
                     info = TargetFile.from_data(target_path, content, ["sha256"])
-                dest = self.targets_dir / _hashed_name(target_path, info.hashes["sha256"])
-                if not dest.exists():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
+                key = "targets/" + _hashed_name(target_path, info.hashes["sha256"])
+                if not self.storage.exists(key):
                     if isinstance(content, Path):
-                        _atomic_copy(content, dest)
+                        self.storage.write_file(key, content)
                     else:
-                        _atomic_write(dest, content)
+                        self.storage.write_bytes(key, content)
                 targets.signed.targets[target_path] = info
             return self._republish_targets(targets.signed)
 
@@ -315,14 +356,18 @@ class TufRepository:
 
     # ---- test helpers for refusal scenarios ----------------------------------------------------
     def copy_metadata(self, dest: Path) -> None:
-        """Copy the current metadata directory to `dest` (to replay it later as an older version)."""
-        shutil.copytree(self.metadata_dir, dest, dirs_exist_ok=True)
+        """Copy the current metadata to the directory `dest` (to replay it later as an older version)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for key in self.storage.list("metadata/"):
+            (dest / key.removeprefix("metadata/")).write_bytes(self.storage.read_bytes(key))
 
     def restore_metadata(self, src: Path) -> None:
         """Serve a previously copied metadata directory again (a rollback or freeze attack)."""
         with self.locked():
-            shutil.rmtree(self.metadata_dir)
-            shutil.copytree(src, self.metadata_dir)
+            for key in self.storage.list("metadata/"):
+                self.storage.delete(key)
+            for path in sorted(src.iterdir(), key=lambda p: p.name == "timestamp.json"):  # timestamp last
+                self.storage.write_bytes(f"metadata/{path.name}", path.read_bytes())
 
     # ---- internals ----------------------------------------------------------------------------
     def _expires(self, role: str) -> datetime:
@@ -380,14 +425,25 @@ class TufRepository:
         """The role's key (keys/<role>.pem or `key_file`), refused unless the current root trusts it for `role`."""
         key_file = key_file or self.keys_dir / f"{role}.pem"
         signer = load_signer(key_file, role)
-        if (self.metadata_dir / "root.json").exists():
+        if self.storage.exists("metadata/root.json"):
             root: Root = self.load("root").signed
             if signer.public_key.keyid not in root.roles[role].keyids:
+                hint = "after an interrupted rotate-keys, run it again"
+                if self.storage.kind != DirectoryStorage.kind:
+                    hint += "; after a rotate-keys on another replica, copy its tuf/keys/ here"
                 raise TufRepositoryError(
-                    f"{key_file} is not the {role} key root.json (version {root.version}) trusts; after an "
-                    f"interrupted rotate-keys, run it again"
+                    f"{key_file} is not the {role} key root.json (version {root.version}) trusts; {hint}"
                 )
         return signer
+
+    def _require_online_keys(self) -> None:
+        """Storage shared without the keys: refuse to serve a repository this replica could never re-sign."""
+        for role in ONLINE_ROLES:
+            if not (self.keys_dir / f"{role}.pem").is_file():
+                raise TufRepositoryError(
+                    f"{self.storage.describe()} holds a TUF repository but {self.keys_dir} has no {role}.pem: "
+                    "every replica needs the repository's keys (copy tuf/keys/ from the replica that created it)"
+                )
 
     def _publish(self, role: str, signed: Root | Targets | Snapshot | Timestamp,
                  signers: list[CryptoSigner] | None = None) -> None:  # fmt: skip
@@ -396,12 +452,12 @@ class TufRepository:
             md.sign(signer, append=True)
         data = md.to_bytes(self._serializer)
         if role == "root":
-            _atomic_write(self.metadata_dir / f"{signed.version}.root.json", data)
-            _atomic_write(self.metadata_dir / "root.json", data)
+            self.storage.write_bytes(f"metadata/{signed.version}.root.json", data)
+            self.storage.write_bytes("metadata/root.json", data)
         elif role == "timestamp":
-            _atomic_write(self.metadata_dir / "timestamp.json", data)
+            self.storage.write_bytes("metadata/timestamp.json", data)
         else:
-            _atomic_write(self.metadata_dir / f"{signed.version}.{role}.json", data)
+            self.storage.write_bytes(f"metadata/{signed.version}.{role}.json", data)
 
 
 def _hashed_name(target_path: str, sha256: str) -> str:
@@ -413,30 +469,3 @@ def _check_target_path(target_path: str) -> None:
     parts = target_path.split("/")
     if target_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise TufRepositoryError(f"invalid target path {target_path!r}")
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temp file beside `path`, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -17,6 +17,7 @@ LEADER = "leader"  # session lock on the lease connection (leader.py)
 REPLICAS = "replicas"  # every live replica holds it shared; exclusive = no other replica is running
 STARTUP = "startup"  # data dir set-up, crash-leftover sweep and migrations
 TUF_PUBLISH = "tuf-publish"  # every write to the shared TUF repository (push, expiry refresh)
+TUF_STORAGE = "tuf-storage"  # storage_backend=postgresql: every TUF repository writer, CLI commands too (storage/)
 BROKER_AUTH = "broker-auth"  # read device accounts + write the broker's password/ACL files
 ROLLOUT_CREATE = "rollout-create"  # the overlap check and insert of a new rollout
 

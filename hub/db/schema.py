@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import OID
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import false
 from sqlalchemy.types import TypeDecorator
@@ -163,3 +164,15 @@ telemetry = Table(
     UniqueConstraint("device_id", "msg_id", name="uq_telemetry_device_msg"),
 )
 Index("ix_telemetry_model_version", telemetry.c.model, telemetry.c.version)
+
+# storage_backend=postgresql (hub/storage/postgresql.py): TUF metadata and targets as large objects, by key.
+# The table exists on SQLite too (one migration history); the backend refuses to run there.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("path", Text, primary_key=True),
+    Column("oid", BigInteger().with_variant(OID(), "postgresql"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)

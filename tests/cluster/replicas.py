@@ -1,9 +1,11 @@
 """A hub cluster in real processes: one private Mosquitto (hub-generated auth files), N `edgefleet hub serve`
-replicas on one PostgreSQL schema sharing one data dir, and simulated devices enrolled through any replica."""
+replicas on one PostgreSQL schema sharing one data dir (or, `separate_data_dirs`, each its own with only the
+TUF keys and the hub's broker password copied in), and simulated devices enrolled through any replica."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from edgefleet.replicas import Replica
 from hub.mqtt.auth import HUB_USERNAME, MosquittoAuth
 from hub.security import mosquitto_hash
 from hub.services import init_data_dir
@@ -23,36 +26,7 @@ from protocol.http import ENROLL_PATH, EnrollResponse
 from tests.hub.e2e import ADMIN_TOKEN
 from tests.hub.simdevice import SimDevice
 from tests.hub.support import tar_gz, write_folder
-from tests.support.broker import Broker, free_port, start_broker
-
-
-@dataclass
-class Replica:
-    """One `edgefleet hub serve` process."""
-
-    name: str
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def health(self) -> dict[str, Any] | None:
-        """/healthz, or None if the replica does not answer."""
-        if not self.alive:
-            return None
-        try:
-            r = httpx.get(f"{self.url}/healthz", timeout=2)
-        except httpx.HTTPError:
-            return None
-        health: dict[str, Any] = r.json()
-        return health if r.status_code == 200 else None
+from tests.support.broker import Broker, start_broker
 
 
 @dataclass
@@ -67,14 +41,23 @@ class Cluster:
     devices: dict[str, SimDevice] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     public_url: str | None = None  # what enrollment hands devices (a load balancer); default: each replica's URL
+    separate_data_dirs: bool = False  # each replica its own data dir (storage_backend=postgresql shares the rest)
     _turn: count[int] = field(default_factory=count)
 
     @property
     def data_dir(self) -> Path:
         return self.workdir / "hub"
 
+    def replica_data_dir(self, replica: Replica) -> Path:
+        """Where `replica` keeps its data: the shared data dir, or its own."""
+        return self.workdir / f"hub-{replica.name}" if self.separate_data_dirs else self.data_dir
+
     def start_broker(self, **settings: Any) -> None:
-        init_data_dir(HubSettings(data_dir=self.data_dir))
+        backend = str(settings.get("storage_backend", "directory"))
+        if backend == "directory":
+            init_data_dir(HubSettings(data_dir=self.data_dir))
+        else:  # the TUF repository goes into the database (migrated first); the data dir keeps the keys
+            init_data_dir(HubSettings(data_dir=self.data_dir, database_url=self.db_url, storage_backend=backend))
         hub_pw = (self.data_dir / "mqtt_hub_password").read_text().strip()
         auth = MosquittoAuth(password_file=self.workdir / "auth" / "passwd", acl_file=self.workdir / "auth" / "acl",
                              pid_file=self.workdir / "mosquitto.pid", topic_root=self.root)  # fmt: skip
@@ -99,8 +82,19 @@ class Cluster:
         log = replica.log_path.open("ab")
         cmd = [sys.executable, "-m", "edgefleet", "hub", "serve", "--port", str(replica.port)]
         env = {**os.environ, **self.env, "EDGEFLEET_HUB_PUBLIC_URL": self.public_url or replica.url}
+        if self.separate_data_dirs:
+            env["EDGEFLEET_HUB_DATA_DIR"] = str(self._own_data_dir(replica))
         replica.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
         return replica
+
+    def _own_data_dir(self, replica: Replica) -> Path:
+        """A replica's own data dir, provisioned on first use with copies of the keys and broker password only."""
+        own = self.replica_data_dir(replica)
+        if not own.exists():
+            own.mkdir(mode=0o700)
+            shutil.copytree(self.data_dir / "tuf" / "keys", own / "tuf" / "keys")
+            shutil.copy2(self.data_dir / "mqtt_hub_password", own / "mqtt_hub_password")
+        return own
 
     def wait_ready(self, replica: Replica, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -30,4 +30,7 @@ def pg_schema_url() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            # large objects (storage_backend=postgresql) belong to the database: unlink them with their schema
+            if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".blobs',)).fetchone() != (None,):
+                conn.execute(f'SELECT lo_unlink(oid) FROM "{schema}".blobs')
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
