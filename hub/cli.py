@@ -190,3 +190,45 @@ def restore(file: Path, data_dir: Path | None, database_url: str | None, force: 
                f"versions, {done.devices} devices, {done.targets} targets")  # fmt: skip
     click.echo(f"TUF targets, snapshot and timestamp re-signed at version {done.version} (microseconds since the "
                "epoch: above any version devices have seen)")  # fmt: skip
+
+
+@hub.command("dynsec-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="default: EDGEFLEET_HUB_DATA_DIR")
+@click.option("--database-url", default=None,
+              help="default: EDGEFLEET_HUB_DATABASE_URL, else hub.db in the data dir")  # fmt: skip
+@click.option("--force", is_flag=True, default=False, help="replace FILE if it exists")
+def dynsec_config(file: Path, data_dir: Path | None, database_url: str | None, force: bool) -> None:
+    """Write Mosquitto's first dynamic-security file (0600) from this hub: its own account and every enrolled
+    device with the password hash the hub stores, so a fleet moves to BROKER_AUTH=dynsec without re-enrolling.
+    Write it with the broker stopped (the plugin rewrites the file while it runs)."""
+    import json
+    import os
+
+    from hub.db.engine import make_engine
+    from hub.mqtt.dynsec import initial_config
+    from hub.security import mosquitto_hash
+    from hub.store import devices as device_store
+
+    settings = _settings(data_dir, database_url)
+    if file.exists() and not force:
+        raise click.ClickException(f"{file} exists: the broker's dynamic-security file is not replaced without --force")
+    try:
+        hub_password = settings.mqtt_password_file.read_text().strip()
+        engine = make_engine(settings.resolved_database_url())
+        try:
+            with engine.connect() as conn:
+                hashes = device_store.password_hashes(conn=conn)
+        finally:
+            engine.dispose()
+        config = initial_config(hub_password_hash=mosquitto_hash(hub_password), topic_root=settings.topic_root,
+                                device_hashes=hashes)  # fmt: skip
+        tmp = file.with_name(f".{file.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(config, out, indent=1)
+        os.replace(tmp, file)
+    except (HubError, OSError, SQLAlchemyError) as e:
+        raise click.ClickException(_one_line(e)) from e
+    click.echo(f"wrote {file} (mode 0600): the hub's account and {len(hashes)} devices; start Mosquitto with "
+               "plugin_opt_config_file pointing at it, then the hub with EDGEFLEET_HUB_BROKER_AUTH=dynsec")

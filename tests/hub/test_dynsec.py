@@ -419,3 +419,37 @@ def test_hub_serve_with_broker_auth_dynsec(tmp_path: Path, unique_root: str) -> 
         proc.wait(15)
         broker.stop()
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_dynsec_config_moves_an_enrolled_fleet_without_re_enrolling(tmp_path: Path, unique_root: str) -> None:
+    """`edgefleet hub dynsec-config FILE` from a hub on the files backend: a broker started on that file lets the
+    enrolled device in with the password it already has (and the hub's account), and nobody else; the file is
+    0600 and is not overwritten without --force."""
+    from click.testing import CliRunner
+
+    from hub.cli import hub as hub_cli
+
+    data = tmp_path / "data"
+    settings = HubSettings(data_dir=data, admin_token="admin-secret-token", mqtt_enabled=False, topic_root=unique_root)
+    with TestClient(create_app(settings, background=False)) as client:
+        token = client.post("/api/v1/enrollment-tokens", json={"uses": 1}, headers=ADMIN).json()["token"]
+        r = client.post(ENROLL_PATH, json={"enrollment_token": token, "profile": "raspberry_pi_4",
+                                           "device_id": "cam-1"})  # fmt: skip
+        assert r.status_code == 201, r.text
+        creds = EnrollResponse.model_validate(r.json()).mqtt
+    out = tmp_path / "dynsec.json"
+    env = {"EDGEFLEET_HUB_TOPIC_ROOT": unique_root}
+    result = CliRunner().invoke(hub_cli, ["dynsec-config", str(out), "--data-dir", str(data)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 devices" in result.output and out.stat().st_mode & 0o777 == 0o600
+    again = CliRunner().invoke(hub_cli, ["dynsec-config", str(out), "--data-dir", str(data)], env=env)
+    assert again.exit_code == 1 and "without --force" in again.output
+    broker = start_broker(tmp_path / "broker" / "mosq", extra_conf=[f"plugin {PLUGIN}",  # on the file written
+                                                                     f"plugin_opt_config_file {out}"],
+                          persistence=False)  # fmt: skip
+    try:
+        assert not login_refused(broker.port, creds.username, creds.password)
+        assert login_refused(broker.port, creds.username, "not-the-password")
+        assert not login_refused(broker.port, HUB_USERNAME, (data / "mqtt_hub_password").read_text().strip())
+    finally:
+        broker.stop()
