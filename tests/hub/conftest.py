@@ -8,6 +8,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
+
+from hub.db.engine import make_engine, upgrade
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -34,3 +37,18 @@ def pg_schema_url() -> Iterator[str]:
             if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".blobs',)).fetchone() != (None,):
                 conn.execute(f'SELECT lo_unlink(oid) FROM "{schema}".blobs')
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema (tests that need PostgreSQL whatever `db_url` says)."""
+    yield from pg_schema_url()
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[Engine]:
+    """An engine on a fresh, migrated schema."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()

@@ -25,7 +25,7 @@ from tuf.ngclient import Updater
 from hub.api.main import create_app
 from hub.backup import backup, restore
 from hub.cli import hub as hub_cli
-from hub.db.engine import make_engine, upgrade
+from hub.db.engine import make_engine
 from hub.errors import BlobNotFound, StorageError, TufRepositoryError
 from hub.services import Hub
 from hub.settings import HubSettings
@@ -44,19 +44,6 @@ MB = 1024 * 1024
 SMALL_CHUNK = 4096  # the PostgreSQL backend under contract test moves 4 KiB per query: many chunk boundaries
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PI = "raspberry_pi_4"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    yield from pg_schema_url()
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(params=["directory", pytest.param("postgresql", marks=pytest.mark.postgres)])
