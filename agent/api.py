@@ -20,6 +20,7 @@ from agent.errors import InputError, ModelLoadError
 from agent.fallback import FallbackError, FallbackTimeout, FallbackUnavailable
 from agent.inference import InferenceService, NotServing
 from agent.metrics import AgentMetrics
+from agent.pipeline.inference import PipelineInference
 from agent.serving import ServingRegistry
 from protocol.drift import DriftReport
 from protocol.telemetry import TelemetrySummary
@@ -77,9 +78,10 @@ def drift_view(window: str, summary: TelemetrySummary, report: DriftReport) -> d
 
 
 _MODEL_ROUTE = re.compile(r"/v1/models/([^/]+)/(predict|feedback|rollback|drift)")
+_PIPELINE_ROUTE = re.compile(r"/v1/pipelines/([^/]+)/predict")
 # Which method each route answers (GET routes answer HEAD too).
 _METHODS = {"predict": "POST", "feedback": "POST", "rollback": "POST", "drift": "GET"}
-_PLAIN_ROUTES = {"/healthz": "healthz", "/v1/models": "models", "/metrics": "prometheus"}
+_PLAIN_ROUTES = {"/healthz": "healthz", "/v1/models": "models", "/v1/pipelines": "pipelines", "/metrics": "prometheus"}
 
 
 class LocalApi:
@@ -97,6 +99,8 @@ class LocalApi:
         health_view: Callable[[], dict[str, Any]],
         request_rollback: Callable[[str], None] | None = None,
         inference: InferenceService | None = None,
+        pipelines: PipelineInference | None = None,
+        pipelines_view: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.serving = serving
         self.metrics = metrics
@@ -104,6 +108,8 @@ class LocalApi:
         self.health_view = health_view
         self.request_rollback = request_rollback
         self.service = inference or InferenceService(serving, metrics)
+        self.pipeline_service = pipelines
+        self.pipelines_view = pipelines_view or list
 
     def handle(self, method: str, path: str, body: bytes) -> Reply:
         """One request: route by method and path (query strings are ignored), answer with a `Reply`. Every
@@ -116,6 +122,11 @@ class LocalApi:
                     return self._not_allowed(method, path, "GET")
                 handler: Callable[[], Reply] = getattr(self, plain)
                 return handler()
+            piped = _PIPELINE_ROUTE.fullmatch(path)
+            if piped is not None:
+                if method != "POST":
+                    return self._not_allowed(method, path, "POST")
+                return self.predict_pipeline(unquote(piped.group(1)), body)
             found = _MODEL_ROUTE.fullmatch(path)
             if found is None:
                 return error_reply(404, f"no route {path}")
@@ -186,6 +197,40 @@ class LocalApi:
             self.metrics.prediction_errors.labels(name, "nonfinite_output").inc()
             return error_reply(500, f"the model's output(s) {names} hold NaN or inf for these inputs (not valid JSON)")
         return json_reply(answer.to_json())
+
+    def predict_pipeline(self, name: str, body: bytes) -> Reply:
+        """`{"inputs": {...}}` -> the pipeline's outputs, its version and each stage's and step's time."""
+        label = f"pipeline:{name}"
+        if self.pipeline_service is None or self.pipeline_service.registry.get(name) is None:
+            return error_reply(404, f"no pipeline named {name!r} is serving")
+        try:
+            payload = self._json_body(label, body)
+        except _BadBody as e:
+            return error_reply(400, str(e))
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), dict):
+            self.metrics.prediction_errors.labels(label, "bad_request").inc()
+            return error_reply(422, 'body must be {"inputs": {"<pipeline input name>": [...]}}')
+        try:
+            version, result = self.pipeline_service.predict(name, payload["inputs"])
+        except NotServing as e:
+            return error_reply(404, str(e))
+        except (InputError, ModelLoadError) as e:
+            self.metrics.prediction_errors.labels(label, "bad_input").inc()
+            return error_reply(422, str(e))
+        nonfinite = [k for k, v in result.outputs.items() if _float(v) and not np.isfinite(v).all()]
+        if nonfinite:
+            return error_reply(500, f"the pipeline's output(s) {', '.join(nonfinite)} hold NaN or inf (not valid JSON)")
+        return json_reply(
+            {
+                "pipeline": name,
+                "version": version,
+                "outputs": {k: v.tolist() for k, v in result.outputs.items()},
+                "timings_ms": {k: round(v, 4) for k, v in result.node_ms.items()},
+            }
+        )
+
+    def pipelines(self) -> Reply:
+        return json_reply({"pipelines": self.pipelines_view()})
 
     def feedback(self, name: str, body: bytes) -> Reply:
         try:

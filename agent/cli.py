@@ -76,24 +76,58 @@ _signature_option = click.option(
 
 
 @agent.command()
-@click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("inputs", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, metavar="[MODEL_FILE] INPUTS", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save outputs (.npz or .csv)")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
 @_signature_option
+@click.option(
+    "--pipeline",
+    "pipeline_spec",
+    metavar="SPEC",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="run a pipeline spec (.toml, or .json as the hub serves it) instead of one MODEL_FILE",
+)
+@click.option(
+    "--stage",
+    "stages",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="with --pipeline: a stage's artifact file or converter output folder (repeat for each stage)",
+)
 @readable_errors
-def predict(model_file: Path, inputs: Path, out: Path | None, threads: int, signature: str | None) -> None:
+def predict(
+    files: tuple[Path, ...],
+    out: Path | None,
+    threads: int,
+    signature: str | None,
+    pipeline_spec: Path | None,
+    stages: tuple[str, ...],
+) -> None:
     """Run one inference of MODEL_FILE (.tflite/.onnx) on INPUTS (.npz) and print or save the outputs.
 
     INPUTS holds one array per model input, under its name (a TFLite signature key or tensor name, an ONNX
     input name); a lone array feeds a lone input. 0-d arrays feed scalar inputs.
+
+    With --pipeline SPEC, INPUTS feeds the pipeline's inputs and each stage's model comes from --stage
+    NAME=PATH; the per-stage times are printed with the outputs.
     """
-    from agent.model import LoadedModel
     from agent.offline import read_inputs, write_outputs
 
-    _must_exist(model_file, inputs)
-    model = LoadedModel.from_file(model_file, threads=threads, signature=signature)
-    outputs = model.predict(read_inputs(inputs, model))
+    if pipeline_spec is not None:
+        if len(files) != 1:
+            raise click.UsageError("with --pipeline give only INPUTS (the stages come from --stage NAME=PATH)")
+        outputs = _predict_pipeline(pipeline_spec, stages, files[0], threads)
+    else:
+        if stages:
+            raise click.UsageError("--stage is for --pipeline")
+        if len(files) != 2:
+            raise click.UsageError("give MODEL_FILE and INPUTS (or --pipeline SPEC and INPUTS)")
+        from agent.model import LoadedModel
+
+        model_file, inputs = files
+        _must_exist(model_file, inputs)
+        model = LoadedModel.from_file(model_file, threads=threads, signature=signature)
+        outputs = model.predict(read_inputs(inputs, model))
     if out is not None:
         write_outputs(out, outputs)
         click.echo(f"wrote {', '.join(outputs)} to {out}")
@@ -101,6 +135,17 @@ def predict(model_file: Path, inputs: Path, out: Path | None, threads: int, sign
     for name, value in outputs.items():
         text = np.array2string(value, precision=5, threshold=200)
         click.echo(f"{name} {list(value.shape)} {value.dtype}:\n{text}")
+
+
+def _predict_pipeline(spec_file: Path, stages: tuple[str, ...], inputs: Path, threads: int) -> dict[str, Any]:
+    from agent.pipeline.local import load_spec_file, local_runner, parse_stage_options, read_pipeline_inputs
+
+    _must_exist(spec_file, inputs)
+    runner = local_runner(load_spec_file(spec_file), parse_stage_options(stages), threads)
+    result = runner.run(read_pipeline_inputs(inputs, runner.spec))
+    times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in result.node_ms.items())
+    click.echo(f"pipeline {runner.spec.name} v{runner.spec.version}: {result.total_ms:.2f} ms ({times})", err=True)
+    return result.outputs
 
 
 @agent.command()
@@ -162,7 +207,6 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
     import signal
     import threading
 
-    from agent.api import LocalApi
     from agent.daemon import Agent
     from agent.httpserver import LocalApiServer
     from agent.memory import fix_malloc_thresholds
@@ -176,15 +220,7 @@ def _serve(settings: AgentSettings, sock: socket.socket | None) -> None:
     server: LocalApiServer | None = None
     try:
         if sock is not None:
-            app = LocalApi(
-                daemon.serving,
-                daemon.metrics,
-                daemon.models_view,
-                daemon.health_view,
-                daemon.request_rollback,
-                inference=daemon.inference,
-            )
-            server = LocalApiServer(app, sock, max_connections=settings.api_max_connections,
+            server = LocalApiServer(daemon.local_api(), sock, max_connections=settings.api_max_connections,
                                     max_per_peer=settings.api_max_per_peer, idle_timeout_s=settings.api_idle_timeout_s,
                                     request_deadline_s=settings.api_request_deadline_s)  # fmt: skip
             server.start()

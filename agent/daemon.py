@@ -7,30 +7,38 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from agent.enroll import ensure_identity
+from agent.errors import AgentError
 from agent.fsutil import remove_crash_leftovers
 from agent.inference import Prediction
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.memory import release_free_memory
 from agent.metrics import AgentMetrics
 from agent.mqtt import MqttSession
-from agent.reporting import EventLog, event_for_transition, reported_state
+from agent.pipeline.inference import PipelineInference
+from agent.pipeline.runner import PipelineResult
+from agent.pipeline.serving import PipelineRegistry, load_pipeline
+from agent.pipeline.store import PipelineStore
+from agent.pipeline.updates import PipelineSteps
+from agent.reporting import EventLog, event_for_transition, reported_state, reported_units
 from agent.runtimes import INSTALL_HINT, installed_runtimes, runtime_for_format, runtime_installed
 from agent.serving import ServingRegistry
 from agent.servingcontext import ServingContext, serving_path
 from agent.settings import AgentSettings
 from agent.steps import DeviceSteps
-from agent.store import ModelStore
+from agent.store import ModelStore, SlotStore
 from firmware_profiles import get_profile
 from protocol.messages import (
     MAX_PAYLOAD_BYTES,
     Ack,
     Command,
     CommandKind,
+    DesiredModel,
+    DesiredPipeline,
     DesiredState,
     Event,
     EventKind,
@@ -38,6 +46,9 @@ from protocol.messages import (
 )
 from protocol.messages import LifecycleState as State
 from protocol.topics import Channel
+
+if TYPE_CHECKING:
+    from agent.api import LocalApi
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +75,28 @@ class Agent:
         self.lifecycle = Lifecycle(
             settings.data_dir / "lifecycle", self.steps, self._on_transition, lambda _record: self.report()
         )
+        # Pipelines are units of their own: a store whose versions hold whole stage sets, a lifecycle per pipeline.
+        self.pipeline_store = PipelineStore(settings.data_dir / "pipelines")
+        self.pipelines = PipelineRegistry()
+        self.pipeline_inference = PipelineInference(self.pipelines)
+        self.pipeline_steps = PipelineSteps(
+            settings, self.profile, self.identity, self.store, self.serving, self._notify_pipeline, self._stop.wait,
+            superseded=self._pipeline_superseded, pipelines=self.pipeline_store, served=self.pipelines,
+        )  # fmt: skip
+        self.pipeline_lifecycle = Lifecycle(
+            settings.data_dir / "pipeline-lifecycle", self.pipeline_steps, self._on_pipeline_transition,
+            lambda _record: self.report(),
+        )  # fmt: skip
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
         # The desired state received last (set by the MQTT thread before the worker takes it up): an update
         # still downloading that it no longer asks for ends at once (see DeviceSteps._guard).
         self.latest_desired: DesiredState | None = None
-        self._retry_reported: dict[str, float] = {}  # model -> when a retry was last reported
+        self._retry_reported: dict[tuple[str, str], float] = {}  # (unit, name) -> when a retry was last reported
         self.reconciles = 0  # passes of `reconcile` (tests wait on it)
         self.applied_generation = 0
         self.rejected = 0
-        self._details: dict[str, dict[str, Any]] = {}
+        self._details: dict[tuple[str, str], dict[str, Any]] = {}
         mqtt = self.identity.mqtt
         self.mqtt = MqttSession(
             device_id=self.device_id,
@@ -93,7 +116,10 @@ class Agent:
         )
         tele = settings.telemetry
         self.events = EventLog(
-            self.device_id, settings.data_dir, self.metrics, max_bytes=tele.events_max_bytes,
+            self.device_id,
+            settings.data_dir,
+            self.metrics,
+            max_bytes=tele.events_max_bytes,
             max_age_s=tele.outbox_max_age_s,
         )
         self.context = ServingContext(self.store, self.lifecycle, self.serving, self.metrics, self.steps.workdir)
@@ -118,9 +144,14 @@ class Agent:
             log.info("start-up: removed %d file%s (%s) a crash left in %s", files, plural, amount, data_dir)
         for name in self.store.names():
             self.context.serve_active(name, self.profile.threads)
+        for name in self.pipeline_store.names():
+            self._serve_active_pipeline(name)
         for name in self.lifecycle.names():
             if self.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume", name))
+        for name in self.pipeline_lifecycle.names():
+            if self.pipeline_lifecycle.load(name).state not in TERMINAL:
+                self._work.put(("resume_pipeline", name))
         self.uplink.start()  # first: an unusable outbox stops the start before any update resumes
         release_free_memory()  # what loading the active models freed (see agent/memory.py)
         self._worker.start()
@@ -133,6 +164,7 @@ class Agent:
         self.uplink.stop()  # open windows go to the outbox; they are sent after the next start
         self.mqtt.stop()
         self.steps.close()
+        self.pipeline_steps.close()
         self.events.close()
 
     # ---- incoming messages (MQTT thread: validate, count, enqueue; never raise) -------------------
@@ -184,6 +216,8 @@ class Agent:
                     return
                 if kind == "resume":
                     self.lifecycle.run(self.lifecycle.load(item))
+                elif kind == "resume_pipeline":
+                    self.pipeline_lifecycle.run(self.pipeline_lifecycle.load(item))
                 elif kind == "desired":
                     if self.latest_desired in (None, item):  # else a later one is queued behind: apply that one
                         self.desired = item
@@ -201,15 +235,31 @@ class Agent:
                 log.exception("reconcile step failed")
 
     def reconcile(self, retry_failed: bool = False) -> None:
-        """Start an update for every desired model that is not what runs now."""
+        """Start an update for every desired model and pipeline that is not what runs now."""
         desired = self.desired
         assert desired is not None
         self.reconciles += 1
-        for want in desired.models:
-            record = self.lifecycle.load(want.name)
+        self._reconcile_units(self.lifecycle, self.store, desired.models, retry_failed, self.uninstall)
+        self._reconcile_units(
+            self.pipeline_lifecycle, self.pipeline_store, desired.pipelines, retry_failed, self.uninstall_pipeline
+        )
+        self.applied_generation = desired.generation
+
+    def _reconcile_units(
+        self,
+        lifecycle: Lifecycle,
+        store: SlotStore,
+        wants: list[DesiredModel] | list[DesiredPipeline],
+        retry_failed: bool,
+        uninstall: Any,
+    ) -> None:
+        desired = self.desired
+        assert desired is not None
+        for want in wants:
+            record = lifecycle.load(want.name)
             if record.state not in TERMINAL:  # left mid-step (an earlier error): finish or undo it first
-                record = self.lifecycle.run(record)
-            if self.store.slot_version(want.name, "active") == want.version and record.state in TERMINAL:
+                record = lifecycle.run(record)
+            if store.slot_version(want.name, "active") == want.version and record.state in TERMINAL:
                 continue
             # Refused, failed or rolled back (by the agent or by hand) in this generation: not retried until the
             # hub publishes a new one (a download that failed is, on the idle retry pass).
@@ -218,32 +268,31 @@ class Agent:
                 if not (retry_failed and download_error):
                     continue
             record.target_version = want.version
-            record.manifest_target = want.manifest_target
+            record.manifest_target = want.manifest_target if isinstance(want, DesiredModel) else want.pipeline_target
             record.explicit_rollback = want.rollback
             record.rollout_id = want.rollout_id
             record.generation = desired.generation
-            record.from_version = self.store.slot_version(want.name, "active")
+            record.from_version = store.slot_version(want.name, "active")
             record.reason = None
             record.rejected_version = None
-            self.lifecycle.fire(record, Ev.UPDATE)
-        wanted = {m.name for m in desired.models}
-        for name in sorted(set(self.store.names()) | set(self.lifecycle.names())):
+            lifecycle.fire(record, Ev.UPDATE)
+        wanted = {m.name for m in wants}
+        for name in sorted(set(store.names()) | set(lifecycle.names())):
             if name not in wanted:
-                self.uninstall(name, f"not in desired state generation {desired.generation}")
-        self.applied_generation = desired.generation
+                uninstall(name, f"not in desired state generation {desired.generation}")
 
     def _superseded(self, record: UpdateRecord) -> str | None:
         """Why the newest desired state no longer asks for `record`'s update (None while it does)."""
         latest = self.latest_desired
         if latest is None or (record.generation is not None and latest.generation <= record.generation):
             return None
-        want = next((m for m in latest.models if m.name == record.name), None)
-        if want is None:
-            return f"desired generation {latest.generation} no longer has {record.name}"
-        if (want.version, want.rollback) == (record.target_version, record.explicit_rollback):
+        return _superseded_by(record, latest.generation, latest.models)
+
+    def _pipeline_superseded(self, record: UpdateRecord) -> str | None:
+        latest = self.latest_desired
+        if latest is None or (record.generation is not None and latest.generation <= record.generation):
             return None
-        wanted = f"v{want.version}{' (rollback)' if want.rollback else ''}"
-        return f"desired generation {latest.generation} wants {record.name} {wanted}, not v{record.target_version}"
+        return _superseded_by(record, latest.generation, latest.pipelines)
 
     def uninstall(self, name: str, reason: str) -> None:
         """A model the hub no longer wants: stop serving it, delete its versions and its record."""
@@ -257,6 +306,32 @@ class Agent:
         with contextlib.suppress(KeyError):  # never served in this process
             self.metrics.active_version.remove(name)
         self.emit(EventKind.UNINSTALLED, model=name, version=version, reason=reason)
+
+    def uninstall_pipeline(self, name: str, reason: str) -> None:
+        """A pipeline the hub no longer wants: stop serving it, delete its versions and its record."""
+        record = self.pipeline_lifecycle.load(name)
+        if record.state not in TERMINAL:
+            return  # an interrupted update finishes first
+        version = self.pipeline_store.slot_version(name, "active")
+        self.pipelines.remove(name)
+        self.pipeline_store.remove(name)
+        self.pipeline_lifecycle.forget(name)
+        self.emit(EventKind.UNINSTALLED, pipeline=name, version=version, reason=reason)
+
+    def _serve_active_pipeline(self, name: str) -> None:
+        """At start: serve the active set; mid-update, the set that passed before (as for models)."""
+        version = self.pipeline_store.slot_version(name, "active")
+        record = self.pipeline_lifecycle.load(name)
+        if record.state in (State.ACTIVATING, State.SELF_TEST, State.ROLLING_BACK):
+            version = record.from_version
+        if version is None:
+            return
+        try:
+            runner = load_pipeline(self.pipeline_store, name, version, self.profile.threads)
+        except AgentError as e:
+            log.error("cannot serve pipeline %s v%s: %s", name, version, e)
+            return
+        self.pipelines.install(name, version, runner)
 
     def request_rollback(self, name: str) -> None:
         """Queue a manual rollback (from the local API)."""
@@ -292,12 +367,12 @@ class Agent:
         return self.lifecycle.fire(record, Ev.ROLLBACK_REQUESTED)
 
     # ---- reporting -----------------------------------------------------------------------------
-    def _on_transition(self, record: UpdateRecord, before: State, event: Ev, after: State) -> None:
+    def _on_transition(self, record: UpdateRecord, before: State, event: Ev, after: State, unit: str = "model") -> None:
         """Store the transition's event for the hub (the lifecycle saves the new state after this)."""
         if after in (State.FAILED, State.ROLLED_BACK) and record.rejected_version is None:
             record.rejected_version = record.target_version
         kind = event_for_transition(before, event, after)
-        if after is State.COMMITTED or after is State.ROLLED_BACK:
+        if unit == "model" and (after is State.COMMITTED or after is State.ROLLED_BACK):
             served = self.serving.get(record.name)
             if served is not None:
                 self.metrics.active_version.labels(record.name).set(served.version)
@@ -305,35 +380,42 @@ class Agent:
             version = record.from_version if after is State.ROLLED_BACK else record.target_version
             self.emit(
                 kind,
-                model=record.name,
+                **{unit: record.name},
                 version=version,
                 state=after,
                 reason=record.reason,
                 rollout_id=record.rollout_id,
-                details=self._details.pop(record.name, {}),
+                details=self._details.pop((unit, record.name), {}),
             )
 
-    def _notify(self, kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
+    def _on_pipeline_transition(self, record: UpdateRecord, before: State, event: Ev, after: State) -> None:
+        self._on_transition(record, before, event, after, unit="pipeline")
+
+    def _notify(self, kind: str, record: UpdateRecord, details: dict[str, Any], unit: str = "model") -> None:
         if kind == "retrying":  # the hub is out of reach: say so in the reported state, at most every 10 s
             self.metrics.hub_retries.labels(record.name).inc()
             now = time.monotonic()
-            if now - self._retry_reported.get(record.name, float("-inf")) >= RETRY_REPORT_EVERY_S:
-                self._retry_reported[record.name] = now
-                self.lifecycle.save(record)  # the same state, with the reason; reported_state reads the records
+            if now - self._retry_reported.get((unit, record.name), float("-inf")) >= RETRY_REPORT_EVERY_S:
+                self._retry_reported[(unit, record.name)] = now
+                # The same state, with the reason; reported_state reads the records.
+                (self.lifecycle if unit == "model" else self.pipeline_lifecycle).save(record)
                 self.report()
             return
         events = {"download_started": EventKind.DOWNLOAD_STARTED, "download_resumed": EventKind.DOWNLOAD_RESUMED}
         if kind not in events:  # e.g. the self-test measurements: sent with the next state's event
-            self._details[record.name] = details
+            self._details[(unit, record.name)] = details
             return
         self.emit(
             events[kind],
-            model=record.name,
+            **{unit: record.name},
             version=record.target_version,
             state=record.state,
             rollout_id=record.rollout_id,
             details=details,
         )
+
+    def _notify_pipeline(self, kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
+        self._notify(kind, record, details, unit="pipeline")
 
     def emit(self, kind: EventKind, **fields: Any) -> Event:
         """Store one numbered event; it is sent until the hub acknowledges it."""
@@ -348,6 +430,7 @@ class Agent:
             store=self.store,
             lifecycle=self.lifecycle,
             serving=self.serving,
+            pipelines=reported_units(self.pipeline_store, self.pipeline_lifecycle, self.pipelines),
         )
 
     def report(self) -> None:
@@ -359,18 +442,62 @@ class Agent:
     def models_view(self) -> list[dict[str, Any]]:
         return [m.model_dump(mode="json") for m in self.reported_state().models]
 
+    def pipelines_view(self) -> list[dict[str, Any]]:
+        """Each pipeline's lifecycle, and the stages of the version serving now."""
+        out = []
+        for unit in reported_units(self.pipeline_store, self.pipeline_lifecycle, self.pipelines):
+            view = unit.model_dump(mode="json")
+            served = self.pipelines.get(unit.name)
+            if served is not None:  # one object: the version serving and its stages, read together
+                view["serving_version"] = served.version
+                view["stages"] = {s.name: {"model": s.model, "version": s.version} for s in served.runner.spec.stages}
+            out.append(view)
+        return out
+
     def health_view(self) -> dict[str, Any]:
         return {
             "status": "ok",
             "device_id": self.device_id,
             "mqtt_connected": self.mqtt.connected.is_set(),
             "serving": {s.name: s.version for s in self.serving.all()},
+            "pipelines": {p.name: p.version for p in self.pipelines.all()},
             "rejected_messages": self.rejected,
             "runtimes": installed_runtimes(),
             "telemetry": self.uplink.view(),
         }
 
     # ---- serving and telemetry -----------------------------------------------------------------
+    def local_api(self) -> LocalApi:
+        """The local API over this daemon (agent/httpserver.py serves it)."""
+        from agent.api import LocalApi
+
+        return LocalApi(
+            self.serving,
+            self.metrics,
+            self.models_view,
+            self.health_view,
+            self.request_rollback,
+            inference=self.inference,
+            pipelines=self.pipeline_inference,
+            pipelines_view=self.pipelines_view,
+        )
+
     def predict(self, name: str, inputs: dict[str, Any]) -> Prediction:
         """In-process prediction: the same path as the local API (fallback, telemetry)."""
         return self.inference.predict(name, inputs)
+
+    def predict_pipeline(self, name: str, inputs: dict[str, Any]) -> tuple[int, PipelineResult]:
+        """One call of a served pipeline: (its version, the result with each node's time)."""
+        return self.pipeline_inference.predict(name, inputs)
+
+
+def _superseded_by(
+    record: UpdateRecord, generation: int, wants: list[DesiredModel] | list[DesiredPipeline]
+) -> str | None:
+    want = next((m for m in wants if m.name == record.name), None)
+    if want is None:
+        return f"desired generation {generation} no longer has {record.name}"
+    if (want.version, want.rollback) == (record.target_version, record.explicit_rollback):
+        return None
+    wanted = f"v{want.version}{' (rollback)' if want.rollback else ''}"
+    return f"desired generation {generation} wants {record.name} {wanted}, not v{record.target_version}"

@@ -87,21 +87,25 @@ def remove_crash_leftovers(data_dir: Path) -> tuple[int, int]:
     events.seq, lifecycle/<model>.json and the models' slot links); half-written staging directories
     (models/<m>/versions/.<v>.tmp); version directories without a manifest that no slot points at (a
     removal cut short; staging would delete them anyway); models/.<m>.removed (an uninstall cut short);
+    the same for pipelines/ (whose versions are complete with pipeline.json) and pipeline-lifecycle/;
     tuf/tmp???????? (python-tuf's metadata temp files).
-    Kept: everything under downloads/. A `<artifact>.part` file is resumed from its size (agent/download.py),
-    a verified artifact there is staged when its update resumes, and an update that failed its download is
-    retried into the same directory. Also kept: SQLite's -journal/-wal files, which recover the outboxes."""
+    Kept: everything under downloads/ and pipeline-downloads/. A `<artifact>.part` file is resumed from its size
+    (agent/download.py), a verified artifact there is staged when its update resumes, and an update that failed
+    its download is retried into the same directory. Also kept: SQLite's -journal/-wal files, which recover the
+    outboxes."""
     doomed: list[Path] = [*data_dir.glob(".*.tmp"), *data_dir.glob("lifecycle/.*.tmp")]
-    models = data_dir / "models"
-    doomed += models.glob(".*.removed")
-    for model in (m for m in models.glob("[!.]*") if m.is_dir()):
-        doomed += model.glob(".*.tmp")
-        versions = model / "versions"
-        slots = {os.readlink(link) for link in model.glob("[!.]*") if link.is_symlink()}
-        for version in versions.glob("*") if versions.is_dir() else ():
-            half = version.name.startswith(".") and version.name.endswith(".tmp")
-            if half or (f"versions/{version.name}" not in slots and not (version / "manifest.json").exists()):
-                doomed.append(version)
+    doomed += data_dir.glob("pipeline-lifecycle/.*.tmp")
+    for store, marker in (("models", "manifest.json"), ("pipelines", "pipeline.json")):
+        root = data_dir / store
+        doomed += root.glob(".*.removed")
+        for unit in (m for m in root.glob("[!.]*") if m.is_dir()):
+            doomed += unit.glob(".*.tmp")
+            versions = unit / "versions"
+            slots = {os.readlink(link) for link in unit.glob("[!.]*") if link.is_symlink()}
+            for version in versions.glob("*") if versions.is_dir() else ():
+                half = version.name.startswith(".") and version.name.endswith(".tmp")
+                if half or (f"versions/{version.name}" not in slots and not (version / marker).exists()):
+                    doomed.append(version)
     doomed += (p for p in data_dir.glob("tuf/tmp*") if _TUF_TEMP.fullmatch(p.name))
     files = size = 0
     for path in doomed:

@@ -15,7 +15,7 @@ from agent.fsutil import atomic_write
 from agent.lifecycle import Ev, Lifecycle
 from agent.metrics import AgentMetrics
 from agent.serving import ServingRegistry
-from agent.store import ModelStore
+from agent.store import ModelStore, SlotStore
 from agent.telemetry.outbox import Outbox
 from protocol.messages import Event, EventKind, ReportedModel, ReportedState
 from protocol.messages import LifecycleState as State
@@ -125,22 +125,14 @@ class EventLog:
             self.outbox.close()
 
 
-def reported_state(
-    *,
-    device_id: str,
-    profile: str,
-    applied_generation: int,
-    store: ModelStore,
-    lifecycle: Lifecycle,
-    serving: ServingRegistry,
-) -> ReportedState:
-    """What runs now and where each update stands."""
-    models = []
+def reported_units(store: SlotStore, lifecycle: Lifecycle, serving: Any) -> list[ReportedModel]:
+    """Where each installed or updating unit (model or pipeline) stands; `serving.get(name)` gives what serves."""
+    units = []
     for name in sorted(set(store.names()) | set(lifecycle.names())):
         record = lifecycle.load(name)
         served = serving.get(name)
         passed = {State.COMMITTED: True, State.PROBATION: True, State.ROLLED_BACK: False}.get(record.state)
-        models.append(
+        units.append(
             ReportedModel(
                 name=name,
                 active_version=store.slot_version(name, "active"),
@@ -152,11 +144,26 @@ def reported_state(
                 self_test_passed=passed,
             )
         )
+    return units
+
+
+def reported_state(
+    *,
+    device_id: str,
+    profile: str,
+    applied_generation: int,
+    store: ModelStore,
+    lifecycle: Lifecycle,
+    serving: ServingRegistry,
+    pipelines: list[ReportedModel] | None = None,
+) -> ReportedState:
+    """What runs now and where each update stands."""
     return ReportedState(
         device_id=device_id,
         profile=profile,
         applied_generation=applied_generation,
-        models=models,
+        models=reported_units(store, lifecycle, serving),
+        pipelines=pipelines or [],
         agent_version=AGENT_VERSION,
         reported_at=datetime.now(UTC),
     )

@@ -314,7 +314,7 @@ class DeviceSteps:
 
         def act() -> Ev:
             assert record.target_version is not None
-            if not (self.store.version_dir(record.name, record.target_version) / "manifest.json").exists():
+            if not self.store.installed(record.name, record.target_version):
                 work = self.workdir(record)
                 manifest = self._manifest(record)
                 self.store.stage(manifest, (work / "manifest.json").read_bytes(), work / manifest.artifact.file)

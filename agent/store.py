@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import StoreError
@@ -23,19 +24,26 @@ from protocol.manifest import Manifest
 SLOTS = ("active", "previous", "staged")
 
 
-class ModelStore:
-    """Installed models by name, with active, previous and staged slots."""
+class SlotStore:
+    """Installed units (models, pipelines) by name, with active, previous and staged slots.
+
+    A version directory is complete when it holds `MARKER` (written last, before the rename that publishes it)."""
+
+    MARKER = "manifest.json"
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
     def names(self) -> list[str]:
-        """Every model with at least one installed version."""
+        """Every unit with at least one installed version."""
         return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir() and not p.name.startswith("."))
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.root / name / "versions" / str(version)
+
+    def installed(self, name: str, version: int) -> bool:
+        return (self.version_dir(name, version) / self.MARKER).exists()
 
     def slot_version(self, name: str, slot: str) -> int | None:
         """The version a slot points at, or None when it is empty."""
@@ -48,40 +56,30 @@ class ModelStore:
         except ValueError as e:
             raise StoreError(f"{name}/{slot} points at {target!r}, not a version directory") from e
 
-    def manifest(self, name: str, version: int) -> Manifest:
-        """The stored manifest of one installed version."""
-        path = self.version_dir(name, version) / "manifest.json"
-        try:
-            return Manifest.from_json(path.read_bytes())
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{name} v{version}: unreadable manifest: {e}") from e
-
-    def artifact(self, name: str, version: int) -> Path:
-        """Path of the artifact file of one installed version."""
-        return self.version_dir(name, version) / self.manifest(name, version).artifact.file
-
-    def stage(self, manifest: Manifest, manifest_bytes: bytes, artifact: Path) -> Path:
-        """Move a verified artifact and its manifest into a complete version dir and point `staged` at it."""
-        final = self.version_dir(manifest.name, manifest.version)
-        if not (final / "manifest.json").exists():
-            tmp = final.with_name(f".{manifest.version}.tmp")
+    def publish(self, name: str, version: int, fill: Callable[[Path], None]) -> Path:
+        """Make a complete version directory, unless one is there: `fill(tmp)` writes its files into a
+        temporary directory, which is fsynced and renamed into place; then point `staged` at it."""
+        final = self.version_dir(name, version)
+        if not self.installed(name, version):
+            tmp = final.with_name(f".{version}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            (tmp / "manifest.json").write_bytes(manifest_bytes)
-            shutil.copyfile(artifact, tmp / manifest.artifact.file)
-            for f in tmp.iterdir():
-                fsync_file(f)
-            fsync_dir(tmp)
-            if final.exists():  # a directory without a manifest was never complete
+            fill(tmp)
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    fsync_file(f)
+            for d in (*(p for p in tmp.rglob("*") if p.is_dir()), tmp):
+                fsync_dir(d)
+            if final.exists():  # a directory without its marker was never complete
                 shutil.rmtree(final)
             os.replace(tmp, final)
             fsync_dir(final.parent)
-        atomic_symlink(self.root / manifest.name / "staged", f"versions/{manifest.version}")
+        atomic_symlink(self.root / name / "staged", f"versions/{version}")
         return final
 
     def activate(self, name: str, version: int) -> None:
         """Make `version` active and the old active `previous`; idempotent when re-run after a crash."""
-        if not (self.version_dir(name, version) / "manifest.json").exists():
+        if not self.installed(name, version):
             raise StoreError(f"{name} v{version} is not installed")
         current = self.slot_version(name, "active")
         if current != version:
@@ -96,7 +94,7 @@ class ModelStore:
         if to_version is None:
             self._clear(name, "active")
         elif self.slot_version(name, "active") != to_version:
-            if not (self.version_dir(name, to_version) / "manifest.json").exists():
+            if not self.installed(name, to_version):
                 raise StoreError(f"{name} v{to_version} is gone; cannot roll back to it")
             atomic_symlink(self.root / name / "active", f"versions/{to_version}")
         if self.slot_version(name, "previous") == to_version:
@@ -136,3 +134,28 @@ class ModelStore:
         with contextlib.suppress(FileNotFoundError):
             (self.root / name / slot).unlink()
             fsync_dir(self.root / name)
+
+
+class ModelStore(SlotStore):
+    """Installed models: a version directory holds `manifest.json` and the artifact it names."""
+
+    def manifest(self, name: str, version: int) -> Manifest:
+        """The stored manifest of one installed version."""
+        path = self.version_dir(name, version) / "manifest.json"
+        try:
+            return Manifest.from_json(path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{name} v{version}: unreadable manifest: {e}") from e
+
+    def artifact(self, name: str, version: int) -> Path:
+        """Path of the artifact file of one installed version."""
+        return self.version_dir(name, version) / self.manifest(name, version).artifact.file
+
+    def stage(self, manifest: Manifest, manifest_bytes: bytes, artifact: Path) -> Path:
+        """Move a verified artifact and its manifest into a complete version dir and point `staged` at it."""
+
+        def fill(tmp: Path) -> None:
+            shutil.copyfile(artifact, tmp / manifest.artifact.file)
+            (tmp / "manifest.json").write_bytes(manifest_bytes)
+
+        return self.publish(manifest.name, manifest.version, fill)

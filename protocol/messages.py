@@ -9,13 +9,28 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from protocol.base import Contract, Identifier, ModelName, Sha256Hex, Version
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class _OmitsNewKeys(Contract):
+    """Keys added to wire version 1 after it shipped are left out while empty, so a receiver from before them
+    (which forbids unknown keys) still takes what a newer sender says when the new feature is not used."""
+
+    _new_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_new_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self._new_keys:
+            if data.get(key) in (None, []):
+                data.pop(key, None)
+        return data
 
 
 class DesiredModel(Contract):
@@ -30,14 +45,28 @@ class DesiredModel(Contract):
     rollout_id: Identifier | None = None
 
 
-class DesiredState(Contract):
+class DesiredPipeline(Contract):
+    """One pipeline version the device should run: its stage set activates together (protocol/pipeline.py)."""
+
+    name: ModelName
+    version: Version
+    # TUF target path of the pipeline manifest for this device's profile: protocol.pipeline.pipeline_target().
+    pipeline_target: Annotated[str, Field(min_length=1, max_length=512)]
+    rollback: bool = False
+    rollout_id: Identifier | None = None
+
+
+class DesiredState(_OmitsNewKeys):
     """Hub -> device, retained QoS 1 on `.../desired`. `generation` only ever grows per device."""
 
     schema_version: Literal[1] = 1
     device_id: Identifier
     generation: Annotated[int, Field(ge=0)]
     models: list[DesiredModel] = Field(default_factory=list)
+    pipelines: list[DesiredPipeline] = Field(default_factory=list)
     issued_at: datetime
+
+    _new_keys = ("pipelines",)
 
 
 class LifecycleState(StrEnum):
@@ -70,7 +99,7 @@ class ReportedModel(Contract):
     self_test_passed: bool | None = None
 
 
-class ReportedState(Contract):
+class ReportedState(_OmitsNewKeys):
     """Device -> hub, retained QoS 1 on `.../reported`."""
 
     schema_version: Literal[1] = 1
@@ -78,8 +107,12 @@ class ReportedState(Contract):
     profile: Identifier
     applied_generation: Annotated[int, Field(ge=0)] = 0
     models: list[ReportedModel] = Field(default_factory=list)
+    # Pipelines as units (name = the pipeline's, versions its own): where each one's stage-set update stands.
+    pipelines: list[ReportedModel] = Field(default_factory=list)
     agent_version: str
     reported_at: datetime
+
+    _new_keys = ("pipelines",)
 
 
 class EventKind(StrEnum):
@@ -102,7 +135,7 @@ class EventKind(StrEnum):
     HEALTH = "health"  # periodic model-health snapshot (telemetry issue)
 
 
-class Event(Contract):
+class Event(_OmitsNewKeys):
     """Device -> hub, QoS 1 on `.../events`. `seq` grows per device so the hub drops duplicates."""
 
     schema_version: Literal[1] = 1
@@ -111,11 +144,14 @@ class Event(Contract):
     kind: EventKind
     ts: datetime
     model: ModelName | None = None
+    pipeline: ModelName | None = None  # set instead of `model` for a pipeline's lifecycle events
     version: Version | None = None
     state: LifecycleState | None = None
     reason: str | None = None
     rollout_id: Identifier | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+
+    _new_keys = ("pipeline",)
 
 
 class CommandKind(StrEnum):

@@ -153,14 +153,11 @@ def agent_settings(data_dir: Path, hub: HubStub, root: str, **overrides: Any) ->
 @contextlib.contextmanager
 def local_api(agent: Agent) -> Iterator[str]:
     """The agent's local API on a free loopback port, as `edgefleet agent run` serves it; its base URL."""
-    from agent.api import LocalApi
     from agent.httpserver import LocalApiServer, bind_tcp_socket
     from tests.agent.ports import listen_port
 
     port = listen_port()
-    app = LocalApi(agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
-                   inference=agent.inference)
-    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
+    server = LocalApiServer(agent.local_api(), bind_tcp_socket("127.0.0.1", port))
     server.start()
     try:
         yield f"http://127.0.0.1:{port}"

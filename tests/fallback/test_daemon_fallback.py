@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.api import LocalApi
 from agent.daemon import Agent
 from agent.httpserver import LocalApiServer, bind_tcp_socket
 from protocol import layout
@@ -32,11 +31,7 @@ NAME = "digits-torch"
 
 def _serve_api(agent: Agent) -> tuple[str, LocalApiServer]:
     port = listen_port()
-    app = LocalApi(
-        agent.serving, agent.metrics, agent.models_view, agent.health_view, agent.request_rollback,
-        inference=agent.inference,
-    )  # fmt: skip
-    server = LocalApiServer(app, bind_tcp_socket("127.0.0.1", port))
+    server = LocalApiServer(agent.local_api(), bind_tcp_socket("127.0.0.1", port))
     server.start()
     return f"http://127.0.0.1:{port}", server
 

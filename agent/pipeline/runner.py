@@ -1,0 +1,154 @@
+"""Run a pipeline version in process: its stage models and built-in steps, in wiring order, timed per node.
+
+The plan is compiled once (node order, each node's callable and where each of its inputs comes from), so a
+call is a loop over prepared tuples: a stage is its `LoadedModel.predict`, a step its numpy callable
+(agent/pipeline/steps.py). Stateful steps (`window`) keep their state across calls; a lock serialises calls
+of a pipeline that has one, so two callers never interleave frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.errors import InputError
+from agent.model import LoadedModel
+from agent.pipeline.steps import make_step
+from protocol.pipeline import INPUTS, PipelineInput, PipelineSpec, StageIO, StageSpec
+from protocol.pipeline_steps import TensorType
+
+Fn = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+class PipelineError(InputError):
+    """A pipeline call that cannot run: bad pipeline inputs, or a stage or step that refused its inputs."""
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Outputs by the pipeline's output names and each node's wall time in milliseconds (run order)."""
+
+    outputs: dict[str, np.ndarray]
+    node_ms: dict[str, float]
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.node_ms.values())
+
+
+@dataclass(frozen=True)
+class _Node:
+    name: str
+    kind: str  # "stage" | "step"
+    fn: Fn
+    feeds: tuple[tuple[str, str], ...]  # (the node's input name, key in the value table)
+    stateful: bool
+
+
+def stage_io(model: LoadedModel) -> StageIO:
+    """A loaded model's public inputs and outputs as pipeline tensor types (for `check_wiring`): quantised
+    inputs take floats (quantised on the way in), quantised outputs come out dequantised as float32."""
+    inputs = {b.name: TensorType(shape=list(b.shape), dtype=str(b.dtype)) for b in model.inputs}
+    outputs = {
+        b.name: TensorType(shape=list(b.shape), dtype="float32" if b.scale is not None else str(b.dtype))
+        for b in model.outputs
+    }
+    quantized = frozenset(b.name for b in model.inputs if b.scale is not None)
+    return StageIO(inputs=inputs, outputs=outputs, quantized_inputs=quantized)
+
+
+class PipelineRunner:
+    """One pipeline version, ready to answer: `run(inputs)` -> `PipelineResult`."""
+
+    def __init__(self, spec: PipelineSpec, models: Mapping[str, LoadedModel]) -> None:
+        missing = [s.name for s in spec.stages if s.name not in models]
+        if missing:
+            raise PipelineError(f"pipeline {spec.name!r}: no model loaded for stage {missing[0]!r}")
+        self.spec = spec
+        self.models = dict(models)
+        self._inputs = {i.name: i for i in spec.inputs}
+        nodes = []
+        for node in spec.order():
+            feeds = tuple((tensor, ref) for tensor, ref in node.inputs.items())
+            if isinstance(node, StageSpec):
+                nodes.append(_Node(node.name, "stage", self.models[node.name].predict, feeds, False))
+            else:
+                step = make_step(node.params)
+                nodes.append(_Node(node.name, "step", step, feeds, node.params.op == "window"))
+        self._nodes = tuple(nodes)
+        self._outputs = tuple(spec.outputs.items())
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if any(n.stateful for n in nodes) else contextlib.nullcontext()
+        )
+
+    def run(self, inputs: Mapping[str, Any]) -> PipelineResult:
+        """One call: pipeline inputs by name -> outputs by name, with each node's time."""
+        values: dict[str, Any] = {f"{INPUTS}.{k}": v for k, v in self._coerced(inputs).items()}
+        node_ms: dict[str, float] = {}
+        clock = time.perf_counter_ns
+        with self._lock:
+            for node in self._nodes:
+                feeds = {tensor: values[key] for tensor, key in node.feeds}
+                start = clock()
+                try:
+                    out = node.fn(feeds)
+                except (InputError, ValueError) as e:
+                    raise PipelineError(f"{node.kind} {node.name!r}: {e}") from e
+                node_ms[node.name] = (clock() - start) / 1e6
+                prefix = node.name + "."
+                for tensor, value in out.items():
+                    values[prefix + tensor] = value
+        return PipelineResult({name: np.asarray(values[ref]) for name, ref in self._outputs}, node_ms)
+
+    def reset(self) -> None:
+        """Forget the state of stateful steps (a new stream)."""
+        with self._lock:
+            for node in self._nodes:
+                reset = getattr(node.fn, "reset", None)
+                if reset is not None:
+                    reset()
+
+    def _coerced(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        unknown = [k for k in inputs if k not in self._inputs]
+        if unknown:
+            raise PipelineError(
+                f"unknown input(s): {', '.join(map(str, unknown))}; the pipeline takes {', '.join(self._inputs)}"
+            )
+        missing = [k for k in self._inputs if k not in inputs]
+        if missing:
+            raise PipelineError(f"missing input(s): {', '.join(missing)}")
+        return {name: _coerce(spec, inputs[name]) for name, spec in self._inputs.items()}
+
+
+def _coerce(spec: PipelineInput, raw: Any) -> np.ndarray:
+    """A pipeline input as its declared dtype and shape; a missing leading batch dim of 1 is added."""
+    try:
+        value = np.asarray(raw)
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"input {spec.name!r}: not a numeric array: {e}") from e
+    if value.dtype.kind not in "biuf":
+        raise PipelineError(f"input {spec.name!r}: dtype {value.dtype} is not numeric")
+    shape = spec.shape
+    if value.ndim == len(shape) - 1 and shape and shape[0] in (None, 1):
+        value = value[np.newaxis]
+    if value.ndim != len(shape):
+        raise PipelineError(f"input {spec.name!r}: shape {list(value.shape)} does not fit {_fmt(shape)}")
+    for axis, (got, want) in enumerate(zip(value.shape, shape, strict=True)):
+        if want is not None and got != want:
+            raise PipelineError(f"input {spec.name!r}: dim {axis} is {got}, expected {want} (shape {_fmt(shape)})")
+    want_dtype = np.dtype(spec.dtype)
+    if value.dtype != want_dtype:
+        if want_dtype.kind in "iu" and value.dtype.kind == "f" and not np.array_equal(value, np.trunc(value)):
+            raise PipelineError(f"input {spec.name!r}: float values for integer input ({spec.dtype})")
+        value = value.astype(want_dtype)
+    return value
+
+
+def _fmt(shape: list[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

@@ -1,0 +1,101 @@
+"""A pipeline version through a real agent: TUF-signed stage set from a real TUF repository over HTTP, desired
+state over a real broker, activation as one unit, end-to-end self-test, rollback of the whole set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from agent.pipeline.local import local_runner
+from protocol.pipeline import spec_from_toml
+from tests.agent.harness import Observer, local_api, wait_for
+from tests.agent.hubstub import HubStub
+from tests.agent.pipelines import PROFILE, SAMPLES, SPEC, desire, pipeline_report, publish_pipeline, settled
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_pipeline_version_installs_as_one_unit_and_answers_through_the_local_api(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent: Any, tflite_paths: dict[str, Path]
+) -> None:
+    target, artifacts = publish_pipeline(hub, tmp_path, tflite_paths["float"], 1)
+    agent = make_agent(profile=PROFILE)
+    desire(observer, 1, [(1, target)])
+    wait_for(settled(observer, "committed", 1), what="pipeline v1 committed")
+
+    spec = spec_from_toml(SPEC.format(version=1))
+    expected = local_runner(spec, artifacts).run(SAMPLES[0]).outputs
+    version, result = agent.predict_pipeline("mixed", SAMPLES[0])
+    assert version == 1
+    np.testing.assert_allclose(result.outputs["scores"], expected["scores"], rtol=1e-6)
+    assert set(result.node_ms) == {"embed", "head", "label"}
+    kinds = [e["kind"] for e in observer.events() if e.get("pipeline") == "mixed"]
+    assert (
+        kinds.index("verified") < kinds.index("activated") < kinds.index("self_test_passed") < kinds.index("committed")
+    )
+    assert all(e.get("model") is None for e in observer.events() if e.get("pipeline") == "mixed")
+
+    with local_api(agent) as base:
+        body = {"inputs": {"features": SAMPLES[0]["features"].tolist()}}
+        answer = httpx.post(f"{base}/v1/pipelines/mixed/predict", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        data = answer.json()
+        assert data["pipeline"] == "mixed" and data["version"] == 1
+        np.testing.assert_allclose(data["outputs"]["scores"], expected["scores"], rtol=1e-6)
+        assert set(data["timings_ms"]) == {"embed", "head", "label"}
+        listed = httpx.get(f"{base}/v1/pipelines", timeout=10).json()["pipelines"]
+        assert listed[0]["stages"] == {
+            "embed": {"model": "dense", "version": 1},
+            "head": {"model": "linear", "version": 1},
+        }
+        bad = httpx.post(f"{base}/v1/pipelines/mixed/predict", json={"inputs": {"feature": [0] * 6}}, timeout=10)
+        assert bad.status_code == 422 and "unknown input(s): feature" in bad.json()["error"]
+        missing = httpx.post(f"{base}/v1/pipelines/nope/predict", json={"inputs": {}}, timeout=10)
+        assert missing.status_code == 404 and "no pipeline named 'nope'" in missing.json()["error"]
+
+
+def test_a_failing_stage_rolls_the_whole_set_back_with_the_stage_named(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent: Any, tflite_paths: dict[str, Path]
+) -> None:
+    t1, _ = publish_pipeline(hub, tmp_path, tflite_paths["float"], 1)
+    t2, _ = publish_pipeline(hub, tmp_path, tflite_paths["float"], 2, broken_head=True)
+    agent = make_agent(profile=PROFILE)
+    desire(observer, 1, [(1, t1)])
+    wait_for(settled(observer, "committed", 1), what="pipeline v1 committed")
+    desire(observer, 2, [(2, t2)])
+    wait_for(settled(observer, "rolled_back", 1), what="pipeline v2 rolled back to v1")
+    report = pipeline_report(observer)
+    assert report is not None
+    assert "stage 'head' (linear v2)" in report["reason"] and "NaN" in report["reason"]
+    failed = [e for e in observer.events("self_test_failed") if e.get("pipeline") == "mixed"]
+    assert failed and failed[-1]["version"] == 2 and "stage 'head'" in failed[-1]["reason"]
+    version, result = agent.predict_pipeline("mixed", SAMPLES[0])
+    assert version == 1 and np.isfinite(result.outputs["scores"]).all()
+    # Every stage of v1 serves, and nothing of v2: the embed stage of v2 passed its own self-test but never served.
+    served = agent.pipelines.get("mixed")
+    assert served is not None
+    assert {s: (m.manifest.name, m.manifest.version) for s, m in served.runner.models.items() if m.manifest} == {
+        "embed": ("dense", 1),
+        "head": ("linear", 1),
+    }
+    assert agent.pipeline_store.slot_version("mixed", "active") == 1
+    assert not agent.pipeline_store.version_dir("mixed", 2).exists()
+
+
+def test_a_pipeline_left_out_of_the_desired_state_is_uninstalled(
+    tmp_path: Path, hub: HubStub, observer: Observer, make_agent: Any, tflite_paths: dict[str, Path]
+) -> None:
+    target, _ = publish_pipeline(hub, tmp_path, tflite_paths["float"], 1)
+    agent = make_agent(profile=PROFILE)
+    desire(observer, 1, [(1, target)])
+    wait_for(settled(observer, "committed", 1), what="pipeline v1 committed")
+    desire(observer, 2, [])
+    wait_for(lambda: pipeline_report(observer) is None, what="pipeline gone from the reported state")
+    assert agent.pipelines.get("mixed") is None
+    assert not (agent.settings.data_dir / "pipelines" / "mixed").exists()
+    gone = [e for e in observer.events("uninstalled") if e.get("pipeline") == "mixed"]
+    assert gone and gone[-1]["version"] == 1
