@@ -40,12 +40,14 @@ def _show(ro: dict[str, Any]) -> None:
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
 @click.option("--probation", "probation_s", type=float, default=60.0, show_default=True)
 @click.option("--auto-rollback", is_flag=True)
+@click.option("--pipeline", "is_pipeline", is_flag=True, help="MODEL names a pipeline (edgefleet pipelines push)")
 @_options
 def create(model: str, version: int, rollout_id: str | None, group: str | None, profile: str | None,
            tags: tuple[str, ...], device_ids: tuple[str, ...], canary_percent: float, stages: str,
            success_threshold: float, error_threshold: float, timeout_s: float, probation_s: float,
-           auto_rollback: bool, url: str, token: str | None) -> None:  # fmt: skip
-    """Roll MODEL VERSION out to a group, tags, a profile or explicit devices, in waves."""
+           auto_rollback: bool, is_pipeline: bool, url: str, token: str | None) -> None:  # fmt: skip
+    """Roll MODEL VERSION (a pipeline's, with --pipeline) out to a group, tags, a profile or explicit devices,
+    in waves."""
     try:
         stage_list = [float(s) for s in stages.split(",") if s.strip()]
         tag_map = dict(t.split("=", 1) for t in tags)
@@ -54,7 +56,7 @@ def create(model: str, version: int, rollout_id: str | None, group: str | None, 
     target: dict[str, Any] = {"group": group, "profile": profile, "tags": tag_map}
     if device_ids:
         target["devices"] = list(device_ids)
-    body = {"id": rollout_id, "model": model, "version": version, "target": target,
+    body = {"id": rollout_id, "pipeline" if is_pipeline else "model": model, "version": version, "target": target,
             "canary_percent": canary_percent, "stages": stage_list, "success_threshold": success_threshold,
             "error_threshold": error_threshold, "timeout_s": timeout_s, "probation_s": probation_s,
             "auto_rollback": auto_rollback}  # fmt: skip

@@ -83,8 +83,11 @@ class RolloutTarget(Strict):
 
 
 class RolloutCreate(Strict):
+    """A rollout of a model version (`model`) or of a pipeline version (`pipeline`): exactly one of the two."""
+
     id: Identifier | None = None
-    model: ModelName
+    model: ModelName | None = None
+    pipeline: ModelName | None = None
     version: Version
     target: RolloutTarget = Field(default_factory=RolloutTarget)
     canary_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
@@ -97,6 +100,22 @@ class RolloutCreate(Strict):
     gates: list[str] = Field(default_factory=lambda: ["self_test"])
     gate_limits: TelemetryLimits = Field(default_factory=TelemetryLimits)  # telemetry gates (docs/telemetry.md)
     start: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "pipeline" if self.pipeline is not None else "model"
+
+    @property
+    def name(self) -> str:
+        name = self.pipeline if self.pipeline is not None else self.model
+        assert name is not None  # the validator requires one
+        return name
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Self:
+        if (self.model is None) == (self.pipeline is None):
+            raise ValueError("give either model or pipeline (the name of what the rollout ships), not both")
+        return self
 
     @model_validator(mode="after")
     def _stages_grow(self) -> Self:
@@ -132,6 +151,7 @@ class RolloutDevicePublic(BaseModel):
 
 class RolloutPublic(BaseModel):
     id: str
+    kind: str = "model"  # "pipeline": `model` is the pipeline's name
     model: str
     version: int
     state: str

@@ -48,6 +48,7 @@ class _Node:
     kind: str  # "stage" | "step"
     fn: Fn
     feeds: tuple[tuple[str, str], ...]  # (the node's input name, key in the value table)
+    keeps: tuple[tuple[str, str], ...]  # (its output name, key in the value table): only what is read later
     stateful: bool
 
 
@@ -73,14 +74,17 @@ class PipelineRunner:
         self.spec = spec
         self.models = dict(models)
         self._inputs = {i.name: i for i in spec.inputs}
+        self._input_keys = {name: f"{INPUTS}.{name}" for name in self._inputs}
+        read = {r for n in spec.nodes() for r in n.inputs.values()} | set(spec.outputs.values())
         nodes = []
         for node in spec.order():
             feeds = tuple((tensor, ref) for tensor, ref in node.inputs.items())
+            keeps = tuple((ref.partition(".")[2], ref) for ref in sorted(read) if ref.partition(".")[0] == node.name)
             if isinstance(node, StageSpec):
-                nodes.append(_Node(node.name, "stage", self.models[node.name].predict, feeds, False))
+                nodes.append(_Node(node.name, "stage", self.models[node.name].predict, feeds, keeps, False))
             else:
                 step = make_step(node.params)
-                nodes.append(_Node(node.name, "step", step, feeds, node.params.op == "window"))
+                nodes.append(_Node(node.name, "step", step, feeds, keeps, node.params.op == "window"))
         self._nodes = tuple(nodes)
         self._outputs = tuple(spec.outputs.items())
         self._lock: contextlib.AbstractContextManager[Any] = (
@@ -89,7 +93,7 @@ class PipelineRunner:
 
     def run(self, inputs: Mapping[str, Any]) -> PipelineResult:
         """One call: pipeline inputs by name -> outputs by name, with each node's time."""
-        values: dict[str, Any] = {f"{INPUTS}.{k}": v for k, v in self._coerced(inputs).items()}
+        values = self._coerced(inputs)
         node_ms: dict[str, float] = {}
         clock = time.perf_counter_ns
         with self._lock:
@@ -101,9 +105,8 @@ class PipelineRunner:
                 except (InputError, ValueError) as e:
                     raise PipelineError(f"{node.kind} {node.name!r}: {e}") from e
                 node_ms[node.name] = (clock() - start) / 1e6
-                prefix = node.name + "."
-                for tensor, value in out.items():
-                    values[prefix + tensor] = value
+                for tensor, key in node.keeps:
+                    values[key] = out[tensor]
         return PipelineResult({name: np.asarray(values[ref]) for name, ref in self._outputs}, node_ms)
 
     def reset(self) -> None:
@@ -114,20 +117,21 @@ class PipelineRunner:
                 if reset is not None:
                     reset()
 
-    def _coerced(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        unknown = [k for k in inputs if k not in self._inputs]
-        if unknown:
-            raise PipelineError(
-                f"unknown input(s): {', '.join(map(str, unknown))}; the pipeline takes {', '.join(self._inputs)}"
-            )
-        missing = [k for k in self._inputs if k not in inputs]
-        if missing:
-            raise PipelineError(f"missing input(s): {', '.join(missing)}")
-        return {name: _coerce(spec, inputs[name]) for name, spec in self._inputs.items()}
+    def _coerced(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The value table's pipeline inputs (`inputs.<name>`), each as its declared dtype and shape."""
+        if inputs.keys() != self._inputs.keys():
+            unknown = [k for k in inputs if k not in self._inputs]
+            if unknown:
+                takes = ", ".join(self._inputs)
+                raise PipelineError(f"unknown input(s): {', '.join(map(str, unknown))}; the pipeline takes {takes}")
+            raise PipelineError(f"missing input(s): {', '.join(k for k in self._inputs if k not in inputs)}")
+        return {self._input_keys[name]: _coerce(spec, inputs[name]) for name, spec in self._inputs.items()}
 
 
 def _coerce(spec: PipelineInput, raw: Any) -> np.ndarray:
     """A pipeline input as its declared dtype and shape; a missing leading batch dim of 1 is added."""
+    if isinstance(raw, np.ndarray) and raw.dtype.name == spec.dtype and _fits(raw.shape, spec.shape):
+        return raw
     try:
         value = np.asarray(raw)
     except (ValueError, TypeError) as e:
@@ -148,6 +152,10 @@ def _coerce(spec: PipelineInput, raw: Any) -> np.ndarray:
             raise PipelineError(f"input {spec.name!r}: float values for integer input ({spec.dtype})")
         value = value.astype(want_dtype)
     return value
+
+
+def _fits(shape: tuple[int, ...], want: list[int | None]) -> bool:
+    return len(shape) == len(want) and all(w is None or g == w for g, w in zip(shape, want, strict=True))
 
 
 def _fmt(shape: list[int | None]) -> str:

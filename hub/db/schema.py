@@ -62,6 +62,23 @@ model_versions = Table(
     UniqueConstraint("name", "version", "profile", name="uq_model_version_profile"),
 )
 
+# Pipeline versions (protocol/pipeline.py): one row per (name, version, profile), immutable like model versions;
+# `manifest` is the signed PipelineManifest of that profile (stage manifest targets, end-to-end golden cases).
+pipeline_versions = Table(
+    "pipeline_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("pipeline_target", String(512), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("name", "version", "profile", name="uq_pipeline_version_profile"),
+)
+
 enrollment_tokens = Table(
     "enrollment_tokens",
     metadata,
@@ -112,6 +129,8 @@ rollouts = Table(
     "rollouts",
     metadata,
     Column("id", String(64), primary_key=True),
+    # What the rollout ships: a model version or a pipeline version ("model" is the model's or pipeline's name).
+    Column("kind", String(16), nullable=False, server_default="model"),
     Column("model", String(64), nullable=False),
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),

@@ -19,14 +19,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 
 from hub.cluster import locks
+from hub.db.schema import pipeline_versions
 from hub.errors import Conflict, InvalidInput, NotFound
 from hub.rollouts import members as membership
 from hub.rollouts import planner
 from hub.rollouts.evaluate import evaluate_members
-from hub.rollouts.gates import GATES
+from hub.rollouts.gates import GATES, TELEMETRY_GATES
 from hub.rollouts.machine import (
     LIVE_STATES,
     ROLLBACK_EVENTS,
@@ -67,22 +68,25 @@ class RolloutEngine:
         now = self.clock()
         with self._lock, self.engine.begin() as conn:
             locks.xact_lock(conn, locks.ROLLOUT_CREATE)  # the overlap check sees every other replica's create
-            profiles = model_store.profiles_of(conn=conn, name=spec.model, version=spec.version)
+            profiles = _profiles_of(conn, spec.kind, spec.name, spec.version)
             if not profiles:
-                raise NotFound(f"model {spec.model} version {spec.version} is not in the registry")
+                raise NotFound(f"{spec.kind} {spec.name} version {spec.version} is not in the registry")
+            if spec.kind == "pipeline" and TELEMETRY_GATES & set(spec.gates):
+                gates = ", ".join(sorted(TELEMETRY_GATES & set(spec.gates)))
+                raise InvalidInput(f"telemetry gates ({gates}) are not available for pipelines yet; use self_test")
             unknown = [g for g in spec.gates if g not in GATES]
             if unknown:
                 raise InvalidInput(f"unknown health gate(s) {unknown}; known: {sorted(GATES)}")
             fleet = [d for d in device_store.list_devices(conn=conn) if planner.matches(spec.target, d)]
             eligible = [d for d in fleet if d["profile"] in profiles]
-            self._refuse_overlap(conn, spec.model, {d["id"] for d in eligible})
+            self._refuse_overlap(conn, spec.kind, spec.name, {d["id"] for d in eligible})
             sizes = planner.wave_sizes(len(eligible), spec.canary_percent, spec.stages)
             waves = planner.assign_waves(rollout_id, [d["id"] for d in eligible], sizes)
-            members = [(d["id"], waves[d["id"]], planner.current_version(d, spec.model)) for d in eligible]
+            members = [(d["id"], waves[d["id"]], planner.current_version(d, spec.name, spec.kind)) for d in eligible]
             stored = spec.model_dump(mode="json") | {"wave_sizes": sizes, "profiles": sorted(profiles)}
             rollout_store.create(
-                conn=conn, now=now, rollout_id=rollout_id, model=spec.model, version=spec.version,
-                spec=stored, members=members,
+                conn=conn, now=now, rollout_id=rollout_id, model=spec.name, version=spec.version,
+                spec=stored, members=members, kind=spec.kind,
             )  # fmt: skip
             audit.record(conn=conn, now=now, actor=actor, action="rollout.create", target=rollout_id, details=stored)
         if spec.start:
@@ -156,19 +160,20 @@ class RolloutEngine:
                 return
             now = self.clock()
             mine = rollout_store.rollouts_of_device(conn=conn, device_id=device_id)
-            adopted: set[str] = set()  # one rollout per model: the newest live one that matches
+            adopted: set[tuple[str, str]] = set()  # one rollout per model or pipeline: the newest live one that matches
             for listed in reversed(rollout_store.list_rollouts(conn=conn, states=[s.value for s in LIVE_STATES])):
                 spec = listed["spec"]
                 target = RolloutTarget.model_validate(spec["target"])
-                if listed["id"] in mine or device["profile"] not in spec["profiles"] or listed["model"] in adopted:
+                unit = (listed.get("kind") or "model", listed["model"])
+                if listed["id"] in mine or device["profile"] not in spec["profiles"] or unit in adopted:
                     continue
                 if not planner.matches(target, device):
                     continue
                 row = rollout_store.get(conn=conn, rollout_id=listed["id"], for_update=True)  # its wave, now
                 if row is None or RolloutState(row["state"]) not in LIVE_STATES:
                     continue
-                adopted.add(row["model"])
-                members = [(device_id, row["current_wave"], planner.current_version(device, row["model"]))]
+                adopted.add(unit)
+                members = [(device_id, row["current_wave"], planner.current_version(device, row["model"], unit[0]))]
                 rollout_store.add_members(conn=conn, now=now, rollout_id=row["id"], members=members)
                 if row["state"] != RolloutState.PAUSED.value:
                     published += membership.release(conn, row, now)
@@ -186,11 +191,11 @@ class RolloutEngine:
             self.wake.clear()
 
     # ---- internals ------------------------------------------------------------------------------
-    def _refuse_overlap(self, conn: Connection, model: str, device_ids: set[str]) -> None:
-        """Two unfinished rollouts of one model must not steer the same device."""
+    def _refuse_overlap(self, conn: Connection, kind: str, model: str, device_ids: set[str]) -> None:
+        """Two unfinished rollouts of one model (or pipeline) must not steer the same device."""
         active = [RolloutState.SCHEDULED.value, RolloutState.RUNNING.value, RolloutState.PAUSED.value]
         for row in rollout_store.list_rollouts(conn=conn, states=active):
-            if row["model"] != model:
+            if (row.get("kind") or "model", row["model"]) != (kind, model):
                 continue
             shared = device_ids & {m["device_id"] for m in rollout_store.members(conn=conn, rollout_id=row["id"])}
             if shared:
@@ -267,3 +272,13 @@ class RolloutEngine:
         self._transition(conn, row, event, now, reason)
         audit.record(conn=conn, now=now, actor=self.actor, action=f"rollout.{event.value}", target=row["id"],
                      details={"reason": reason, "wave": row["current_wave"]})  # fmt: skip
+
+
+def _profiles_of(conn: Connection, kind: str, name: str, version: int) -> set[str]:
+    """Profiles a model version was converted for, or a pipeline version was pushed for."""
+    if kind == "model":
+        return model_store.profiles_of(conn=conn, name=name, version=version)
+    q = select(pipeline_versions.c.profile).where(
+        pipeline_versions.c.name == name, pipeline_versions.c.version == version
+    )
+    return {r[0] for r in conn.execute(q)}

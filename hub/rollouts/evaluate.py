@@ -11,6 +11,7 @@ from sqlalchemy import Connection, and_, or_, select
 from hub.db.schema import devices, events
 from hub.rollouts.gates import TELEMETRY_GATES, GateInput, Verdict, build_gates
 from hub.rollouts.machine import TERMINAL_DEVICE_STATES, DeviceState
+from hub.rollouts.planner import UNIT_LISTS
 from hub.telemetry.health import CohortCache, TelemetryLimits, TelemetryView
 
 FAILURE_EVENTS = ["failed", "self_test_failed", "refused", "rolled_back"]
@@ -43,6 +44,8 @@ def evaluate_members(
         events.c.rollout_id == row["id"],
         and_(events.c.rollout_id.is_(None), events.c.model == row["model"], events.c.version == row["version"]),
     )
+    if (row.get("kind") or "model") == "pipeline":  # pipeline events carry their rollout's id (model is empty)
+        this_rollout = events.c.rollout_id == row["id"]
     q = select(events.c.device_id, events.c.kind, events.c.payload).where(
         events.c.kind.in_(FAILURE_EVENTS), events.c.device_id.in_(ids), this_rollout
     )
@@ -56,7 +59,7 @@ def evaluate_members(
     timeout = timedelta(seconds=spec["timeout_s"])
     changes = []
     for m in live:
-        model = _reported_model(reported.get(m["device_id"]), row["model"])
+        model = _reported_unit(reported.get(m["device_id"]), row["model"], row.get("kind") or "model")
         context = GateContext(profiles.get(m["device_id"]), limits, view)
         state, reason, seen = _device_state(m, model, failures.get(m["device_id"], {}), row, gates, now, probation,
                                             context)  # fmt: skip
@@ -80,8 +83,9 @@ class GateContext:
     view: TelemetryView | None
 
 
-def _reported_model(reported: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
-    for m in (reported or {}).get("models", []):
+def _reported_unit(reported: dict[str, Any] | None, name: str, kind: str) -> dict[str, Any] | None:
+    """The reported entry of a model, or of a pipeline (`kind`), by name."""
+    for m in (reported or {}).get(UNIT_LISTS[kind], []):
         if m.get("name") == name:
             return dict(m)
     return None

@@ -97,6 +97,7 @@ def set_versions(
                 rollout_id=row["id"],
                 rollback=rollback,
                 now=now,
+                kind=row.get("kind") or "model",
             )
         )
         if rollback:

@@ -9,7 +9,11 @@ from typing import Any
 
 from hub.schemas import RolloutTarget
 from protocol.http import manifest_target
-from protocol.messages import DesiredModel, DesiredState
+from protocol.messages import DesiredModel, DesiredPipeline, DesiredState
+from protocol.pipeline import pipeline_target
+
+# What a rollout ships, and the key of its list in desired and reported states.
+UNIT_LISTS = {"model": "models", "pipeline": "pipelines"}
 
 
 def matches(target: RolloutTarget, device: dict[str, Any]) -> bool:
@@ -50,12 +54,14 @@ def assign_waves(rollout_id: str, device_ids: list[str], sizes: list[int]) -> di
     return waves
 
 
-def current_version(device: dict[str, Any], model: str) -> int | None:
-    """The version the device last reported active, else the version it was last told to run."""
-    for m in (device.get("reported") or {}).get("models", []):
+def current_version(device: dict[str, Any], model: str, kind: str = "model") -> int | None:
+    """The version of a model (or pipeline, by `kind`) the device last reported active, else the version it was
+    last told to run."""
+    key = UNIT_LISTS[kind]
+    for m in (device.get("reported") or {}).get(key, []):
         if m.get("name") == model and m.get("active_version"):
             return int(m["active_version"])
-    for m in (device.get("desired") or {}).get("models", []):
+    for m in (device.get("desired") or {}).get(key, []):
         if m.get("name") == model:
             return int(m["version"])
     return None
@@ -69,24 +75,33 @@ def next_desired(
     rollout_id: str | None,
     rollback: bool,
     now: datetime,
+    kind: str = "model",
 ) -> DesiredState:
-    """The device's desired state with `model` set to `version` (None removes it); generation + 1."""
+    """The device's desired state with `model` (a pipeline's name when `kind` is "pipeline") set to `version`
+    (None removes it); generation + 1."""
     current = device.get("desired") or {}
-    models = [DesiredModel.model_validate(m) for m in current.get("models", []) if m.get("name") != model]
-    if version is not None:
+    keep = {k: [u for u in current.get(k, []) if not (k == UNIT_LISTS[kind] and u.get("name") == model)]
+            for k in UNIT_LISTS.values()}  # fmt: skip
+    models = [DesiredModel.model_validate(m) for m in keep["models"]]
+    pipelines = [DesiredPipeline.model_validate(p) for p in keep["pipelines"]]
+    if version is not None and kind == "model":
+        target = manifest_target(model, version, device["profile"])
         models.append(
-            DesiredModel(
-                name=model,
-                version=version,
-                manifest_target=manifest_target(model, version, device["profile"]),
-                rollback=rollback,
-                rollout_id=rollout_id,
+            DesiredModel(name=model, version=version, manifest_target=target, rollback=rollback, rollout_id=rollout_id)
+        )
+    elif version is not None:
+        target = pipeline_target(model, version, device["profile"])
+        pipelines.append(
+            DesiredPipeline(
+                name=model, version=version, pipeline_target=target, rollback=rollback, rollout_id=rollout_id
             )
         )
     models.sort(key=lambda m: m.name)
+    pipelines.sort(key=lambda p: p.name)
     return DesiredState(
         device_id=device["id"],
         generation=int(device.get("desired_generation") or 0) + 1,
         models=models,
+        pipelines=pipelines,
         issued_at=now,
     )

@@ -21,6 +21,7 @@ def create(
     version: int,
     spec: dict[str, Any],
     members: list[tuple[str, int, int | None]],
+    kind: str = "model",
 ) -> None:
     """Insert a scheduled rollout and its (device, wave, previous version) rows."""
     if get(conn=conn, rollout_id=rollout_id) is not None:
@@ -28,6 +29,7 @@ def create(
     conn.execute(
         insert(rollouts).values(
             id=rollout_id,
+            kind=kind,
             model=model,
             version=version,
             state=RolloutState.SCHEDULED.value,

@@ -62,3 +62,26 @@ def test_rollout_create_validates_stages() -> None:
         RolloutCreate(model="m", version=1, stages=[50, 40, 100])
     with pytest.raises(ValueError, match="100"):
         RolloutCreate(model="m", version=1, stages=[50])
+
+
+def test_next_desired_sets_a_pipeline_beside_models_of_the_same_name() -> None:
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    d = device("a", profile="rpi", desired_generation=2, desired={
+        "models": [{"name": "digits", "version": 1, "manifest_target": "models/digits/1/rpi/manifest.json"}],
+        "pipelines": [{"name": "digits", "version": 1, "pipeline_target": "pipelines/digits/1/rpi/pipeline.json"}]})  # fmt: skip
+    state = next_desired(d, model="digits", version=2, rollout_id="r", rollback=False, now=now, kind="pipeline")
+    assert [(m.name, m.version) for m in state.models] == [("digits", 1)]  # the model of that name is untouched
+    assert [(p.name, p.version, p.pipeline_target) for p in state.pipelines] == [
+        ("digits", 2, "pipelines/digits/2/rpi/pipeline.json")
+    ]
+    assert current_version(d, "digits", "pipeline") == 1
+    gone = next_desired(d, model="digits", version=None, rollout_id="r", rollback=True, now=now, kind="pipeline")
+    assert gone.pipelines == [] and [m.name for m in gone.models] == ["digits"]
+
+
+def test_rollout_create_takes_a_model_or_a_pipeline() -> None:
+    assert RolloutCreate(pipeline="p", version=1).kind == "pipeline"
+    assert RolloutCreate(model="m", version=1).name == "m"
+    for bad in ({"version": 1}, {"model": "m", "pipeline": "p", "version": 1}):
+        with pytest.raises(ValueError, match="give either model or pipeline"):
+            RolloutCreate.model_validate(bad)

@@ -41,7 +41,7 @@ def _public(conn: ConnDep, row: dict[str, Any], with_devices: bool) -> RolloutPu
             for m in members
         ]  # fmt: skip
     return RolloutPublic(
-        id=row["id"], model=row["model"], version=row["version"], state=row["state"],
+        id=row["id"], kind=row.get("kind") or "model", model=row["model"], version=row["version"], state=row["state"],
         current_wave=row["current_wave"], reason=row["reason"], spec=row["spec"], waves=waves, devices=devices,
         created_at=row["created_at"], updated_at=row["updated_at"],
     )  # fmt: skip

@@ -1,0 +1,208 @@
+"""Pipeline overhead (issue 20): what running stages as one pipeline costs over calling the runtimes by hand.
+
+The pipeline: `features` [1, W] -> `embed` (ONNX on onnxruntime: W -> W -> W/2, ReLU) -> `head` (TFLite on
+LiteRT: W/2 -> 10) -> `top3` (the built-in `topk` step, k = 3). Models are built here, one thread each, at two
+sizes: `typical` (W = 1024: stages of a few hundred microseconds here, still small for an edge model; the keys
+without suffix) and `tiny` (W = 64: about 20 microseconds of work in all, keys ending `_tiny`), where the
+pipeline's fixed cost per call shows as a ratio. `pipeline_added_p50_us` is that fixed cost, size aside.
+
+- `pipeline_p50_ms`: `PipelineRunner.run` in process (the agent's path: input coercion, per-stage LoadedModel
+  checks and (de)quantisation, the step, per-node timing).
+- `raw_p50_ms`: the same work by hand: onnxruntime's `InferenceSession.run` and LiteRT's `Interpreter.invoke`
+  straight (bench/raw_runtime.py's runners), then the same numpy glue (the same `topk` step object).
+- `pipeline_p50_ratio` = pipeline / raw (target <= 1.10).
+- `http_p50_ms`: `POST /v1/pipelines/bench/predict` on the agent's local API server (agent/httpserver.py, the
+  real server the daemon runs, on loopback) with a keep-alive httpx client; `pipeline_http_added_p50_ms` =
+  http - in-process p50 (target <= 1.0): JSON in and out, the HTTP layer, the client.
+Rounds alternate (raw, pipeline, http) so machine load weighs on each alike. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from raw_runtime import raw_runner  # bench/, beside this script
+
+ROUNDS = 10
+CALLS = 300
+TARGETS = {"pipeline_p50_ratio": 1.10, "pipeline_http_added_p50_ms": 1.0}
+SPEC = """
+name = "bench"
+version = 1
+[[inputs]]
+name = "features"
+shape = [1, WIDTH]
+dtype = "float32"
+[[stages]]
+name = "embed"
+model = "embed"
+version = 1
+inputs = { x = "inputs.features" }
+[[stages]]
+name = "head"
+model = "head"
+version = 1
+inputs = { hidden = "embed.h" }
+[[steps]]
+name = "top3"
+op = "topk"
+params = { k = 3 }
+inputs = { x = "head.logits" }
+[outputs]
+classes = "top3.indices"
+scores = "top3.values"
+"""
+
+
+def build_models(work: Path, width: int) -> tuple[Path, Path]:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    half = width // 2
+    w1 = numpy_helper.from_array((rng.normal(size=(width, width)) / width**0.5).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array((rng.normal(size=(width, half)) / width**0.5).astype(np.float32), "W2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MatMul", ["b", "W2"], ["c"]),
+        helper.make_node("Relu", ["c"], ["h"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "embed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", half])],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    embed = work / f"embed{width}.onnx"
+    onnx.save(model, str(embed))
+
+    from converter.sources import quiet_tensorflow
+
+    tf = quiet_tensorflow()
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((half,), name="hidden")
+    keras_model = tf.keras.Model(inp, tf.keras.layers.Dense(10, name="logits")(inp))
+    head = work / f"head{width}.tflite"
+    head.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras_model).convert())
+    return embed, head
+
+
+def p50(samples: list[float]) -> float:
+    return float(np.median(samples)) * 1000
+
+
+def timed(fn: Callable[[], Any], calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def measure(work: Path, width: int) -> dict[str, Any]:
+    """p50s of raw, in-process pipeline and HTTP calls at one model size, rounds interleaved."""
+    import httpx
+
+    from agent.api import LocalApi
+    from agent.httpserver import LocalApiServer, bind_tcp_socket
+    from agent.metrics import AgentMetrics
+    from agent.model import LoadedModel
+    from agent.pipeline.inference import PipelineInference
+    from agent.pipeline.runner import PipelineRunner, stage_io
+    from agent.pipeline.serving import PipelineRegistry
+    from agent.pipeline.steps import make_step
+    from agent.serving import ServingRegistry
+    from protocol.pipeline import check_wiring, spec_from_toml
+
+    embed_path, head_path = build_models(work, width)
+    models = {"embed": LoadedModel.from_file(embed_path), "head": LoadedModel.from_file(head_path)}
+    # The TFLite model's tensor names are its signature's (e.g. `hidden`, `output_0`): wire them as they are.
+    head_in, head_out = models["head"].inputs[0].name, models["head"].outputs[0].name
+    text = SPEC.replace("WIDTH", str(width)).replace("hidden = ", f"{head_in} = ")
+    spec = spec_from_toml(text.replace("head.logits", f"head.{head_out}"))
+    check_wiring(spec, {k: stage_io(m) for k, m in models.items()})
+    runner = PipelineRunner(spec, models)
+    raw_embed, raw_head = raw_runner(embed_path, "onnx"), raw_runner(head_path, "tflite")
+    glue = make_step(spec.steps[0].params)
+    x = np.random.default_rng(1).random((1, width), dtype=np.float32)
+
+    def raw() -> Any:
+        return glue({"x": raw_head(raw_embed(x))})
+
+    def piped() -> Any:
+        return runner.run({"features": x})
+
+    np.testing.assert_array_equal(raw()["indices"], piped().outputs["classes"])  # the same answer both ways
+    registry = PipelineRegistry()
+    registry.install("bench", 1, runner)
+    api = LocalApi(ServingRegistry(), AgentMetrics(), list, lambda: {"status": "ok"},
+                   pipelines=PipelineInference(registry))  # fmt: skip
+    sock = bind_tcp_socket("127.0.0.1", 0)
+    server = LocalApiServer(api, sock)
+    server.start()
+    body = json.dumps({"inputs": {"features": x.tolist()}}).encode()
+    times: dict[str, list[float]] = {"raw": [], "pipeline": [], "http": []}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+
+            def http() -> Any:
+                r = client.post("/v1/pipelines/bench/predict", content=body,
+                                headers={"Content-Type": "application/json"})  # fmt: skip
+                assert r.status_code == 200, r.text
+                return r
+
+            for fn in (raw, piped, http):  # warm up
+                timed(fn, 50)
+            for _ in range(ROUNDS):
+                times["raw"] += timed(raw, CALLS)
+                times["pipeline"] += timed(piped, CALLS)
+                times["http"] += timed(http, CALLS)
+    finally:
+        server.stop()
+    raw_ms, pipe_ms, http_ms = p50(times["raw"]), p50(times["pipeline"]), p50(times["http"])
+    return {
+        "raw_p50_ms": round(raw_ms, 4),
+        "pipeline_p50_ms": round(pipe_ms, 4),
+        "http_p50_ms": round(http_ms, 4),
+        "pipeline_p50_ratio": round(pipe_ms / raw_ms, 3),
+        "pipeline_added_p50_us": round((pipe_ms - raw_ms) * 1000, 1),
+        "pipeline_http_added_p50_ms": round(http_ms - pipe_ms, 4),
+    }
+
+
+def main() -> None:
+    result: dict[str, Any] = {"benchmark": "pipeline_overhead", "calls_each": ROUNDS * CALLS}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-pipeline-") as tmp:
+        result |= measure(Path(tmp), 1024)
+        result |= {f"{k}_tiny": v for k, v in measure(Path(tmp), 64).items()}
+    result["targets"] = TARGETS
+    result["machine"] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()}
+    result["targets_met"] = {key: result[key] <= bound for key, bound in TARGETS.items()}
+    result["meets_targets"] = all(result["targets_met"].values())
+    print(json.dumps(result, indent=1))
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
