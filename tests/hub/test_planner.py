@@ -66,9 +66,9 @@ def test_rollout_create_validates_stages() -> None:
 
 def test_next_desired_sets_a_pipeline_beside_models_of_the_same_name() -> None:
     now = datetime(2026, 12, 6, tzinfo=UTC)
-    d = device("a", profile="rpi", desired_generation=2, desired={
-        "models": [{"name": "digits", "version": 1, "manifest_target": "models/digits/1/rpi/manifest.json"}],
-        "pipelines": [{"name": "digits", "version": 1, "pipeline_target": "pipelines/digits/1/rpi/pipeline.json"}]})  # fmt: skip
+    model = {"name": "digits", "version": 1, "manifest_target": "models/digits/1/rpi/manifest.json"}
+    pipeline = {"name": "digits", "version": 1, "pipeline_target": "pipelines/digits/1/rpi/pipeline.json"}
+    d = device("a", profile="rpi", desired_generation=2, desired={"models": [model], "pipelines": [pipeline]})
     state = next_desired(d, model="digits", version=2, rollout_id="r", rollback=False, now=now, kind="pipeline")
     assert [(m.name, m.version) for m in state.models] == [("digits", 1)]  # the model of that name is untouched
     assert [(p.name, p.version, p.pipeline_target) for p in state.pipelines] == [
