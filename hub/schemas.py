@@ -47,6 +47,8 @@ class DevicePublic(BaseModel):
     agent_version: str
     current_versions: dict[str, int | None]
     desired_versions: dict[str, int]
+    current_pipelines: dict[str, int | None] = Field(default_factory=dict)
+    desired_pipelines: dict[str, int] = Field(default_factory=dict)
     desired_generation: int
     applied_generation: int
     enrolled_at: datetime

@@ -25,13 +25,17 @@ router = APIRouter(
 
 
 def to_public(row: dict[str, Any]) -> DevicePublic:
-    """Row -> API view, with current (reported) and desired versions per model."""
-    current = {m["name"]: m.get("active_version") for m in (row["reported"] or {}).get("models", [])}
-    desired = {m["name"]: m["version"] for m in (row["desired"] or {}).get("models", [])}
+    """Row -> API view, with current (reported) and desired versions per model and per pipeline."""
+    reported, wanted = row["reported"] or {}, row["desired"] or {}
+    current = {m["name"]: m.get("active_version") for m in reported.get("models", [])}
+    desired = {m["name"]: m["version"] for m in wanted.get("models", [])}
+    pipelines = {p["name"]: p.get("active_version") for p in reported.get("pipelines", [])}
+    desired_pipelines = {p["name"]: p["version"] for p in wanted.get("pipelines", [])}
     return DevicePublic(
         id=row["id"], profile=row["profile"], group=row["group_name"], tags=row["tags"] or {}, online=row["online"],
         last_seen=row["last_seen"], agent_version=row["agent_version"], current_versions=current,
-        desired_versions=desired, desired_generation=row["desired_generation"],
+        desired_versions=desired, current_pipelines=pipelines, desired_pipelines=desired_pipelines,
+        desired_generation=row["desired_generation"],
         applied_generation=row["applied_generation"], enrolled_at=row["enrolled_at"],
     )  # fmt: skip
 
