@@ -78,7 +78,6 @@ class Agent:
         # Pipelines are units of their own: a store whose versions hold whole stage sets, a lifecycle per pipeline.
         self.pipeline_store = PipelineStore(settings.data_dir / "pipelines")
         self.pipelines = PipelineRegistry()
-        self.pipeline_inference = PipelineInference(self.pipelines)
         self.pipeline_steps = PipelineSteps(
             settings, self.profile, self.identity, self.store, self.serving, self._notify_pipeline, self._stop.wait,
             superseded=self._pipeline_superseded, pipelines=self.pipeline_store, served=self.pipelines,
@@ -126,6 +125,7 @@ class Agent:
         self.recorders, self.inference, self.uplink = serving_path(
             settings, self.device_id, self.profile.name, self.mqtt, self.context, self.events
         )
+        self.pipeline_inference = PipelineInference(self.pipelines, self.metrics, self.recorders, self.uplink.wake)
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
     # ---- start / stop -------------------------------------------------------------------------

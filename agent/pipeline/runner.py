@@ -24,6 +24,8 @@ from protocol.pipeline import INPUTS, PipelineInput, PipelineSpec, StageIO, Stag
 from protocol.pipeline_steps import TensorType
 
 Fn = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+# Called after each stage with (stage name, its inputs, its outputs, its milliseconds): telemetry per stage.
+StageHook = Callable[[str, Mapping[str, Any], Mapping[str, Any], float], None]
 
 
 class PipelineError(InputError):
@@ -91,8 +93,9 @@ class PipelineRunner:
             threading.Lock() if any(n.stateful for n in nodes) else contextlib.nullcontext()
         )
 
-    def run(self, inputs: Mapping[str, Any]) -> PipelineResult:
-        """One call: pipeline inputs by name -> outputs by name, with each node's time."""
+    def run(self, inputs: Mapping[str, Any], on_stage: StageHook | None = None) -> PipelineResult:
+        """One call: pipeline inputs by name -> outputs by name, with each node's time; `on_stage` sees each
+        stage's inputs and outputs once it has run."""
         values = self._coerced(inputs)
         node_ms: dict[str, float] = {}
         clock = time.perf_counter_ns
@@ -104,7 +107,9 @@ class PipelineRunner:
                     out = node.fn(feeds)
                 except (InputError, ValueError) as e:
                     raise PipelineError(f"{node.kind} {node.name!r}: {e}") from e
-                node_ms[node.name] = (clock() - start) / 1e6
+                ms = node_ms[node.name] = (clock() - start) / 1e6
+                if on_stage is not None and node.kind == "stage":
+                    on_stage(node.name, feeds, out, ms)
                 for tensor, key in node.keeps:
                     values[key] = out[tensor]
         return PipelineResult({name: np.asarray(values[ref]) for name, ref in self._outputs}, node_ms)
