@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
@@ -68,6 +69,27 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
+_PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def _pipeline_options(fn: F) -> F:
+    """--pipeline SPEC_OR_NAME and --stage NAME=PATH (repeatable)."""
+    fn = click.option(
+        "--stage",
+        "stages",
+        multiple=True,
+        metavar="NAME=PATH",
+        help="with --pipeline SPEC: a stage's artifact file or converter output folder (repeat for each stage)",
+    )(fn)
+    return click.option(
+        "--pipeline",
+        "pipeline_spec",
+        metavar="SPEC|NAME",
+        help="a pipeline spec file (.toml, or .json as the hub serves it), or the name of a pipeline the "
+        "running daemon serves, instead of MODEL_FILE",
+    )(fn)
+
+
 _signature_option = click.option(
     "--signature",
     metavar="NAME",
@@ -80,28 +102,17 @@ _signature_option = click.option(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save outputs (.npz or .csv)")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
 @_signature_option
-@click.option(
-    "--pipeline",
-    "pipeline_spec",
-    metavar="SPEC",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="run a pipeline spec (.toml, or .json as the hub serves it) instead of one MODEL_FILE",
-)
-@click.option(
-    "--stage",
-    "stages",
-    multiple=True,
-    metavar="NAME=PATH",
-    help="with --pipeline: a stage's artifact file or converter output folder (repeat for each stage)",
-)
+@_pipeline_options
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="agent.toml (--pipeline NAME)")
 @readable_errors
 def predict(
     files: tuple[Path, ...],
     out: Path | None,
     threads: int,
     signature: str | None,
-    pipeline_spec: Path | None,
+    pipeline_spec: str | None,
     stages: tuple[str, ...],
+    config: Path | None,
 ) -> None:
     """Run one inference of MODEL_FILE (.tflite/.onnx) on INPUTS (.npz) and print or save the outputs.
 
@@ -109,14 +120,20 @@ def predict(
     input name); a lone array feeds a lone input. 0-d arrays feed scalar inputs.
 
     With --pipeline SPEC, INPUTS feeds the pipeline's inputs and each stage's model comes from --stage
-    NAME=PATH; the per-stage times are printed with the outputs.
+    NAME=PATH; with --pipeline NAME, the running daemon's installed pipeline answers (its local API, found
+    through --config). The per-stage times are printed with the outputs.
     """
     from agent.offline import read_inputs, write_outputs
 
     if pipeline_spec is not None:
         if len(files) != 1:
             raise click.UsageError("with --pipeline give only INPUTS (the stages come from --stage NAME=PATH)")
-        outputs = _predict_pipeline(pipeline_spec, stages, files[0], threads)
+        if Path(pipeline_spec).is_file() or not _PIPELINE_NAME.fullmatch(pipeline_spec):
+            outputs = _predict_pipeline(Path(pipeline_spec), stages, files[0], threads)
+        else:
+            if stages:
+                raise click.UsageError("--stage is for a pipeline SPEC file; an installed pipeline has its stages")
+            outputs = _predict_installed(pipeline_spec, files[0], config)
     else:
         if stages:
             raise click.UsageError("--stage is for --pipeline")
@@ -143,24 +160,84 @@ def _predict_pipeline(spec_file: Path, stages: tuple[str, ...], inputs: Path, th
     _must_exist(spec_file, inputs)
     runner = local_runner(load_spec_file(spec_file), parse_stage_options(stages), threads)
     result = runner.run(read_pipeline_inputs(inputs, runner.spec))
-    times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in result.node_ms.items())
-    click.echo(f"pipeline {runner.spec.name} v{runner.spec.version}: {result.total_ms:.2f} ms ({times})", err=True)
+    _say_times(runner.spec.name, runner.spec.version, result.node_ms)
     return result.outputs
 
 
+def _say_times(name: str, version: int, node_ms: dict[str, float]) -> None:
+    times = ", ".join(f"{node} {ms:.2f} ms" for node, ms in node_ms.items())
+    click.echo(f"pipeline {name} v{version}: {sum(node_ms.values()):.2f} ms ({times})", err=True)
+
+
+def _predict_installed(name: str, inputs: Path, config: Path | None) -> dict[str, Any]:
+    """One call of the daemon's installed pipeline through its local API."""
+    import httpx
+
+    _must_exist(inputs)
+    try:
+        with np.load(inputs, allow_pickle=False) as data:
+            arrays = {k: data[k].tolist() for k in data.files}
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{inputs}: not a readable .npz file: {e}") from e
+    with _local_api(config) as (client, where):
+        try:
+            response = client.post(f"/v1/pipelines/{name}/predict", json={"inputs": arrays})
+        except httpx.HTTPError as e:
+            raise click.ClickException(f"the agent's local API at {where} does not answer: {e}") from e
+    body = response.json()
+    if response.status_code != 200:
+        raise click.ClickException(str(body.get("error", response.text)))
+    _say_times(name, body["version"], body["timings_ms"])
+    return {k: np.asarray(v) for k, v in body["outputs"].items()}
+
+
 @agent.command()
-@click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("inputs", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, metavar="[MODEL_FILE] INPUTS", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npz or .csv")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
 @_signature_option
+@_pipeline_options
 @readable_errors
-def batch(model_file: Path, inputs: Path, out: Path, batch_size: int, threads: int, signature: str | None) -> None:
-    """Run MODEL_FILE over every row of INPUTS (.npz or CSV) and write the predictions to --out."""
+def batch(
+    files: tuple[Path, ...],
+    out: Path,
+    batch_size: int,
+    threads: int,
+    signature: str | None,
+    pipeline_spec: str | None,
+    stages: tuple[str, ...],
+) -> None:
+    """Run MODEL_FILE over every row of INPUTS (.npz or CSV) and write the predictions to --out.
+
+    With --pipeline SPEC and --stage NAME=PATH, every row of INPUTS (.npz, one array per pipeline input) runs
+    through the pipeline, one call per row."""
     from agent.model import LoadedModel
     from agent.offline import read_inputs, run_batches, write_outputs
 
+    if pipeline_spec is not None:
+        from agent.pipeline.local import (
+            load_spec_file,
+            local_runner,
+            parse_stage_options,
+            read_pipeline_inputs,
+            run_rows,
+        )
+
+        if len(files) != 1:
+            raise click.UsageError("with --pipeline give only INPUTS (the stages come from --stage NAME=PATH)")
+        _must_exist(Path(pipeline_spec), files[0])
+        runner = local_runner(load_spec_file(Path(pipeline_spec)), parse_stage_options(stages), threads)
+        with _progress() as advance:
+            results = run_rows(runner, read_pipeline_inputs(files[0], runner.spec), on_progress=advance)
+        write_outputs(out, results)
+        click.echo(f"wrote {len(next(iter(results.values())))} rows of {', '.join(results)} to {out}")
+        return
+    if stages:
+        raise click.UsageError("--stage is for --pipeline")
+    if len(files) != 2:
+        raise click.UsageError("give MODEL_FILE and INPUTS (or --pipeline SPEC and INPUTS)")
+    model_file, inputs = files
     _must_exist(model_file, inputs)
     model = LoadedModel.from_file(model_file, threads=threads, signature=signature)
     data = read_inputs(inputs, model)

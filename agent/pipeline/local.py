@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +98,27 @@ def local_runner(spec: PipelineSpec, stage_paths: Mapping[str, Path], threads: i
     except PipelineSpecError as e:
         raise InputError(f"pipeline {spec.name!r}: {e}") from e
     return PipelineRunner(spec, models)
+
+
+def run_rows(
+    runner: PipelineRunner,
+    inputs: Mapping[str, np.ndarray],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every row of INPUTS through the pipeline, one call per row (a pipeline's inputs are one sample each);
+    outputs stacked row after row."""
+    rows = {len(v) for v in inputs.values() if np.ndim(v)}
+    if len(rows) != 1:
+        raise InputError(f"inputs must have one number of rows; got {sorted(rows) or 'none'}")
+    total = rows.pop()
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(total):
+        result = runner.run({k: v[i] for k, v in inputs.items()})
+        for name, value in result.outputs.items():
+            parts.setdefault(name, []).append(value)
+        if on_progress is not None:
+            on_progress(i + 1, total)
+    return {name: np.concatenate(values) if values[0].ndim else np.stack(values) for name, values in parts.items()}
 
 
 def read_pipeline_inputs(path: Path, spec: PipelineSpec) -> dict[str, np.ndarray]:

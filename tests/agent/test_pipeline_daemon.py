@@ -9,8 +9,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from agent.pipeline.local import local_runner
+from edgefleet.cli import cli
 from protocol.pipeline import spec_from_toml
 from protocol.telemetry import decode_message
 from protocol.topics import Channel
@@ -58,6 +60,19 @@ def test_a_pipeline_version_installs_as_one_unit_and_answers_through_the_local_a
         assert bad.status_code == 422 and "unknown input(s): feature" in bad.json()["error"]
         missing = httpx.post(f"{base}/v1/pipelines/nope/predict", json={"inputs": {}}, timeout=10)
         assert missing.status_code == 404 and "no pipeline named 'nope'" in missing.json()["error"]
+
+        # `edgefleet agent predict --pipeline NAME` asks the running daemon (its local API, from agent.toml).
+        port = int(base.rsplit(":", 1)[1])
+        config = tmp_path / "cli-agent.toml"
+        config.write_text(f'profile = "{PROFILE}"\nhub_url = "http://127.0.0.1:9"\nallow_insecure_http = true\n'
+                          f'data_dir = "{tmp_path / "cli-data"}"\napi_port = {port}\n')  # fmt: skip
+        np.savez(tmp_path / "in.npz", features=SAMPLES[0]["features"])
+        args = ["agent", "predict", "--pipeline", "mixed", str(tmp_path / "in.npz"), "--config", str(config)]
+        said = CliRunner().invoke(cli, args)
+        assert said.exit_code == 0, said.output
+        assert "pipeline mixed v1:" in said.output and "label" in said.output
+        wrong = CliRunner().invoke(cli, [*args[:3], "nope", *args[4:]])
+        assert wrong.exit_code == 1 and "no pipeline named 'nope' is serving" in wrong.output
 
 
 def test_each_stage_reports_its_own_telemetry_window(

@@ -100,9 +100,7 @@ def test_a_stage_model_that_does_not_fit_the_wiring_is_refused_before_anything_r
     tmp_path: Path, stages: dict[str, Path]
 ) -> None:
     wrong = onnx_linear(tmp_path / "wide.onnx", n_in=5, n_out=4)
-    with pytest.raises(
-        InputError, match=r"stage 'head' input 'x' from 'embed.output_0': shape \[\?, 3\] does not fit"
-    ):
+    with pytest.raises(InputError, match=r"stage 'head' input 'x' from 'embed.output_0': shape \[\?, 3\] does not fit"):
         local_runner(spec_from_toml(SPEC), {**stages, "head": wrong})
     with pytest.raises(InputError, match="give its artifact with --stage head=PATH"):
         local_runner(spec_from_toml(SPEC), {"embed": stages["embed"]})
@@ -190,3 +188,23 @@ def test_a_broken_spec_file_names_the_file_and_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["agent", "predict", "--pipeline", str(spec_file), str(tmp_path / "in.npz")])
     assert result.exit_code == 1
     assert f"{spec_file}: steps.0.params: unknown op; built-in steps are argmax" in result.output
+
+
+def test_agent_batch_runs_every_row_through_the_pipeline(tmp_path: Path, stages: dict[str, Path]) -> None:
+    spec_file = tmp_path / "mixed.toml"
+    spec_file.write_text(SPEC)
+    rows = np.random.default_rng(2).normal(size=(5, 1, 6)).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", features=rows)
+    out = tmp_path / "out.npz"
+    args = ["agent", "batch", "--pipeline", str(spec_file), str(tmp_path / "rows.npz"), "--out", str(out)]
+    result = CliRunner().invoke(
+        cli, [*args, "--stage", f"embed={stages['embed']}", "--stage", f"head={stages['head']}"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 5 rows of label, scores" in result.output
+    runner = local_runner(load_spec_file(spec_file), stages)
+    with np.load(out) as saved:
+        for i in range(5):
+            expected = runner.run({"features": rows[i]}).outputs
+            np.testing.assert_allclose(saved["scores"][i], expected["scores"][0], rtol=1e-6)
+            assert saved["label"][i] == expected["label"][0]
