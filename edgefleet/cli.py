@@ -16,6 +16,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "convert": "converter.cli:convert_cmd",
     "hub": "hub.cli:hub",
     "models": "hub.ops_cli:models",
+    "pipelines": "hub.pipelines_cli:pipelines",
     "devices": "hub.ops_cli:devices",
     "rollouts": "hub.ops_cli:rollouts",
     "agent": "agent.cli:agent",

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.docs import install_docs
-from hub.api.routes import audit, devices, enroll, health, models, rollouts, telemetry, tokens, tuf
+from hub.api.routes import audit, devices, enroll, health, models, pipelines, rollouts, telemetry, tokens, tuf
 from hub.dashboard import routes as dashboard
 from hub.errors import HubError
 from hub.guard import ASGIApp, Receive, Refused, RequestGuard, Scope, Send
@@ -71,7 +71,7 @@ def create_app(settings: HubSettings, *, clock: Clock = utcnow, background: bool
     app.add_middleware(CountRequests, hub=hub)
     app.add_middleware(RequestGuard, hub=hub)  # added last: the outermost layer, before any body is read
 
-    for module in (health, enroll, tokens, devices, models, rollouts, audit):
+    for module in (health, enroll, tokens, devices, models, pipelines, rollouts, audit):
         app.include_router(module.router)
     app.include_router(tuf.router)
     app.include_router(telemetry.router)
