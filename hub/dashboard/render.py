@@ -24,7 +24,7 @@ templates.env.globals["ago"] = views.ago
 templates.env.filters["num"] = lambda v, d=2: "-" if v is None else f"{float(v):.{d}f}"
 
 NAV = [("/dashboard", "Fleet"), ("/dashboard/rollouts", "Rollouts"), ("/dashboard/models", "Models"),
-       ("/dashboard/audit", "Audit log")]  # fmt: skip
+       ("/dashboard/pipelines", "Pipelines"), ("/dashboard/audit", "Audit log")]  # fmt: skip
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -1,4 +1,4 @@
-"""Dashboard pages under /dashboard: fleet, rollouts (with pause/resume), models, audit, sign-in."""
+"""Dashboard pages under /dashboard: fleet, rollouts (with pause/resume), models, pipelines, audit, sign-in."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from hub.api.deps import HubDep
-from hub.dashboard import telemetry_page, views
+from hub.dashboard import pipelines_page, telemetry_page, views
 from hub.dashboard.auth import (
     COOKIE,
     COOKIE_PATH,
@@ -175,3 +175,4 @@ async def audit_log(
 
 
 router.include_router(telemetry_page.router)
+router.include_router(pipelines_page.router)
