@@ -201,7 +201,7 @@ class LocalApi:
     def predict_pipeline(self, name: str, body: bytes) -> Reply:
         """`{"inputs": {...}}` -> the pipeline's outputs, its version and each stage's and step's time."""
         label = f"pipeline:{name}"
-        if self.pipeline_service is None or self.pipeline_service.registry.get(name) is None:
+        if self.pipeline_service is None or not self.pipeline_service.serves(name):
             return error_reply(404, f"no pipeline named {name!r} is serving")
         try:
             payload = self._json_body(label, body)
@@ -211,23 +211,18 @@ class LocalApi:
             self.metrics.prediction_errors.labels(label, "bad_request").inc()
             return error_reply(422, 'body must be {"inputs": {"<pipeline input name>": [...]}}')
         try:
-            version, result = self.pipeline_service.predict(name, payload["inputs"])
+            answer = self.pipeline_service.predict(name, payload["inputs"])
         except NotServing as e:
             return error_reply(404, str(e))
+        except FallbackError as e:
+            status = 503 if isinstance(e, FallbackUnavailable) else 504 if isinstance(e, FallbackTimeout) else 502
+            return error_reply(status, f"cloud fallback failed: {e}", fallback_reason=e.reason)
         except (InputError, ModelLoadError) as e:
-            self.metrics.prediction_errors.labels(label, "bad_input").inc()
             return error_reply(422, str(e))
-        nonfinite = [k for k, v in result.outputs.items() if _float(v) and not np.isfinite(v).all()]
+        nonfinite = [k for k, v in answer.outputs.items() if _float(v) and not np.isfinite(v).all()]
         if nonfinite:
             return error_reply(500, f"the pipeline's output(s) {', '.join(nonfinite)} hold NaN or inf (not valid JSON)")
-        return json_reply(
-            {
-                "pipeline": name,
-                "version": version,
-                "outputs": {k: v.tolist() for k, v in result.outputs.items()},
-                "timings_ms": {k: round(v, 4) for k, v in result.node_ms.items()},
-            }
-        )
+        return json_reply(answer.to_json())
 
     def pipelines(self) -> Reply:
         return json_reply({"pipelines": self.pipelines_view()})

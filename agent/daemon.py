@@ -19,8 +19,7 @@ from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
 from agent.memory import release_free_memory
 from agent.metrics import AgentMetrics
 from agent.mqtt import MqttSession
-from agent.pipeline.inference import PipelineInference
-from agent.pipeline.runner import PipelineResult
+from agent.pipeline.inference import PipelineAnswer, PipelineInference
 from agent.pipeline.serving import PipelineRegistry, load_pipeline
 from agent.pipeline.store import PipelineStore
 from agent.pipeline.updates import PipelineSteps
@@ -45,6 +44,7 @@ from protocol.messages import (
     ReportedState,
 )
 from protocol.messages import LifecycleState as State
+from protocol.pipeline import PipelineManifest, PipelineSpec
 from protocol.topics import Channel
 
 if TYPE_CHECKING:
@@ -125,7 +125,12 @@ class Agent:
         self.recorders, self.inference, self.uplink = serving_path(
             settings, self.device_id, self.profile.name, self.mqtt, self.context, self.events
         )
-        self.pipeline_inference = PipelineInference(self.pipelines, self.metrics, self.recorders, self.uplink.wake)
+        self.pipeline_inference = PipelineInference(
+            self.pipelines, self.metrics, self.recorders, self.uplink.wake,
+            endpoints=settings.pipeline_fallback, policies=settings.pipeline_fallback_policy,
+            online=self.mqtt.connected.is_set, spec_of=self._pipeline_spec,
+            self_test_failed=self._pipeline_self_test_failed,
+        )  # fmt: skip
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
     # ---- start / stop -------------------------------------------------------------------------
@@ -316,6 +321,7 @@ class Agent:
         self.pipelines.remove(name)
         self.pipeline_store.remove(name)
         self.pipeline_lifecycle.forget(name)
+        self.pipeline_steps.spec_file(name).unlink(missing_ok=True)
         self.emit(EventKind.UNINSTALLED, pipeline=name, version=version, reason=reason)
 
     def _serve_active_pipeline(self, name: str) -> None:
@@ -486,9 +492,28 @@ class Agent:
         """In-process prediction: the same path as the local API (fallback, telemetry)."""
         return self.inference.predict(name, inputs)
 
-    def predict_pipeline(self, name: str, inputs: dict[str, Any]) -> tuple[int, PipelineResult]:
-        """One call of a served pipeline: (its version, the result with each node's time)."""
+    def predict_pipeline(self, name: str, inputs: dict[str, Any]) -> PipelineAnswer:
+        """One call of a pipeline: the device's answer with each node's time, or the cloud's."""
         return self.pipeline_inference.predict(name, inputs)
+
+    def _pipeline_spec(self, name: str) -> PipelineSpec | None:
+        """The newest spec known for `name`: the active version's, else the one being downloaded."""
+        record = self.pipeline_lifecycle.load(name)
+        for version in (self.pipeline_store.slot_version(name, "active"), record.target_version):
+            if version is not None and self.pipeline_store.installed(name, version):
+                with contextlib.suppress(AgentError):
+                    return self.pipeline_store.manifest(name, version).spec
+        path = self.pipeline_steps.workdir(record) / "pipeline.json"
+        if record.target_version is not None and path.is_file():
+            with contextlib.suppress(ValueError):
+                return PipelineManifest.from_json(path.read_bytes()).spec
+        with contextlib.suppress(OSError, ValueError):
+            return PipelineSpec.from_json(self.pipeline_steps.spec_file(name).read_bytes())
+        return None
+
+    def _pipeline_self_test_failed(self, name: str) -> bool:
+        record = self.pipeline_lifecycle.load(name)
+        return record.state in TERMINAL and (record.reason or "").startswith("self-test failed")
 
 
 def _superseded_by(

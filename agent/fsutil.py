@@ -87,14 +87,15 @@ def remove_crash_leftovers(data_dir: Path) -> tuple[int, int]:
     events.seq, lifecycle/<model>.json and the models' slot links); half-written staging directories
     (models/<m>/versions/.<v>.tmp); version directories without a manifest that no slot points at (a
     removal cut short; staging would delete them anyway); models/.<m>.removed (an uninstall cut short);
-    the same for pipelines/ (whose versions are complete with pipeline.json) and pipeline-lifecycle/;
+    the same for pipelines/ (whose versions are complete with pipeline.json), pipeline-lifecycle/ and
+    pipeline-specs/;
     tuf/tmp???????? (python-tuf's metadata temp files).
     Kept: everything under downloads/ and pipeline-downloads/. A `<artifact>.part` file is resumed from its size
     (agent/download.py), a verified artifact there is staged when its update resumes, and an update that failed
     its download is retried into the same directory. Also kept: SQLite's -journal/-wal files, which recover the
     outboxes."""
     doomed: list[Path] = [*data_dir.glob(".*.tmp"), *data_dir.glob("lifecycle/.*.tmp")]
-    doomed += data_dir.glob("pipeline-lifecycle/.*.tmp")
+    doomed += [*data_dir.glob("pipeline-lifecycle/.*.tmp"), *data_dir.glob("pipeline-specs/.*.tmp")]
     for store, marker in (("models", "manifest.json"), ("pipelines", "pipeline.json")):
         root = data_dir / store
         doomed += root.glob(".*.removed")

@@ -112,6 +112,10 @@ class AgentSettings(BaseModel):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     fallback: dict[str, EndpointConfig] = Field(default_factory=dict)
     fallback_policy: dict[str, FallbackPolicy] = Field(default_factory=dict)
+    # Per pipeline (`[pipeline_fallback.NAME]`): an endpoint serving the whole pipeline as one model (a Triton
+    # ensemble, a KServe inference graph...), asked when the pipeline does not serve on the device (docs/pipelines.md).
+    pipeline_fallback: dict[str, EndpointConfig] = Field(default_factory=dict)
+    pipeline_fallback_policy: dict[str, FallbackPolicy] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _api_stays_local(self) -> AgentSettings:
@@ -161,7 +165,7 @@ class AgentSettings(BaseModel):
 
     @model_validator(mode="after")
     def _fallback_names(self) -> AgentSettings:
-        for table in ("fallback", "fallback_policy"):
+        for table in ("fallback", "fallback_policy", "pipeline_fallback", "pipeline_fallback_policy"):
             for name in getattr(self, table):
                 if not MODEL_NAME_RE.match(name):
                     raise ValueError(f"[{table}.{name}]: {name!r} is not a valid model name")

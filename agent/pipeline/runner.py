@@ -125,12 +125,24 @@ class PipelineRunner:
     def _coerced(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """The value table's pipeline inputs (`inputs.<name>`), each as its declared dtype and shape."""
         if inputs.keys() != self._inputs.keys():
-            unknown = [k for k in inputs if k not in self._inputs]
-            if unknown:
-                takes = ", ".join(self._inputs)
-                raise PipelineError(f"unknown input(s): {', '.join(map(str, unknown))}; the pipeline takes {takes}")
-            raise PipelineError(f"missing input(s): {', '.join(k for k in self._inputs if k not in inputs)}")
+            _refuse_names(self._inputs, inputs)
         return {self._input_keys[name]: _coerce(spec, inputs[name]) for name, spec in self._inputs.items()}
+
+
+def coerce_inputs(spec: PipelineSpec, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A pipeline's inputs by name, each as its declared dtype and shape (for a call that does not run here)."""
+    declared = {i.name: i for i in spec.inputs}
+    if inputs.keys() != declared.keys():
+        _refuse_names(declared, inputs)
+    return {name: _coerce(declared[name], inputs[name]) for name in declared}
+
+
+def _refuse_names(declared: Mapping[str, PipelineInput], inputs: Mapping[str, Any]) -> None:
+    unknown = [k for k in inputs if k not in declared]
+    if unknown:
+        takes = ", ".join(declared)
+        raise PipelineError(f"unknown input(s): {', '.join(map(str, unknown))}; the pipeline takes {takes}")
+    raise PipelineError(f"missing input(s): {', '.join(k for k in declared if k not in inputs)}")
 
 
 def _coerce(spec: PipelineInput, raw: Any) -> np.ndarray:

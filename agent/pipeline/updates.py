@@ -26,6 +26,7 @@ from agent.errors import (
     RuntimeMissing,
     SelfTestFailed,
 )
+from agent.fsutil import atomic_write
 from agent.lifecycle import Ev, UpdateRecord
 from agent.pipeline.golden import case_feeds
 from agent.pipeline.serving import PipelineRegistry, load_pipeline, self_test_pipeline
@@ -47,6 +48,10 @@ class PipelineSteps(DeviceSteps):
 
     def workdir(self, record: UpdateRecord) -> Path:
         return self.settings.data_dir / "pipeline-downloads" / record.name / str(record.target_version)
+
+    def spec_file(self, name: str) -> Path:
+        """The newest verified spec of pipeline `name` (kept until the pipeline is uninstalled)."""
+        return self.settings.data_dir / "pipeline-specs" / f"{name}.json"
 
     def _pipeline_manifest(self, record: UpdateRecord) -> PipelineManifest:
         path = self.workdir(record) / PIPELINE_FILE
@@ -138,6 +143,9 @@ class PipelineSteps(DeviceSteps):
                     raise DigestMismatch(f"stage {stage!r}: {e}") from e
                 if candidate == part:
                     part.replace(final)
+            # The newest verified spec stays known after the version is gone (a failed first install), so the
+            # cloud fallback still knows the pipeline's outputs.
+            atomic_write(self.spec_file(record.name), manifest.spec.to_bytes())
             return Ev.VERIFIED
 
         return self._guard(record, act, Ev.REFUSED, supersedable=True)

@@ -100,7 +100,7 @@ def tflite_models(out_dir: Path) -> dict[str, Path]:
 
     tf.keras.utils.set_random_seed(0)
     model = tf.keras.Sequential(
-        [tf.keras.Input((6,)), tf.keras.layers.Dense(8, activation="relu"), tf.keras.layers.Dense(3)]
+        [tf.keras.Input((6,), name="features"), tf.keras.layers.Dense(8, activation="relu"), tf.keras.layers.Dense(3)]
     )
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     paths["float"].write_bytes(conv.convert())

@@ -33,7 +33,7 @@ dtype = "float32"
 name = "embed"
 model = "dense"
 version = {version}
-inputs = {{ keras_tensor = "inputs.features" }}
+inputs = {{ features = "inputs.features" }}
 
 [[stages]]
 name = "head"

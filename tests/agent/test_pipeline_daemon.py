@@ -33,10 +33,10 @@ def test_a_pipeline_version_installs_as_one_unit_and_answers_through_the_local_a
 
     spec = spec_from_toml(SPEC.format(version=1))
     expected = local_runner(spec, artifacts).run(SAMPLES[0]).outputs
-    version, result = agent.predict_pipeline("mixed", SAMPLES[0])
-    assert version == 1
-    np.testing.assert_allclose(result.outputs["scores"], expected["scores"], rtol=1e-6)
-    assert set(result.node_ms) == {"embed", "head", "label"}
+    answer = agent.predict_pipeline("mixed", SAMPLES[0])
+    assert (answer.version, answer.source) == (1, "device")
+    np.testing.assert_allclose(answer.outputs["scores"], expected["scores"], rtol=1e-6)
+    assert set(answer.node_ms) == {"embed", "head", "label"}
     kinds = [e["kind"] for e in observer.events() if e.get("pipeline") == "mixed"]
     assert (
         kinds.index("verified") < kinds.index("activated") < kinds.index("self_test_passed") < kinds.index("committed")
@@ -121,8 +121,8 @@ def test_a_failing_stage_rolls_the_whole_set_back_with_the_stage_named(
     assert "stage 'head' (linear v2)" in report["reason"] and "NaN" in report["reason"]
     failed = [e for e in observer.events("self_test_failed") if e.get("pipeline") == "mixed"]
     assert failed and failed[-1]["version"] == 2 and "stage 'head'" in failed[-1]["reason"]
-    version, result = agent.predict_pipeline("mixed", SAMPLES[0])
-    assert version == 1 and np.isfinite(result.outputs["scores"]).all()
+    answer = agent.predict_pipeline("mixed", SAMPLES[0])
+    assert answer.version == 1 and np.isfinite(answer.outputs["scores"]).all()
     # Every stage of v1 serves, and nothing of v2: the embed stage of v2 passed its own self-test but never served.
     served = agent.pipelines.get("mixed")
     assert served is not None

@@ -29,7 +29,7 @@ dtype = "float32"
 name = "embed"
 model = "dense"
 version = 1
-inputs = { keras_tensor = "inputs.features" }
+inputs = { features = "inputs.features" }
 
 [[stages]]
 name = "head"
@@ -62,7 +62,7 @@ def test_a_mixed_runtime_pipeline_equals_its_stages_run_by_hand(stages: dict[str
     }
     x = np.random.default_rng(0).normal(size=(1, 6)).astype(np.float32)
     result = runner.run({"features": x})
-    embed = LoadedModel.from_file(stages["embed"]).predict({"keras_tensor": x})["output_0"]
+    embed = LoadedModel.from_file(stages["embed"]).predict({"features": x})["output_0"]
     head = LoadedModel.from_file(stages["head"]).predict({"x": embed})["y"]
     np.testing.assert_allclose(result.outputs["scores"], head, rtol=1e-6)
     np.testing.assert_array_equal(result.outputs["label"], np.argmax(head, axis=-1))
