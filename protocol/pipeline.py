@@ -372,7 +372,8 @@ class PipelineCase(Contract):
     inputs: dict[str, list[FiniteFloat]]
     expected: dict[str, list[FiniteFloat]]
     shapes: dict[str, list[Annotated[int, Field(ge=0)]]]  # inputs and outputs as fed / produced
-    expected_top1: dict[str, int] = Field(default_factory=dict)  # classifier outputs: the arg max of the expected
+    # Classifier outputs: the arg max over the last axis of each row (one per crop of a batched classifier).
+    expected_top1: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
 
 
 class PipelineGolden(Contract):

@@ -208,3 +208,11 @@ def test_agent_batch_runs_every_row_through_the_pipeline(tmp_path: Path, stages:
             expected = runner.run({"features": rows[i]}).outputs
             np.testing.assert_allclose(saved["scores"][i], expected["scores"][0], rtol=1e-6)
             assert saved["label"][i] == expected["label"][0]
+
+
+def test_golden_top1_is_checked_per_row_of_a_batched_classifier_output() -> None:
+    from agent.pipeline.golden import row_top1
+
+    crops = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])  # three crops, each its own answer
+    assert row_top1(crops) == [1, 0, 2]
+    assert row_top1(np.array([0.2, 0.7])) == [1]

@@ -229,7 +229,7 @@ def test_a_two_stage_pipeline_is_checked_run_and_signed_per_profile(fleet: Fleet
     assert check_golden(runner, golden) <= 1e-6
     got = runner.run(case_feeds(golden.cases[0])).outputs
     np.testing.assert_allclose(got["scores"].ravel(), golden.cases[0].expected["scores"], rtol=1e-6)
-    assert int(got["label"].ravel()[0]) == golden.cases[0].expected_top1["scores"]
+    assert [int(got["label"].ravel()[0])] == golden.cases[0].expected_top1["scores"]
 
     listed = fleet.get("/api/v1/pipelines?name=mixed").json()
     assert [(p["name"], p["version"], p["profiles"]) for p in listed] == [("mixed", 1, ["raspberry_pi_5"])]
@@ -243,7 +243,7 @@ def test_profiles_samples_and_immutability(fleet: Fleet) -> None:
     assert [(r["profile"], r["golden_cases"]) for r in first.json()["stored"]] == [("x86_gateway", 3)]
     stored = PipelineManifest.from_json(fleet.get("/api/v1/pipelines/chain/versions/1/x86_gateway/manifest").content)
     assert stored.golden is not None and stored.golden.cases[2].inputs["x"] == samples["x"][2][0]
-    assert stored.golden.cases[0].expected_top1 == {"y": int(np.argmax(stored.golden.cases[0].expected["y"]))}
+    assert stored.golden.cases[0].expected_top1 == {"y": [int(np.argmax(stored.golden.cases[0].expected["y"]))]}
 
     # Without --profile: every profile where each stage has an artifact; the one already stored is unchanged.
     second = fleet.post({"spec": spec_json(chain())})
