@@ -360,8 +360,14 @@ def status(config: Path | None) -> None:
     with _local_api(config) as (client, where):
         try:
             models = client.get("/v1/models").json()["models"]
+            pipelines = client.get("/v1/pipelines").json()["pipelines"]
         except httpx.HTTPError as e:
             raise click.ClickException(f"the agent's local API at {where} does not answer: {e}") from e
-    for m in models:
-        line = f"{m['name']}: active v{m['active_version']} previous v{m['previous_version']} state {m['state']}"
-        click.echo(line + (f" ({m['reason']})" if m.get("reason") else ""))
+    if not models and not pipelines:
+        click.echo("no model installed (the daemon runs; nothing was rolled out to this device yet)")
+    for kind, units in (("", models), ("pipeline ", pipelines)):
+        for m in units:
+            active = f"v{m['active_version']}" if m["active_version"] is not None else "none"
+            previous = f"v{m['previous_version']}" if m["previous_version"] is not None else "none"
+            line = f"{kind}{m['name']}: active {active}, previous {previous}, state {m['state']}"
+            click.echo(line + (f" ({m['reason']})" if m.get("reason") else ""))

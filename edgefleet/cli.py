@@ -23,6 +23,19 @@ LAZY_COMMANDS: dict[str, str] = {
     "demo": "edgefleet.demo:demo",
     "simulate": "edgefleet.simulate:simulate",
 }
+# One line each for `edgefleet --help`, kept here so listing the commands imports none of them.
+SUMMARIES: dict[str, str] = {
+    "profiles": "List and show firmware profiles (the device classes models are built for).",
+    "convert": "Convert a trained model into per-profile artifacts, measured against the source.",
+    "hub": "Run and administer the hub: init, serve, backup, restore, key rotation, broker accounts.",
+    "models": "Push converted model versions to the hub and list them.",
+    "pipelines": "Push pipeline versions (several models as one unit) to the hub and list them.",
+    "devices": "List and decommission enrolled devices; issue enrollment tokens.",
+    "rollouts": "Roll model and pipeline versions out in waves; pause, resume, abort, roll back.",
+    "agent": "The device agent: run the daemon, predict and batch, status, rollback.",
+    "demo": "Play the whole chain on this machine: hub, broker, agents, rollouts, drift.",
+    "simulate": "Simulate a large fleet of devices against a hub (load and scale tests).",
+}
 
 
 class LazyGroup(click.Group):
@@ -57,7 +70,7 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Listing help must not import heavy modules: show names only.
         with formatter.section("Commands"):
-            formatter.write_dl([(name, "") for name in self.list_commands(ctx)])
+            formatter.write_dl([(name, SUMMARIES.get(name, "")) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
+import os
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +19,40 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.errors import ModelLoadError, RuntimeUnavailable
 from agent.runtimes.base import Array, TensorInfo
 from protocol.signatures import SignatureChoiceError, choose_signature
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def native_info_to_debug() -> Iterator[None]:
+    """LiteRT's C++ logger writes `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` straight to file
+    descriptor 2 when the first interpreter is made: runtime chatter on a CLI's stderr. While this runs, fd 2
+    goes to a temporary file; afterwards its `INFO:` lines go to this module's DEBUG log and everything else
+    (warnings, errors, other threads' writes) back to stderr, in order."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (a closed stderr): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = []
+            for line in caught.read().splitlines(keepends=True):
+                if line.startswith(b"INFO: "):
+                    log.debug("LiteRT: %s", line.decode(errors="replace").strip())
+                else:
+                    kept.append(line)
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 class LiteRTConfig(BaseModel):
@@ -91,12 +130,13 @@ class LiteRTRuntime:
     def __init__(self, path: Path, config: LiteRTConfig) -> None:
         interpreter_cls = _interpreter_class()
         try:
-            self._interp = interpreter_cls(
-                model_path=str(path), num_threads=config.threads,
-                experimental_delegates=_delegates(interpreter_cls, config, path),
-            )
-            # Allocated before any SignatureRunner exists: the interpreter refuses while one holds its wrapper.
-            self._interp.allocate_tensors()
+            with native_info_to_debug():
+                self._interp = interpreter_cls(
+                    model_path=str(path), num_threads=config.threads,
+                    experimental_delegates=_delegates(interpreter_cls, config, path),
+                )
+                # Allocated before any SignatureRunner exists: the interpreter refuses while one holds its wrapper.
+                self._interp.allocate_tensors()
             try:
                 self.signature = choose_signature(list(self._interp.get_signature_list()), config.signature)
             except SignatureChoiceError as e:

@@ -93,7 +93,7 @@ def test_status_and_rollback_cli_talk_to_the_local_api(api: tuple[str, Agent], t
     config = tmp_path / "cli.toml"
     config.write_text(f'profile = "x86_gateway"\napi_port = {url.rsplit(":", 1)[1]}\n')
     res = CliRunner().invoke(cli, ["agent", "status", "--config", str(config)])
-    assert res.exit_code == 0 and "demo: active v2 previous v1 state committed" in res.output
+    assert res.exit_code == 0 and "demo: active v2, previous v1, state committed" in res.output
     res = CliRunner().invoke(cli, ["agent", "rollback", "demo", "--config", str(config)])
     assert res.exit_code == 0 and "rollback of demo queued" in res.output
     wait_for(lambda: agent.serving.get("demo").version == 1, what="rolled back")  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,24 @@ def test_batch_and_profiles_work_without_rich(tmp_path: Path, monkeypatch: pytes
     assert any(line.startswith("raspberry_pi_4 ") for line in lines)
     res = CliRunner().invoke(cli, ["profiles", "show", "esp32_s3"])
     assert res.exit_code == 0 and "256 KiB" in res.output and "tflite_micro" in res.output
+
+
+def test_agent_predict_keeps_litert_chatter_off_stderr(tmp_path: Path, tflite_paths: dict[str, Path]) -> None:
+    """LiteRT's C++ `INFO: Created TensorFlow Lite XNNPACK delegate` line no longer reaches the CLI's stderr."""
+    np.savez(tmp_path / "in.npz", np.zeros((1, 6), np.float32))
+    run = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "agent", "predict", str(tflite_paths["float"]), str(tmp_path / "in.npz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "output_0 [1, 3] float32" in run.stdout
+    assert "INFO:" not in run.stderr, run.stderr
+
+
+def test_native_stderr_filter_drops_info_lines_only(capfd: pytest.CaptureFixture[str]) -> None:
+    from agent.runtimes.litert import native_info_to_debug
+
+    with native_info_to_debug():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nWARNING: kept\n")
+    assert capfd.readouterr().err == "WARNING: kept\n"

@@ -73,6 +73,17 @@ def test_a_pipeline_version_installs_as_one_unit_and_answers_through_the_local_a
         assert "pipeline mixed v1:" in said.output and "label" in said.output
         wrong = CliRunner().invoke(cli, [*args[:3], "nope", *args[4:]])
         assert wrong.exit_code == 1 and "no pipeline named 'nope' is serving" in wrong.output
+        status = CliRunner().invoke(cli, ["agent", "status", "--config", str(config)])
+        assert status.exit_code == 0 and "pipeline mixed: active v1, previous none, state committed" in status.output
+
+
+def test_agent_status_says_when_nothing_is_installed(tmp_path: Path, make_agent: Any) -> None:
+    agent = make_agent(profile=PROFILE)
+    with local_api(agent) as base:
+        config = tmp_path / "cli-agent.toml"
+        config.write_text(f'profile = "{PROFILE}"\napi_port = {base.rsplit(":", 1)[1]}\n')
+        said = CliRunner().invoke(cli, ["agent", "status", "--config", str(config)])
+    assert said.exit_code == 0 and said.output.startswith("no model installed"), said.output
 
 
 def test_each_stage_reports_its_own_telemetry_window(
