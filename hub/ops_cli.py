@@ -67,7 +67,7 @@ def _api(url: str, token: str | None) -> Api:
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(title=title)
     for c in columns:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")  # a long id wraps onto the next line, never cut to "…"
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)

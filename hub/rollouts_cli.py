@@ -66,10 +66,23 @@ def create(model: str, version: int, rollout_id: str | None, group: str | None, 
 @rollouts.command("list")
 @_options
 def list_rollouts(url: str, token: str | None) -> None:
-    """Every rollout and its state."""
-    rows = [[r["id"], r["model"], r["version"], r["state"], r["current_wave"], r["reason"]]
-            for r in _api(url, token).call("GET", "/api/v1/rollouts")]  # fmt: skip
-    _table("rollouts", ["id", "model", "version", "state", "wave", "reason"], rows)
+    """Every rollout: what it ships, its state, and per wave how many devices are healthy of how many."""
+    rows = [[r["id"], ("pipeline " if r.get("kind") == "pipeline" else "") + r["model"], r["version"], r["state"],
+             progress(r["waves"]), r["reason"]] for r in _api(url, token).call("GET", "/api/v1/rollouts")]  # fmt: skip
+    _table("rollouts", ["id", "ships", "version", "state", "healthy per wave", "last reason"], rows)
+
+
+def left_with_nothing(ro: dict[str, Any], device_id: str | None, in_group: set[str] | None) -> list[str]:
+    """Devices in scope that run the rollout's version (probation or healthy) and had none before it."""
+    return [d["device_id"] for d in ro.get("devices") or []
+            if d["previous_version"] is None and d["state"] in ("probation", "healthy")
+            and (device_id is None or d["device_id"] == device_id)
+            and (in_group is None or d["device_id"] in in_group)]  # fmt: skip
+
+
+def progress(waves: list[dict[str, Any]]) -> str:
+    """`1/1 2/3 -/5`: healthy of total per wave, `-` for a wave not released yet."""
+    return " ".join(f"{w['counts'].get('healthy', 0) if w['released'] else '-'}/{w['total']}" for w in waves)
 
 
 @rollouts.command("show")
@@ -101,8 +114,25 @@ for _name in ("pause", "resume", "abort"):
 @click.argument("rollout_id")
 @click.option("--group", default=None, help="only this group")
 @click.option("--device", "device_id", default=None, help="only this device")
+@click.option("--yes", is_flag=True, help="also when it leaves devices with no version at all (their first one)")
 @_options
-def rollback(rollout_id: str, group: str | None, device_id: str | None, url: str, token: str | None) -> None:
-    """Return devices to their previous version: the whole rollout, one group, or one device."""
+def rollback(
+    rollout_id: str, group: str | None, device_id: str | None, yes: bool, url: str, token: str | None
+) -> None:
+    """Return devices to their previous version: the whole rollout, one group, or one device.
+
+    Devices for which the rollout's version was their first have no previous one: rolling back removes it
+    from them, so that needs --yes."""
+    api = _api(url, token)
     scope = {k: v for k, v in {"group": group, "device_id": device_id}.items() if v}
-    _show(_api(url, token).call("POST", f"/api/v1/rollouts/{rollout_id}/rollback", json=scope or None))
+    if not yes:
+        ro = api.call("GET", f"/api/v1/rollouts/{rollout_id}")
+        in_group = {d["id"] for d in api.call("GET", "/api/v1/devices") if d["group"] == group} if group else None
+        first = left_with_nothing(ro, device_id, in_group)
+        if first:
+            what = ("pipeline " if ro.get("kind") == "pipeline" else "") + f"{ro['model']}"
+            raise click.ClickException(
+                f"rolling back {rollout_id} removes {what} from {len(first)} device(s) that had no earlier version "
+                f"(e.g. {first[0]}): they would run nothing; add --yes to do it"
+            )
+    _show(api.call("POST", f"/api/v1/rollouts/{rollout_id}/rollback", json=scope or None))

@@ -29,7 +29,11 @@ def matches(target: RolloutTarget, device: dict[str, Any]) -> bool:
 
 
 def wave_sizes(n: int, canary_percent: float, stages: list[float]) -> list[int]:
-    """How many devices each wave gets: a canary (at least one device if any), then cumulative stages."""
+    """How many devices each wave gets: a canary (at least one device if any), then cumulative stages.
+
+    A wave that would get no device (3 devices, canary 34 %, stages 67 and 100: 2, 1, then 0) is left out, so no
+    rollout waits on or reports an empty wave; with no device at all there is one wave, which devices that
+    enroll later join."""
     cumulative: list[int] = []
     if canary_percent > 0 and n > 0:
         cumulative.append(max(1, math.ceil(n * canary_percent / 100)))
@@ -39,7 +43,7 @@ def wave_sizes(n: int, canary_percent: float, stages: list[float]) -> list[int]:
     for c in cumulative:
         sizes.append(min(c, n) - prev)
         prev = min(c, n)
-    return sizes
+    return [s for s in sizes if s > 0] or [0]
 
 
 def assign_waves(rollout_id: str, device_ids: list[str], sizes: list[int]) -> dict[str, int]:

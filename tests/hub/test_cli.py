@@ -106,3 +106,32 @@ def test_root_key_kept_offline_signs_a_new_root(tmp_path: Path) -> None:
     code, out = run("hub", "sign-root", "--data-dir", str(data), "--root-key", str(offline), "--days", "30")
     assert code == 0 and "signed 2.root.json" in out
     assert (data / "tuf" / "metadata" / "2.root.json").exists()
+
+
+def test_rollback_that_would_leave_devices_with_nothing_needs_yes() -> None:
+    from hub.rollouts_cli import left_with_nothing, progress
+
+    ro = {"devices": [
+        {"device_id": "a", "state": "healthy", "previous_version": None},
+        {"device_id": "b", "state": "healthy", "previous_version": 1},
+        {"device_id": "c", "state": "pending", "previous_version": None},
+        {"device_id": "d", "state": "probation", "previous_version": None},
+    ]}  # fmt: skip
+    assert left_with_nothing(ro, None, None) == ["a", "d"]
+    assert left_with_nothing(ro, "b", None) == []
+    assert left_with_nothing(ro, None, {"d"}) == ["d"]
+    waves = [{"total": 1, "released": True, "counts": {"healthy": 1}},
+             {"total": 3, "released": True, "counts": {"healthy": 1, "downloading": 2}},
+             {"total": 5, "released": False, "counts": {"pending": 5}}]  # fmt: skip
+    assert progress(waves) == "1/1 1/3 -/5"
+
+
+def test_tables_wrap_long_ids_instead_of_cutting_them(capsys: pytest.CaptureFixture[str]) -> None:
+    from hub.ops_cli import _table
+
+    long_id = "device-" + "x" * 90 + "-end"
+    _table("devices", ["id", "profile", "state"], [[long_id, "raspberry_pi_4", "online"]])
+    out = capsys.readouterr().out
+    assert "…" not in out
+    cells = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") >= 3]
+    assert "".join(cells) == long_id  # the first column, read top to bottom, is the whole id

@@ -29,7 +29,7 @@ def test_target_criteria_all_must_match() -> None:
 @pytest.mark.parametrize(
     ("n", "canary", "stages", "sizes"),
     [(10, 10, [50, 100], [1, 4, 5]), (3, 10, [100], [1, 2]), (0, 10, [100], [0]), (5, 0, [100], [5]),
-     (1, 50, [50, 100], [1, 0, 0])],
+     (1, 50, [50, 100], [1]), (3, 34, [67, 100], [2, 1]), (2, 50, [100], [1, 1])],
 )  # fmt: skip
 def test_wave_sizes(n: int, canary: float, stages: list[float], sizes: list[int]) -> None:
     assert wave_sizes(n, canary, stages) == sizes
