@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import numpy as np
 
-from agent.errors import AgentError
+from agent.errors import AgentError, InputError
 
 if TYPE_CHECKING:
     import socket
@@ -144,7 +144,10 @@ def predict(
         model_file, inputs = files
         _must_exist(model_file, inputs)
         model = LoadedModel.from_file(model_file, threads=threads, signature=signature)
-        outputs = model.predict(read_inputs(inputs, model))
+        try:
+            outputs = model.predict(read_inputs(inputs, model))
+        except InputError as e:
+            raise InputError(f"{inputs}: {e}") from e
     if out is not None:
         write_outputs(out, outputs)
         click.echo(f"wrote {', '.join(outputs)} to {out}")

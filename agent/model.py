@@ -160,11 +160,12 @@ class LoadedModel:
             else:
                 out[b.name] = value
         missing = [b.name for b in self.inputs if b.name not in out]
+        if unknown:  # a misspelt name shows as unknown (naming what the model takes), not only as a missing one
+            names = ", ".join(b.name for b in self.inputs)
+            lacking = f" (missing: {', '.join(missing)})" if missing else ""
+            raise InputError(f"unknown input(s): {', '.join(unknown)}; the model takes {names}{lacking}")
         if missing:
             raise InputError(f"missing input(s): {', '.join(missing)}")
-        if unknown:
-            names = ", ".join(b.name for b in self.inputs)
-            raise InputError(f"unknown input(s): {', '.join(unknown)}; the model takes {names}")
         return out
 
     def coerce(self, name: str, raw: Any) -> Array:

@@ -88,6 +88,12 @@ def convert_cmd(model: Path, profiles: tuple[str, ...], calibration: Path, valid
             console.print(f"{r.profile.name}: {escape(note)}", highlight=False)
     for key, why in result.cloud_skipped.items():
         console.print(f"cloud: no {key} export: {escape(why)}", highlight=False)
+    if result.reference_accuracy is None and any(
+        r.manifest is not None and r.manifest.task.value == "classification" for r in result.results
+    ):
+        from converter.report import NO_LABELS
+
+        console.print(escape(NO_LABELS.replace("`", "'")), highlight=False)
     console.print(f"wrote {out}")
     if result.refused_profiles:
         sys.exit(EXIT_PROFILE_REFUSED)

@@ -60,10 +60,15 @@ def _provenance(ref: dict[str, Any]) -> str:
     return f" (sha256 {ref['sha256'][:16]}...)" if ref.get("sha256") else ""
 
 
+NO_LABELS = ("No labels in the validation data (no `y`): accuracy is not measured; each artifact is judged by its "
+             "agreement with the float model only")
+
+
 def markdown(result: ConvertResult) -> str:
     lines = [f"# Conversion report: {result.name} v{result.version}", "",
              f"Source: {result.source_kind}{_provenance(result.source)}. "
-             f"Float reference top-1 accuracy: {_pct(result.reference_accuracy)}.", ""]
+             + (f"Float reference top-1 accuracy: {_pct(result.reference_accuracy)}."
+                if result.reference_accuracy is not None else NO_LABELS + "."), ""]  # fmt: skip
     for r in result.results:
         p = r.profile
         chosen = r.manifest.kind if r.manifest else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,12 @@ def load_keras(path: Path) -> SourceModel:
     quiet_tensorflow()
     import keras
 
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras says "File not found" for a file that is there but is not the zip a .keras file is.
+        raise ModelLoadError(
+            f"{path.name}: not a Keras v3 model file (a .keras file is a zip archive; this one is damaged or "
+            "something else renamed); save it again with model.save('model.keras')"
+        )
     model = keras.models.load_model(path, compile=False)
     inputs = [TensorSpec(name=t.name, shape=dims(t.shape), dtype=_dtype(t.dtype)) for t in model.inputs]  # type: ignore[arg-type]
     output_names = [f"output_{i}" for i in range(len(model.outputs))] if len(model.outputs) > 1 else ["output"]

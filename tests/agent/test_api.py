@@ -65,7 +65,7 @@ def test_predict_and_introspection(api: tuple[str, Agent]) -> None:
         (b'{"x": 1}', 422, "inputs"),
         (b'{"inputs": {"x": [[1, 2, 3]]}}', 422, "dim 1 is 3, expected 4"),
         (b'{"inputs": {"x": [["a", "b", "c", "d"]]}}', 422, "not numeric"),
-        (b'{"inputs": {"q": [[1, 2, 3, 4]]}}', 422, "missing input"),
+        (b'{"inputs": {"q": [[1, 2, 3, 4]]}}', 422, "unknown input(s): q; the model takes x (missing: x)"),
         (b'{"inputs": {"x": [[1, 2], [3]]}}', 422, "not a numeric array"),
     ],
 )

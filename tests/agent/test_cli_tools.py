@@ -41,7 +41,7 @@ def test_predict_bad_input_is_one_line_and_nonzero(tmp_path: Path) -> None:
     np.savez(tmp_path / "in.npz", x=np.ones((2, 5), np.float32))
     res = CliRunner().invoke(cli, ["agent", "predict", str(model), str(tmp_path / "in.npz")])
     assert res.exit_code == 1
-    assert res.output.strip() == "Error: input 'x': dim 1 is 5, expected 4 (shape [?, 4])"
+    assert res.output.strip() == f"Error: {tmp_path / 'in.npz'}: input 'x': dim 1 is 5, expected 4 (shape [?, 4])"
     (tmp_path / "junk.npz").write_text("junk")
     res = CliRunner().invoke(cli, ["agent", "predict", str(model), str(tmp_path / "junk.npz")])
     assert res.exit_code == 1 and "not a readable .npz" in res.output
@@ -142,3 +142,11 @@ def test_native_stderr_filter_drops_info_lines_only(capfd: pytest.CaptureFixture
     with native_info_to_debug():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nWARNING: kept\n")
     assert capfd.readouterr().err == "WARNING: kept\n"
+
+
+def test_agent_predict_with_a_misnamed_array_names_it_and_the_file(tmp_path: Path) -> None:
+    model = onnx_linear(tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", image=np.zeros((1, 4), np.float32))
+    res = CliRunner().invoke(cli, ["agent", "predict", str(model), str(tmp_path / "in.npz")])
+    assert res.exit_code == 1
+    assert f"{tmp_path / 'in.npz'}: unknown input(s): image; the model takes x (missing: x)" in res.output

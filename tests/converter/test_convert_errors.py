@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ def test_unreadable_model(keras_converted: Converted, tmp_path: Path) -> None:
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"this is not a zip archive")
     code, out = _run(_args(keras_converted, tmp_path / "out", model=bad))
-    assert code == 1 and "cannot load keras model" in _error_line(out)
+    line = _error_line(out)
+    assert code == 1 and "broken.keras: not a Keras v3 model file" in line and "File not found" not in line
     _nothing_written(tmp_path, tmp_path / "out")
 
 
@@ -110,3 +112,19 @@ def test_force_replaces_atomically(keras_converted: Converted, tmp_path: Path) -
     assert code == 0
     assert '"version":2' in (out_dir / "x86_gateway" / "manifest.json").read_text() and first != ""
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_validation_without_labels_says_agreement_only(keras_converted: Converted, tmp_path: Path) -> None:
+    """A classifier's validation data without `y`: no accuracy is claimed (never 0 %), the report and the CLI
+    say that the artifacts were compared with the float model only."""
+    with np.load(keras_converted.validation) as data:
+        x = data["x"]
+    val = tmp_path / "val.npz"
+    np.savez(val, x=x)
+    out = tmp_path / "out"
+    code, said = _run(_args(keras_converted, out, val=val))
+    assert code == 0, said
+    assert "No labels in the validation data (no 'y'): accuracy is not measured" in said
+    report = (out / "report.md").read_text()
+    assert "No labels in the validation data" in report
+    assert re.search(r"(?<![0-9])0\.00%", report) is None  # no accuracy of 0 % anywhere (100.00% agreement is fine)
