@@ -66,13 +66,19 @@ def _enroll(settings: AgentSettings, client: httpx.Client | None) -> EnrollRespo
     """Trade the enrollment token for an identity and keep it (0600)."""
     if not settings.hub_url or not settings.enrollment_token:
         raise ConfigError("not enrolled: set hub_url and enrollment_token for the first start")
-    request = EnrollRequest(
-        enrollment_token=settings.enrollment_token,
-        profile=settings.profile,
-        device_id=settings.device_id,
-        tags=settings.tags,
-        agent_version=AGENT_VERSION,
-    )
+    try:
+        request = EnrollRequest(
+            enrollment_token=settings.enrollment_token,
+            profile=settings.profile,
+            device_id=settings.device_id,
+            tags=settings.tags,
+            agent_version=AGENT_VERSION,
+        )
+    except ValidationError as e:  # the settings passed their own checks; the wire contract is stricter
+        first = e.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first["loc"])
+        hint = " (the token `edgefleet devices enroll-token` printed)" if key == "enrollment_token" else ""
+        raise ConfigError(f"{key}: {first['msg']}{hint}") from e
     import httpx  # first start only: the steady-state daemon does not load it
 
     own = client is None

@@ -192,3 +192,12 @@ def test_an_unreachable_hub_at_first_start_is_one_line(tmp_path: Path, hub: HubS
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the hub at http://127.0.0.1:"), res.stderr
     assert not (tmp_path / "device" / "identity.json").exists()
+
+
+def test_a_too_short_enrollment_token_is_one_line(tmp_path: Path, hub: HubStub, unique_root: str) -> None:
+    config = write_config(tmp_path / "agent.toml", tmp_path / "device", hub, unique_root, enrollment_token="x")
+    res = run_agent(config)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: enrollment_token: String should have at least 8"), res.stderr
+    assert "validation error for EnrollRequest" not in res.stderr
