@@ -134,3 +134,16 @@ def test_enrollment_tokens_devices_and_audit(client: TestClient) -> None:
     assert client.get("/healthz").json()["database"] is True
     assert client.get("/docs").status_code == 200 and "/api/v1/rollouts" in client.get("/openapi.json").json()["paths"]
     assert "edgefleet_hub_http_requests_total" in client.get("/metrics").text
+
+
+def test_healthz_is_degraded_while_the_broker_is_out_of_reach(tmp_path: Path) -> None:
+    from tests.support.broker import free_port
+
+    settings = HubSettings(data_dir=tmp_path / "data", admin_token="admin-secret-token", mqtt_enabled=True,
+                           mqtt_port=free_port())  # fmt: skip  # nothing listens there
+    with TestClient(create_app(settings, background=False)) as c:
+        health = c.get("/healthz")
+        assert health.status_code == 200  # the API still serves: a load balancer keeps the replica
+        assert (health.json()["status"], health.json()["mqtt_connected"]) == ("degraded", False)
+    with TestClient(create_app(settings.model_copy(update={"mqtt_enabled": False}), background=False)) as c:
+        assert c.get("/healthz").json()["status"] == "ok"  # no broker wanted: nothing is missing

@@ -18,7 +18,7 @@ router = APIRouter(tags=["health"])
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description='"ok", or "degraded" while MQTT is enabled and the broker is not connected')
     database: bool
     mqtt_connected: bool
     tuf_timestamp_expires: datetime
@@ -33,7 +33,10 @@ def healthz(hub: HubDep) -> Health:
         conn.execute(text("SELECT 1"))
     mqtt = hub.bridge is not None and hub.bridge.connected.is_set()
     expires = hub.repo.load("timestamp").signed.expires
-    return Health(status="ok", database=True, mqtt_connected=mqtt, tuf_timestamp_expires=expires,
+    # With MQTT on and the broker out of reach the API still serves (downloads, pushes), but no desired state
+    # goes out and nothing comes in: "degraded", still 200 so a load balancer keeps the replica.
+    status = "degraded" if hub.settings.mqtt_enabled and not mqtt else "ok"
+    return Health(status=status, database=True, mqtt_connected=mqtt, tuf_timestamp_expires=expires,
                   leader=hub.is_leader, replica=hub.replica_id)  # fmt: skip
 
 
