@@ -7,6 +7,7 @@ swapped in after a private `mosquitto -c` on a spare port has accepted it.
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 from hub.errors import BrokerConfigError
+
+log = logging.getLogger(__name__)
 
 HUB_USERNAME = "edgefleet-hub"
 
@@ -52,6 +55,7 @@ class MosquittoAuth:
         self.topic_root = topic_root
         self.binary = binary
         self._lock = threading.Lock()
+        self._stale: str | None = None  # the stale pid_file content last warned about
 
     def apply(self, hashes: dict[str, str]) -> None:
         """Write candidates, validate them, swap them in and ask the broker to reload."""
@@ -107,12 +111,27 @@ class MosquittoAuth:
                     proc.stderr.close()
 
     def _reload(self) -> None:
+        """SIGHUP the broker named by `pid_file`. A pid file a stopped broker left behind (or one that holds no
+        pid) is not an error of the accounts: the files are written, and a broker started later reads them; it
+        is logged (once per pid) and the hub goes on."""
         if self.pid_file is None or not self.pid_file.exists():
             return
+        text = self.pid_file.read_text().strip()
         try:
-            os.kill(int(self.pid_file.read_text().strip()), signal.SIGHUP)
+            os.kill(int(text), signal.SIGHUP)
         except (ValueError, ProcessLookupError) as e:
-            raise BrokerConfigError(f"cannot signal the broker from {self.pid_file}: {e}") from e
+            what = "no process has that pid" if isinstance(e, ProcessLookupError) else "it holds no pid"
+            if self._stale != text:
+                self._stale = text
+                log.warning(
+                    "pid_file %s says %r but %s: the broker is not running (or writes another pid file); "
+                    "the accounts are written and a broker started now reads them",
+                    self.pid_file, text, what,
+                )  # fmt: skip
+            return
+        except PermissionError as e:
+            raise BrokerConfigError(f"cannot signal the broker (pid {text} from {self.pid_file}): {e}") from e
+        self._stale = None
 
 
 def _write_candidate(live: Path, content: str) -> Path:

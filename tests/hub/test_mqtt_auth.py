@@ -76,3 +76,33 @@ def test_reload_adds_devices_and_rejects_invalid_candidates(secured, monkeypatch
     assert (auth.acl_file.read_text(), auth.password_file.read_text()) == before
     assert not list(auth.acl_file.parent.glob(".*candidate*"))
     assert broker.proc is not None and broker.proc.poll() is None
+
+
+def test_a_stale_pid_file_is_one_warning_and_the_accounts_are_still_written(
+    tmp_path: Path, unique_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pid file a stopped broker left behind: the hub writes the accounts (a broker started later reads them)
+    and says so once, instead of failing its start with a traceback."""
+    import os
+
+    pid_file = tmp_path / "mosquitto.pid"
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)  # a pid that no process has now
+    pid_file.write_text(f"{dead}\n")
+    auth = MosquittoAuth(password_file=tmp_path / "auth" / "passwd", acl_file=tmp_path / "auth" / "acl",
+                         pid_file=pid_file, topic_root=unique_root)  # fmt: skip
+    with caplog.at_level("WARNING", logger="hub.mqtt.auth"):
+        auth.apply({u: mosquitto_hash(p) for u, p in PASSWORDS.items()})
+        auth.apply({u: mosquitto_hash(p) for u, p in PASSWORDS.items()})
+    stale = [r.getMessage() for r in caplog.records if "the broker is not running" in r.getMessage()]
+    assert len(stale) == 1 and f"'{dead}'" in stale[0] and "no process has that pid" in stale[0]
+    assert "devA:" in (tmp_path / "auth" / "passwd").read_text()
+    broker = start_broker(tmp_path / "mosq", extra_conf=[f"password_file {auth.password_file}",
+                                                         f"acl_file {auth.acl_file}"])  # fmt: skip
+    try:  # the broker started afterwards reads what was written
+        a = Collector(broker.port, "devA", PASSWORDS["devA"]).wait_connected()
+        a.close()
+    finally:
+        broker.stop()
