@@ -34,7 +34,7 @@ def hub() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="default: EDGEFLEET_HUB_DATA_DIR")
 def init(data_dir: Path | None) -> None:
     """Create the data dir: TUF keys and metadata, admin token, the hub's broker password."""
-    from hub.services import init_data_dir
+    from hub.services import init_broker_files, init_data_dir
 
     settings = _settings(data_dir)
     try:
@@ -48,10 +48,29 @@ def init(data_dir: Path | None) -> None:
     else:
         click.echo(f"TUF metadata and artifacts: {settings.storage_backend}; keys in {settings.tuf_dir / 'keys'} (give "
                    "every replica a copy; move keys/root.pem offline: docs/hub.md)")  # fmt: skip
+    try:
+        broker_files = init_broker_files(settings)
+    except (HubError, OSError) as e:
+        raise click.ClickException(f"broker files: {_one_line(e)}") from e
+    if broker_files is not None:
+        click.echo(f"broker accounts: {broker_files[0]} and {broker_files[1]} (the hub's account; Mosquitto can "
+                   "start now: edgefleet hub broker-config prints a matching mosquitto.conf)")  # fmt: skip
     if token:
         click.echo(f"admin token (also in {settings.admin_token_file}): {token}")
     else:
         click.echo(f"already initialised; admin token is in {settings.admin_token_file}")
+
+
+@hub.command("broker-config")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def broker_config_cmd(data_dir: Path | None) -> None:
+    """Print a mosquitto.conf matching the hub's settings (broker files, pid file, listener)."""
+    from hub.services import broker_config
+
+    settings = _settings(data_dir)
+    if settings.broker_auth != "files":
+        raise click.ClickException("BROKER_AUTH is dynsec: `edgefleet hub dynsec-config FILE` writes its accounts")
+    click.echo(broker_config(settings), nl=False)
 
 
 @hub.command()

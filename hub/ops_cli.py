@@ -56,8 +56,15 @@ def _token(token: str | None) -> str:
 
 
 def _options(f: Any) -> Any:
-    f = click.option("--token", envvar="EDGEFLEET_HUB_ADMIN_TOKEN", default=None, help="admin bearer token")(f)
-    return click.option("--hub", "url", envvar="EDGEFLEET_HUB_URL", default="http://127.0.0.1:8080")(f)
+    f = click.option(
+        "--token", envvar="EDGEFLEET_HUB_ADMIN_TOKEN", default=None,
+        help="admin bearer token; else $EDGEFLEET_HUB_ADMIN_TOKEN, else $EDGEFLEET_HUB_DATA_DIR/admin_token "
+        "(./hub-data/admin_token), as `hub init` wrote it",
+    )(f)  # fmt: skip
+    return click.option(
+        "--hub", "url", envvar="EDGEFLEET_HUB_URL", default="http://127.0.0.1:8080", show_default=True,
+        help="the hub's URL; else $EDGEFLEET_HUB_URL",
+    )(f)  # fmt: skip
 
 
 def _api(url: str, token: str | None) -> Api:

@@ -66,6 +66,44 @@ def init_data_dir(settings: HubSettings, storage: Storage | None = None) -> str 
     return token
 
 
+def init_broker_files(settings: HubSettings) -> tuple[Path, Path] | None:
+    """With `broker_auth = files` and both Mosquitto files configured: write them (the hub's own account and the
+    ACL) if they are not there yet, so Mosquitto can start before `hub serve` first runs; `serve` rewrites them with
+    every device's account. Returns their paths, or None when the hub does not manage them."""
+    s = settings
+    if not (s.mqtt_enabled and s.broker_auth == "files" and s.mosquitto_password_file and s.mosquitto_acl_file):
+        return None
+    files = (s.mosquitto_password_file, s.mosquitto_acl_file)
+    if not all(f.exists() for f in files):
+        auth = MosquittoAuth(password_file=files[0], acl_file=files[1], pid_file=None, topic_root=s.topic_root,
+                             binary=s.mosquitto_binary)  # fmt: skip
+        password = s.mqtt_password_file.read_text().strip()
+        auth.apply({HUB_USERNAME: mosquitto_hash(password)})
+    return files
+
+
+def broker_config(settings: HubSettings) -> str:
+    """A Mosquitto configuration that matches these settings (files mode): what `hub broker-config` prints."""
+    s = settings
+    lines = [
+        "# Mosquitto for EdgeFleet (edgefleet hub broker-config): accounts and ACL written by the hub.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {s.mosquitto_password_file or '/var/lib/edgefleet-hub/mosquitto/passwd'}",
+        f"acl_file {s.mosquitto_acl_file or '/var/lib/edgefleet-hub/mosquitto/acl'}",
+        f"pid_file {s.mosquitto_pid_file or '/run/mosquitto/mosquitto.pid'}",
+        "",
+        "# The hub (and devices on a trusted network): plain MQTT here. Devices over the internet: add a TLS",
+        "# listener on 8883 (deploy/mosquitto.conf) and set EDGEFLEET_HUB_MQTT_PUBLIC_PORT=8883, _PUBLIC_TLS=true.",
+        f"listener {s.mqtt_port} {s.mqtt_host}",
+        "",
+        "persistence true",
+        "max_queued_messages 10000",
+        "message_size_limit 1048576",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _write_secret(settings: HubSettings, name: str, value: str) -> None:
     path = settings.data_dir / name
     path.touch(mode=0o600, exist_ok=True)

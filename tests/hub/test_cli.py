@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -135,3 +137,49 @@ def test_tables_wrap_long_ids_instead_of_cutting_them(capsys: pytest.CaptureFixt
     assert "…" not in out
     cells = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") >= 3]
     assert "".join(cells) == long_id  # the first column, read top to bottom, is the whole id
+
+
+def test_the_documented_bootstrap_order_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hub init` writes the broker's files, `hub broker-config` a matching mosquitto.conf: a real Mosquitto
+    starts on them before the hub ever served, and admits the hub's account."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from hub.mqtt.auth import HUB_USERNAME
+
+    port = free_port()
+    for key, value in {"MOSQUITTO_PASSWORD_FILE": tmp_path / "mosq" / "passwd",
+                       "MOSQUITTO_ACL_FILE": tmp_path / "mosq" / "acl",
+                       "MOSQUITTO_PID_FILE": tmp_path / "mosquitto.pid", "MQTT_PORT": port}.items():  # fmt: skip
+        monkeypatch.setenv(f"EDGEFLEET_HUB_{key}", str(value))
+    code, out = run("hub", "init", "--data-dir", str(tmp_path / "d"))
+    assert code == 0 and f"broker accounts: {tmp_path / 'mosq' / 'passwd'}" in out, out
+    code, conf = run("hub", "broker-config", "--data-dir", str(tmp_path / "d"))
+    assert code == 0 and f"password_file {tmp_path / 'mosq' / 'passwd'}" in conf
+    assert f"listener {port} 127.0.0.1" in conf
+    conf_file = tmp_path / "mosquitto.conf"
+    conf_file.write_text(conf.replace("persistence true", "persistence false") + "user root\n")
+    broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf_file)], stderr=subprocess.PIPE)
+    try:
+        password = (tmp_path / "d" / "mqtt_hub_password").read_text().strip()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="hub-check")
+        client.username_pw_set(HUB_USERNAME, password)
+        granted: dict[str, Any] = {"rc": None}
+        client.on_connect = lambda _c, _u, _f, rc, _p=None: granted.update(rc=rc)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.connect("127.0.0.1", port) == 0
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "mosquitto did not start on the written config"
+                time.sleep(0.1)
+        client.loop_start()
+        deadline = time.monotonic() + 5
+        while granted["rc"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.loop_stop()
+        assert granted["rc"] is not None and not granted["rc"].is_failure, granted
+    finally:
+        broker.terminate()
+        broker.wait(10)
