@@ -35,15 +35,24 @@ def kserve_app(models: dict[tuple[str, int], Path]) -> Starlette:
             return JSONResponse({"error": f"model {name} version {version} not found"}, 404)
         try:
             body = json.loads(await request.body())
-            feeds = {i.name: np.asarray(x["data"], np.float32).reshape(x["shape"])
-                     for i, x in zip(sess.get_inputs(), body["inputs"], strict=True)}
+            feeds = {
+                i.name: np.asarray(x["data"], np.float32).reshape(x["shape"])
+                for i, x in zip(sess.get_inputs(), body["inputs"], strict=True)
+            }
             outs = sess.run(None, feeds)
         except (ValueError, KeyError, TypeError) as e:
             return JSONResponse({"error": f"bad request: {e}"}, 400)
         calls["count"] += 1
-        return JSONResponse({"model_name": name, "model_version": str(version), "outputs": [
-            {"name": o.name, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()}
-            for o, v in zip(sess.get_outputs(), outs, strict=True)]})
+        return JSONResponse(
+            {
+                "model_name": name,
+                "model_version": str(version),
+                "outputs": [
+                    {"name": o.name, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()}
+                    for o, v in zip(sess.get_outputs(), outs, strict=True)
+                ],
+            }
+        )
 
     app = Starlette(routes=[Route("/v2/models/{name}/versions/{version:int}/infer", infer, methods=["POST"])])
     app.state.calls = calls

@@ -23,6 +23,13 @@ import httpx
 from edgefleet.brokers import MOSQUITTO, Broker, free_port, start_broker, wait_port
 
 TOPIC_ROOT = "edgefleet/v1"
+FINAL = ("completed", "aborted", "rolled_back", "paused")  # paused: a gate stopped it and nobody resumes
+
+
+def rollout_health(rollout: dict[str, Any]) -> tuple[int, int]:
+    """(healthy devices, devices in the rollout) from a rollout as the hub's API shows it."""
+    waves = rollout.get("waves", [])
+    return sum(w["counts"].get("healthy", 0) for w in waves), sum(w["total"] for w in waves)
 
 
 class DemoError(RuntimeError):
@@ -77,8 +84,10 @@ class DemoEnvironment:
         data = self.root / "hub"
         init_data_dir(HubSettings(data_dir=data))
         env = {
-            "EDGEFLEET_HUB_DATA_DIR": str(data), "EDGEFLEET_HUB_ADMIN_TOKEN": self.admin_token,
-            "EDGEFLEET_HUB_PUBLIC_URL": self.public_url or self.hub_url, "EDGEFLEET_HUB_TOPIC_ROOT": TOPIC_ROOT,
+            "EDGEFLEET_HUB_DATA_DIR": str(data),
+            "EDGEFLEET_HUB_ADMIN_TOKEN": self.admin_token,
+            "EDGEFLEET_HUB_PUBLIC_URL": self.public_url or self.hub_url,
+            "EDGEFLEET_HUB_TOPIC_ROOT": TOPIC_ROOT,
             "EDGEFLEET_HUB_ROLLOUT_TICK_S": "0.25",
         }
         env.update(self._start_broker(data))
@@ -100,27 +109,41 @@ class DemoEnvironment:
         if amqtt:
             port = free_port()
             conf = self.root / "amqtt.yaml"
-            conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\nplugins:\n"
-                            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+            conf.write_text(
+                f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\nplugins:\n"
+                "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+            )
             log = (self.root / "amqtt.log").open("wb")
             proc = subprocess.Popen([amqtt, "-c", str(conf)], stdout=log, stderr=log)
             wait_port("127.0.0.1", port, timeout=20)
             self.broker = ExternalBroker("127.0.0.1", port, proc, protocol="3.1.1")
             self.broker_kind = f"amqtt on 127.0.0.1:{port} (MQTT 3.1.1 only, no per-device auth)"
             return {"EDGEFLEET_HUB_MQTT_PORT": str(port)}
-        raise DemoError("no MQTT broker: install mosquitto (apt-get install mosquitto), "
-                        "or set EDGEFLEET_MQTT_URL=mqtt://host:port")
+        raise DemoError(
+            "no MQTT broker: install mosquitto (apt-get install mosquitto), or set EDGEFLEET_MQTT_URL=mqtt://host:port"
+        )
 
     def _start_mosquitto(self, data: Path) -> dict[str, str]:
         from hub.mqtt.auth import HUB_USERNAME, MosquittoAuth
         from hub.security import mosquitto_hash
 
         auth_dir = self.root / "mosquitto-auth"
-        auth = MosquittoAuth(password_file=auth_dir / "passwd", acl_file=auth_dir / "acl",
-                             pid_file=self.root / "mosquitto.pid", topic_root=TOPIC_ROOT, binary=MOSQUITTO)
+        auth = MosquittoAuth(
+            password_file=auth_dir / "passwd",
+            acl_file=auth_dir / "acl",
+            pid_file=self.root / "mosquitto.pid",
+            topic_root=TOPIC_ROOT,
+            binary=MOSQUITTO,
+        )
         auth.apply({HUB_USERNAME: mosquitto_hash((data / "mqtt_hub_password").read_text().strip())})
-        self.broker = start_broker(self.root / "mosquitto", extra_conf=[
-            f"password_file {auth.password_file}", f"acl_file {auth.acl_file}", f"pid_file {auth.pid_file}"])
+        self.broker = start_broker(
+            self.root / "mosquitto",
+            extra_conf=[
+                f"password_file {auth.password_file}",
+                f"acl_file {auth.acl_file}",
+                f"pid_file {auth.pid_file}",
+            ],
+        )
         self.broker_kind = f"private Mosquitto on 127.0.0.1:{self.broker.port} (per-device passwords + ACL)"
         return {
             "EDGEFLEET_HUB_MQTT_PORT": str(self.broker.port),
@@ -147,8 +170,13 @@ class DemoEnvironment:
         raise DemoError(f"the hub did not come up: {(self.root / 'hub.log').read_text()[-1500:]}")
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        r = httpx.request(method, f"{self.hub_url}{path}", headers={"Authorization": f"Bearer {self.admin_token}"},
-                          timeout=60, **kwargs)
+        r = httpx.request(
+            method,
+            f"{self.hub_url}{path}",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=60,
+            **kwargs,
+        )
         if r.status_code >= 400:
             raise DemoError(f"hub: {method} {path} -> {r.status_code}: {r.text[:300]}")
         return r.json()

@@ -67,8 +67,16 @@ class AgentProcess:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "agent.toml"
-        write_toml(config, {**self.settings, "profile": self.profile, "device_id": self.device_id,
-                            "data_dir": str(self.workdir / "data"), "api_port": self.api_port})
+        write_toml(
+            config,
+            {
+                **self.settings,
+                "profile": self.profile,
+                "device_id": self.device_id,
+                "data_dir": str(self.workdir / "data"),
+                "api_port": self.api_port,
+            },
+        )
         log = (self.workdir / "agent.log").open("ab")
         cmd = [sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -97,8 +105,9 @@ class AgentProcess:
         if not self.running:
             return None
         try:
-            r = client.post(f"{self.api}/v1/models/{model}/predict", json={"inputs": {input_name: x.tolist()}},
-                            timeout=5)
+            r = client.post(
+                f"{self.api}/v1/models/{model}/predict", json={"inputs": {input_name: x.tolist()}}, timeout=5
+            )
         except httpx.HTTPError:
             return None
         body: dict[str, Any] = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}

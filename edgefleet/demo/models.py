@@ -14,10 +14,13 @@ NAME = "digits"
 # v3's conversion is misconfigured on purpose: int8 only, calibrated on near-black images, with the
 # accuracy budget switched off — the kind of release a fleet's health gates exist to catch.
 BAD_PROFILES = {
-    "raspberry_pi_4": ('arch = "arm64"\nruntimes = ["litert"]\ndelegate = "xnnpack"\nformats = ["tflite"]\n'
-                       'quantizations = ["int8"]\nthreads = 4\nspeed = { host_factor = 8.0 }\n'),
-    "x86_gateway": ('arch = "x86_64"\nruntimes = ["onnxruntime"]\nformats = ["onnx"]\nquantizations = ["int8"]\n'
-                    "threads = 2\n"),
+    "raspberry_pi_4": (
+        'arch = "arm64"\nruntimes = ["litert"]\ndelegate = "xnnpack"\nformats = ["tflite"]\n'
+        'quantizations = ["int8"]\nthreads = 4\nspeed = { host_factor = 8.0 }\n'
+    ),
+    "x86_gateway": (
+        'arch = "x86_64"\nruntimes = ["onnxruntime"]\nformats = ["onnx"]\nquantizations = ["int8"]\nthreads = 2\n'
+    ),
 }
 
 
@@ -48,9 +51,20 @@ def build_versions(root: Path) -> tuple[Digits, dict[int, Path]]:
         (3, 14, bad_calib, _bad_profiles(root / "bad-profiles")),
     ):
         model = train_keras_cnn(root / f"digits-v{version}.keras", data, epochs=epochs)
-        result = convert(ConvertRequest(model=model, profiles=list(PROFILES), calibration=calibration, validation=val,
-                                        out=root / f"out-v{version}", name=NAME, version=version, latency_runs=50,
-                                        profiles_dir=profiles_dir, force=True))
+        result = convert(
+            ConvertRequest(
+                model=model,
+                profiles=list(PROFILES),
+                calibration=calibration,
+                validation=val,
+                out=root / f"out-v{version}",
+                name=NAME,
+                version=version,
+                latency_runs=50,
+                profiles_dir=profiles_dir,
+                force=True,
+            )
+        )
         missing = [r.profile.name for r in result.results if r.manifest is None]
         if missing:
             raise RuntimeError(f"v{version}: no artifact for {missing}")

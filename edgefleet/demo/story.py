@@ -1,7 +1,8 @@
-"""The story the demo plays: v1 everywhere, v2 by canary, v3 caught by a health gate and rolled back.
+"""The story the demo plays: v1 everywhere, v2 by canary, a two-stage pipeline built on v2, v3 caught by a
+health gate and rolled back.
 
-Along the way one device drops off mid-rollout and converges when it returns, and the application
-keeps getting answers from the cloud while devices have no model yet.
+Along the way one device drops off mid-rollout and converges when it returns, the application keeps getting
+answers from the cloud while devices have no model yet, and it asks the pipeline to read digits off canvases.
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ from rich.console import Group
 from rich.table import Table
 
 from edgefleet.demo.cloud import CloudServer
-from edgefleet.demo.environment import TOPIC_ROOT, DemoEnvironment, DemoError
+from edgefleet.demo.environment import FINAL, TOPIC_ROOT, DemoEnvironment, DemoError
 from edgefleet.demo.fleet import AgentProcess
 from edgefleet.demo.models import NAME, PROFILES, build_versions
+from edgefleet.demo.pipeline import (
+    CLASSIFIER_VERSION,
+    LOCATOR,
+    NODES,
+    PIPELINE,
+    PipelineReading,
+    build_locator,
+    pipeline_spec,
+    read_canvases,
+    roll_out,
+)
 from edgefleet.demo.traffic import Traffic
 from protocol import layout
 
 Say = Callable[[str], None]
-FINAL = ("completed", "aborted", "rolled_back", "paused")  # paused: a gate stopped it and nobody resumes
 
 
 @dataclass
@@ -38,6 +49,8 @@ class StoryResult:
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
     cloud_calls: int = 0
+    pipeline_rollout: dict[str, Any] | None = None
+    pipeline: PipelineReading | None = None
 
 
 @dataclass
@@ -59,21 +72,31 @@ class Story:
         self.say("training digits CNNs (v1, v2, v3) and converting them for " + ", ".join(PROFILES))
         data, outs = build_versions(self.root / "models")
         self.data, self.outs = data, outs
+        self.say(f"building {LOCATOR} (an ONNX graph, no training) and converting it for " + ", ".join(PROFILES))
+        locator = build_locator(self.root / "models", data)
         self.env.root.mkdir(parents=True, exist_ok=True)
         self.env.start()
         self.say(f"hub at {self.env.hub_url} with {self.env.broker_kind}")
         from hub.ops_cli import archive
 
-        for out in outs.values():
+        for out in [*outs.values(), locator]:
             self.env.api("POST", "/api/v1/models", files={"archive": ("out.tar.gz", archive(out))})
-        self.say("pushed v1, v2, v3 to the hub (TUF-signed targets)")
+        self.say(f"pushed v1, v2, v3 and {LOCATOR} v1 to the hub (TUF-signed targets)")
         onnx = {(NAME, v): out / layout.TRITON_DIR / NAME / str(v) / "model.onnx" for v, out in outs.items()}
         self.cloud = CloudServer(onnx).start()
         token = self.env.api("POST", "/api/v1/enrollment-tokens", json={"uses": self.devices + 1})["token"]
         # The demo's hub serves plain HTTP on loopback: the agents must be told that is meant.
-        settings = {"hub_url": self.env.hub_url, "allow_insecure_http": True, "enrollment_token": token,
-                    "topic_root": TOPIC_ROOT, "probation_s": 2.0, "latency_basis": "host", "log_level": "WARNING",
-                    "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
+        settings = {
+            "hub_url": self.env.hub_url,
+            "allow_insecure_http": True,
+            "enrollment_token": token,
+            "topic_root": TOPIC_ROOT,
+            "probation_s": 2.0,
+            "latency_basis": "host",
+            "log_level": "WARNING",
+            "reconnect_min_s": 0.5,
+            "reconnect_max_s": 2.0,
+        }
         from agent.settings import AgentSettings
 
         if "telemetry" in AgentSettings.model_fields:
@@ -82,8 +105,12 @@ class Story:
             settings["fallback"] = {NAME: {"type": "kserve", "url": self.cloud.url, "model": NAME, "version": 1}}
         for i in range(self.devices):
             profile = PROFILES[i % len(PROFILES)]
-            agent = AgentProcess(f"dev-{i:02d}", profile, self.root / "fleet" / f"dev-{i:02d}",
-                                 {**settings, "tags": {"site": "north" if i % 2 else "south"}})
+            agent = AgentProcess(
+                f"dev-{i:02d}",
+                profile,
+                self.root / "fleet" / f"dev-{i:02d}",
+                {**settings, "tags": {"site": "north" if i % 2 else "south"}},
+            )
             agent.start()
             self.agents.append(agent)
         self._wait(lambda: len(self.env.api("GET", "/api/v1/devices")) >= self.devices, 90, "devices to enroll")
@@ -98,6 +125,7 @@ class Story:
             self.say("no model on the devices yet: the application's requests are answered by the cloud")
         self._rollout(1, canary=10, stages=[50, 100], gates=["self_test"])
         self._rollout(2, canary=20, stages=[100], gates=self._gates(), drop_one=True)
+        self._pipeline()
         self._rollout(3, canary=20, stages=[100], gates=self._gates(), auto_rollback=True)
         if self.result.rollouts[3]["state"] == "rolled_back":
             self._wait(lambda: self._fleet_versions() == {2}, 120, "the canary devices to return to v2")
@@ -107,8 +135,29 @@ class Story:
         with httpx.Client() as client:
             for a in self.agents:
                 for m in a.models(client):
-                    self.result.versions[f"v{m.get('active_version')}"] += 1
+                    if m.get("name") == NAME:
+                        self.result.versions[f"v{m.get('active_version')}"] += 1
         return self.result
+
+    def _pipeline(self) -> None:
+        """digit-reader v1 on top of v2: pushed (the hub checks it and runs it on each profile's artifacts),
+        rolled out by canary, then asked to read the validation digits off canvases."""
+        spec = pipeline_spec(self.outs[CLASSIFIER_VERSION])
+        pushed = self.env.api("POST", "/api/v1/pipelines", json={"spec": spec.model_dump(mode="json")})
+        profiles = sorted(r["profile"] for r in pushed["stored"] + pushed["unchanged"])
+        self.say(
+            f"pushed pipeline {PIPELINE} v1 ({' -> '.join(NODES)}) for {', '.join(profiles)}: "
+            "the hub ran it on each profile's artifacts for its golden cases"
+        )
+        ro = self.result.pipeline_rollout = roll_out(self.env, self.say)
+        if ro["state"] != "completed":
+            self.say(f"{PIPELINE} is not on every device: the application does not ask it")
+            return
+        reading = self.result.pipeline = read_canvases(self.agents, self.data, self.say)
+        self.say(reading.timings_line())
+        self.say(reading.accuracy_line())
+        if reading.errors:
+            self.say(f"{PIPELINE}: failed requests: {dict(reading.errors)}")
 
     def _fallback_configured(self) -> bool:
         from agent.settings import AgentSettings
@@ -120,14 +169,32 @@ class Story:
 
         return [g for g in ("self_test", "error_rate", "latency", "drift") if g in GATES]
 
-    def _rollout(self, version: int, *, canary: float, stages: list[float], gates: list[str],
-                 drop_one: bool = False, auto_rollback: bool = False) -> None:
-        spec = {"id": f"digits-v{version}", "model": NAME, "version": version, "canary_percent": canary,
-                "stages": stages, "probation_s": 6.0, "timeout_s": 120.0, "gates": gates,
-                "auto_rollback": auto_rollback, "success_threshold": 1.0, "error_threshold": 0.0,
-                # Ten "devices" share this machine's cores with the hub and the traffic: sub-ms p95 latencies
-                # jump by a millisecond or two when the scheduler is busy, which is not a slower model.
-                "gate_limits": {"latency_p95_slack_ms": 5.0}}
+    def _rollout(
+        self,
+        version: int,
+        *,
+        canary: float,
+        stages: list[float],
+        gates: list[str],
+        drop_one: bool = False,
+        auto_rollback: bool = False,
+    ) -> None:
+        spec = {
+            "id": f"digits-v{version}",
+            "model": NAME,
+            "version": version,
+            "canary_percent": canary,
+            "stages": stages,
+            "probation_s": 6.0,
+            "timeout_s": 120.0,
+            "gates": gates,
+            "auto_rollback": auto_rollback,
+            "success_threshold": 1.0,
+            "error_threshold": 0.0,
+            # Ten "devices" share this machine's cores with the hub and the traffic: sub-ms p95 latencies
+            # jump by a millisecond or two when the scheduler is busy, which is not a slower model.
+            "gate_limits": {"latency_p95_slack_ms": 5.0},
+        }
         self.env.api("POST", "/api/v1/rollouts", json=spec)
         self.say(f"rollout v{version}: canary {canary:g}%, then {stages}, gates {', '.join(gates)}")
         dropped: AgentProcess | None = None
@@ -187,12 +254,18 @@ class Story:
     def view(self) -> Group:
         """The live terminal view: devices and their versions, rollouts, answers by source."""
         devices = Table(title="fleet", expand=False)
-        for col in ("device", "profile", "online", "version", "desired"):
+        for col in ("device", "profile", "online", "version", "desired", PIPELINE):
             devices.add_column(col)
         try:
             for d in self.env.api("GET", "/api/v1/devices"):
-                devices.add_row(d["id"], d["profile"], "yes" if d["online"] else "[red]no[/]",
-                                str(d["current_versions"].get(NAME)), str(d["desired_versions"].get(NAME)))
+                devices.add_row(
+                    d["id"],
+                    d["profile"],
+                    "yes" if d["online"] else "[red]no[/]",
+                    str(d["current_versions"].get(NAME)),
+                    str(d["desired_versions"].get(NAME)),
+                    str(d.get("current_pipelines", {}).get(PIPELINE, "-")),
+                )
             rollouts = Table(title="rollouts")
             for col in ("rollout", "state", "wave", "devices by state", "reason"):
                 rollouts.add_column(col)
@@ -200,8 +273,13 @@ class Story:
                 counts = Counter[str]()
                 for w in ro["waves"]:
                     counts.update(w["counts"])
-                rollouts.add_row(ro["id"], ro["state"], str(ro["current_wave"]),
-                                 ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ro.get("reason") or "")
+                rollouts.add_row(
+                    ro["id"],
+                    ro["state"],
+                    str(ro["current_wave"]),
+                    ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                    ro.get("reason") or "",
+                )
         except (DemoError, httpx.HTTPError):
             return Group(devices)
         answers = Table(title="application answers")

@@ -52,7 +52,10 @@ class Traffic(threading.Thread):
         self.per_device[agent.device_id][source] += 1
         for pid, label in zip(answer.get("prediction_ids") or [], self.data.y_val[idx], strict=False):
             try:
-                client.post(f"{agent.api}/v1/models/{self.model}/feedback",
-                            json={"prediction_id": pid, "label": int(label)}, timeout=2)
+                client.post(
+                    f"{agent.api}/v1/models/{self.model}/feedback",
+                    json={"prediction_id": pid, "label": int(label)},
+                    timeout=2,
+                )
             except httpx.HTTPError:
                 self.errors["feedback"] += 1
