@@ -1,10 +1,12 @@
 """Pipeline overhead (issue 20): what running stages as one pipeline costs over calling the runtimes by hand.
 
-The pipeline: `features` [1, W] -> `embed` (ONNX on onnxruntime: W -> W -> W/2, ReLU) -> `head` (TFLite on
-LiteRT: W/2 -> 10) -> `top3` (the built-in `topk` step, k = 3). Models are built here, one thread each, at two
-sizes: `typical` (W = 1024: stages of a few hundred microseconds here, still small for an edge model; the keys
-without suffix) and `tiny` (W = 64: about 20 microseconds of work in all, keys ending `_tiny`), where the
-pipeline's fixed cost per call shows as a ratio. `pipeline_added_p50_us` is that fixed cost, size aside.
+Three workloads, models built here, one thread each:
+- the demo's `digit-reader` (keys without suffix, the target's): a 24x24 canvas -> `locate` (the demo's digit
+  locator, an ONNX graph on onnxruntime) -> `crop` (the built-in `crop_resize` to 8x8) -> `classify` (the demo's
+  digits CNN, 2 epochs, TFLite on LiteRT) -> `pick` (`argmax`): what a user of the demo runs;
+- `_dense`: `features` [1, 1024] -> ONNX 1024 -> 1024 -> 512 (ReLU) -> TFLite 512 -> 10 -> `topk` (k = 3);
+- `_tiny`: the same at width 64 (about 20 microseconds of work in all), where the pipeline's fixed cost per call
+  shows as a ratio. `pipeline_added_p50_us` is that fixed cost, workload aside.
 
 - `pipeline_p50_ms`: `PipelineRunner.run` in process (the agent's path: input coercion, per-stage LoadedModel
   checks and (de)quantisation, the step, per-node timing).
@@ -19,6 +21,7 @@ Rounds alternate (raw, pipeline, http) so machine load weighs on each alike. Pri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -26,13 +29,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raw_runtime import raw_runner  # bench/, beside this script
+
+if TYPE_CHECKING:
+    from agent.pipeline.runner import PipelineRunner
 
 ROUNDS = 10
 CALLS = 300
@@ -115,22 +121,15 @@ def timed(fn: Callable[[], Any], calls: int) -> list[float]:
     return out
 
 
-def measure(work: Path, width: int) -> dict[str, Any]:
-    """p50s of raw, in-process pipeline and HTTP calls at one model size, rounds interleaved."""
-    import httpx
-
-    from agent.api import LocalApi
-    from agent.httpserver import LocalApiServer, bind_tcp_socket
-    from agent.metrics import AgentMetrics
+def dense(work: Path, width: int) -> tuple[PipelineRunner, Callable[[], Any], dict[str, np.ndarray]]:
+    """The dense pipeline at one width in process, its raw twin, one input."""
     from agent.model import LoadedModel
-    from agent.pipeline.inference import PipelineInference
     from agent.pipeline.runner import PipelineRunner, stage_io
-    from agent.pipeline.serving import PipelineRegistry
     from agent.pipeline.steps import make_step
-    from agent.serving import ServingRegistry
     from protocol.pipeline import check_wiring, spec_from_toml
 
-    embed_path, head_path = build_models(work, width)
+    with contextlib.redirect_stdout(sys.stderr):  # TensorFlow's converter prints; stdout is the JSON object's
+        embed_path, head_path = build_models(work, width)
     models = {"embed": LoadedModel.from_file(embed_path), "head": LoadedModel.from_file(head_path)}
     # The TFLite model's tensor names are its signature's (e.g. `hidden`, `output_0`): wire them as they are.
     head_in, head_out = models["head"].inputs[0].name, models["head"].outputs[0].name
@@ -145,10 +144,24 @@ def measure(work: Path, width: int) -> dict[str, Any]:
     def raw() -> Any:
         return glue({"x": raw_head(raw_embed(x))})
 
-    def piped() -> Any:
-        return runner.run({"features": x})
+    np.testing.assert_array_equal(raw()["indices"], runner.run({"features": x}).outputs["classes"])  # same answer
+    return runner, raw, {"features": x}
 
-    np.testing.assert_array_equal(raw()["indices"], piped().outputs["classes"])  # the same answer both ways
+
+def measure_runner(runner: PipelineRunner, raw: Callable[[], Any], inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """p50s of raw, in-process pipeline and HTTP calls, rounds interleaved."""
+    import httpx
+
+    from agent.api import LocalApi
+    from agent.httpserver import LocalApiServer, bind_tcp_socket
+    from agent.metrics import AgentMetrics
+    from agent.pipeline.inference import PipelineInference
+    from agent.pipeline.serving import PipelineRegistry
+    from agent.serving import ServingRegistry
+
+    def piped() -> Any:
+        return runner.run(inputs)
+
     registry = PipelineRegistry()
     registry.install("bench", 1, runner)
     api = LocalApi(ServingRegistry(), AgentMetrics(), list, lambda: {"status": "ok"},
@@ -156,7 +169,7 @@ def measure(work: Path, width: int) -> dict[str, Any]:
     sock = bind_tcp_socket("127.0.0.1", 0)
     server = LocalApiServer(api, sock)
     server.start()
-    body = json.dumps({"inputs": {"features": x.tolist()}}).encode()
+    body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
     times: dict[str, list[float]] = {"raw": [], "pipeline": [], "http": []}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
@@ -183,14 +196,82 @@ def measure(work: Path, width: int) -> dict[str, Any]:
         "pipeline_p50_ratio": round(pipe_ms / raw_ms, 3),
         "pipeline_added_p50_us": round((pipe_ms - raw_ms) * 1000, 1),
         "pipeline_http_added_p50_ms": round(http_ms - pipe_ms, 4),
+        "node_ms_one_call": {k: round(v, 4) for k, v in runner.run(inputs).node_ms.items()},
     }
+
+
+DIGIT_READER = """
+name = "digit-reader"
+version = 1
+[[inputs]]
+name = "image"
+shape = [1, 24, 24, 1]
+dtype = "float32"
+[[stages]]
+name = "locate"
+model = "digit-locator"
+version = 1
+inputs = { canvas = "inputs.image" }
+[[steps]]
+name = "crop"
+op = "crop_resize"
+params = { size = [8, 8], max_crops = 1 }
+inputs = { image = "inputs.image", boxes = "locate.boxes" }
+[[stages]]
+name = "classify"
+model = "digits"
+version = 1
+inputs = { CLASSIFIER_IN = "crop.crops" }
+[[steps]]
+name = "pick"
+op = "argmax"
+inputs = { x = "classify.CLASSIFIER_OUT" }
+[outputs]
+digit = "pick.out"
+"""
+
+
+def digit_reader(work: Path) -> tuple[PipelineRunner, Callable[[], Any], dict[str, np.ndarray]]:
+    """The demo's pipeline in process, its raw twin (the runtimes by hand + the same step objects), one input."""
+    from agent.model import LoadedModel
+    from agent.pipeline.runner import PipelineRunner, stage_io
+    from agent.pipeline.steps import make_step
+    from converter.sources import quiet_tensorflow
+    from edgefleet.samples import digit_canvases, digit_locator_onnx, digits, train_keras_cnn
+    from protocol.pipeline import check_wiring, spec_from_toml
+
+    data = digits()
+    with contextlib.redirect_stdout(sys.stderr):
+        locator = digit_locator_onnx(work / "locator.onnx", 24)
+        keras_file = train_keras_cnn(work / "digits.keras", data, epochs=2, width=16)
+        tf = quiet_tensorflow()
+        classifier = work / "digits.tflite"
+        classifier.write_bytes(
+            tf.lite.TFLiteConverter.from_keras_model(tf.keras.models.load_model(keras_file)).convert()
+        )
+    models = {"locate": LoadedModel.from_file(locator), "classify": LoadedModel.from_file(classifier)}
+    cls_in, cls_out = models["classify"].inputs[0].name, models["classify"].outputs[0].name
+    spec = spec_from_toml(DIGIT_READER.replace("CLASSIFIER_IN", cls_in).replace("CLASSIFIER_OUT", cls_out))
+    check_wiring(spec, {k: stage_io(m) for k, m in models.items()})
+    runner = PipelineRunner(spec, models)
+    raw_locate, raw_classify = raw_runner(locator, "onnx"), raw_runner(classifier, "tflite")
+    crop, pick = (make_step(step.params) for step in spec.steps)
+    image = digit_canvases(data.x_val[:1], 24, seed=3)[0]
+
+    def raw() -> Any:
+        crops = crop({"image": image, "boxes": raw_locate(image)})["crops"]
+        return pick({"x": raw_classify(crops)})
+
+    assert int(raw()["out"][0]) == int(runner.run({"image": image}).outputs["digit"][0])  # one answer both ways
+    return runner, raw, {"image": image}
 
 
 def main() -> None:
     result: dict[str, Any] = {"benchmark": "pipeline_overhead", "calls_each": ROUNDS * CALLS}
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-pipeline-") as tmp:
-        result |= measure(Path(tmp), 1024)
-        result |= {f"{k}_tiny": v for k, v in measure(Path(tmp), 64).items()}
+        result |= measure_runner(*digit_reader(Path(tmp)))
+        result |= {f"{k}_dense": v for k, v in measure_runner(*dense(Path(tmp), 1024)).items()}
+        result |= {f"{k}_tiny": v for k, v in measure_runner(*dense(Path(tmp), 64)).items()}
     result["targets"] = TARGETS
     result["machine"] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()}
     result["targets_met"] = {key: result[key] <= bound for key, bound in TARGETS.items()}
