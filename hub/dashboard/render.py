@@ -21,7 +21,9 @@ templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, sort_keys=True,
 templates.env.filters["short"] = lambda v, n=12: (str(v)[:n] + "…") if v and len(str(v)) > n else (v or "")
 templates.env.filters["pct"] = lambda v: "-" if v is None else f"{100 * float(v):.1f}%"
 templates.env.globals["ago"] = views.ago
+templates.env.globals["alert_features"] = views.alert_features
 templates.env.filters["num"] = lambda v, d=2: "-" if v is None else f"{float(v):.{d}f}"
+templates.env.filters["duration"] = views.duration
 
 NAV = [("/dashboard", "Fleet"), ("/dashboard/rollouts", "Rollouts"), ("/dashboard/models", "Models"),
        ("/dashboard/pipelines", "Pipelines"), ("/dashboard/audit", "Audit log")]  # fmt: skip

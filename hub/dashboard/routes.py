@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +25,11 @@ from hub.dashboard.auth import (
 )
 from hub.dashboard.client import Api, ApiFailure, HubApi
 from hub.dashboard.render import STATIC_DIR, failure_page, page
+from hub.dashboard.trend_charts import rollout_charts
 from hub.security import same_secret
 from hub.store import audit
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
 STATIC_FILES = {p.name for p in Path(STATIC_DIR).iterdir() if p.is_file()}
 AUDIT_PAGE = 50
@@ -101,6 +105,38 @@ async def rollouts_list(request: Request, api: Api, session: Session) -> Respons
     return page(request, "rollouts.html", {"rollouts": rows}, session=session)
 
 
+async def _rollout_trends(
+    api: HubApi, rollout: dict[str, Any], now: datetime
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str]]:
+    """The trend of the version a model rollout ships and of the versions its devices ran before, over its devices
+    from shortly before it was created (until now while it is live); pipelines have no telemetry of their own."""
+    if rollout.get("kind", "model") != "model":
+        return [], {}
+    created, updated = views.parse_ts(rollout["created_at"]), views.parse_ts(rollout["updated_at"])
+    assert created is not None and updated is not None
+    live = rollout["state"] in ("scheduled", "running", "paused")
+    end = now if live else min(now, max(updated, created + timedelta(seconds=30)))
+    pad = max((end - created) * 0.05, timedelta(seconds=10))
+    since, until = created - pad, now if live else min(now, end + pad)
+    before = sorted({d["previous_version"] for d in rollout["devices"] or []} - {None, rollout["version"]})
+    versions = [(f"v{rollout['version']} (this rollout)", rollout["version"])]
+    versions += [(f"v{v} (before)", v) for v in before]
+    query = {"since": since.isoformat(), "until": until.isoformat()}
+    found = await asyncio.gather(*[
+        api.get(f"/api/v1/telemetry/{rollout['model']}/{v}/trend", rollout=rollout["id"], **query)
+        for _name, v in versions
+    ], return_exceptions=True)  # fmt: skip
+    trends = []
+    for (name, _v), t in zip(versions, found, strict=True):
+        if isinstance(t, ApiFailure):  # e.g. a previous version no longer in the registry: the others still show
+            log.info("rollout %s: no trend of %s: %s", rollout["id"], name, t.detail)
+        elif isinstance(t, BaseException):
+            raise t
+        else:
+            trends.append((name, t))
+    return trends, query
+
+
 async def _rollout_page(
     request: Request, api: HubApi, session: str, rollout_id: str, *, error: str | None = None,
     done: str | None = None, status_code: int = 200,
@@ -108,10 +144,13 @@ async def _rollout_page(
     rollout = await api.get(f"/api/v1/rollouts/{rollout_id}")
     waves = [{**w, "segments": views.stacked(w["counts"], w["total"], views.DEVICE_STATE_ORDER)}
              for w in rollout["waves"]]  # fmt: skip
+    trends, query = await _rollout_trends(api, rollout, request.app.state.hub.clock())
     return page(request, "rollout.html", {
         "r": rollout, "waves": waves, "progress": views.rollout_progress(rollout),
         "verbs": views.allowed_verbs(rollout["state"]), "destructive": views.DESTRUCTIVE_VERBS,
-        "error": error, "done": done,
+        "error": error, "done": done, "target": views.target_rows(rollout["spec"].get("target")),
+        "limits": views.gate_limit_rows(rollout["spec"]), "trends": trends, "charts": rollout_charts(trends),
+        "trend_query": query,
     }, session=session, status_code=status_code)  # fmt: skip
 
 

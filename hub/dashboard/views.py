@@ -1,4 +1,5 @@
-"""Pure helpers that turn API JSON into what the templates draw: counts, bar segments, readable times."""
+"""Pure helpers that turn API JSON into what the templates draw: counts, bar segments, readable times, the
+rollout plan's rows, what a drift alert says drifted."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.rollouts.machine import TRANSITIONS, DeviceState, RolloutEvent, RolloutState
+from hub.telemetry.health import TelemetryLimits
 
 OPERATOR_VERBS = (RolloutEvent.START, RolloutEvent.PAUSE, RolloutEvent.RESUME, RolloutEvent.ABORT,
                   RolloutEvent.ROLLBACK)  # fmt: skip
@@ -122,3 +124,97 @@ def model_versions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"name": name, "version": version, "profiles": sorted(items, key=lambda r: r["profile"])}
         for (name, version), items in sorted(grouped.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
     ]
+
+
+# The alert store (hub/telemetry/alerts.py) keeps the names of drifted *input* features only and writes
+# this into the reason when the predicted classes drifted: an alert raised by the classes alone had an
+# empty FEATURES column (issue 22).
+CLASS_DRIFT_NOTE = "predicted classes drifted"
+
+
+def alert_features(alert: dict[str, Any]) -> list[str]:
+    """What drifted in an alert: its input features, and `predicted class` when the classes did."""
+    names = list(alert.get("drifted_features") or [])
+    if CLASS_DRIFT_NOTE in (alert.get("reason") or ""):
+        names.append("predicted class")
+    return names
+
+
+def duration(seconds: float | None) -> str:
+    """90 s, 15 min, 1 h, 7 d (whole units only; otherwise seconds)."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
+
+
+def target_rows(target: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A rollout target as (criterion, value) rows; every criterion must match (none: the whole fleet)."""
+    target = target or {}
+    rows = [("group", str(target["group"]))] if target.get("group") else []
+    rows += [("profile", str(target["profile"]))] if target.get("profile") else []
+    rows += [("tag", f"{k}={v}") for k, v in sorted((target.get("tags") or {}).items())]
+    if target.get("devices") is not None:
+        rows.append(("devices", ", ".join(target["devices"]) or "none"))
+    return rows or [("devices", "the whole fleet")]
+
+
+@dataclass(frozen=True)
+class GateLimit:
+    """One telemetry gate limit of a rollout: its value, the default, and which gates use it."""
+
+    name: str
+    value: str
+    default: str
+    changed: bool
+    gates: tuple[str, ...]
+    meaning: str
+    active: bool  # one of its gates is enabled in this rollout
+
+
+TELEMETRY_GATES = ("latency", "error_rate", "fallback_rate", "drift")
+# field of hub.telemetry.health.TelemetryLimits -> (gates using it, meaning, how to show a value)
+GATE_LIMITS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "min_inferences": (TELEMETRY_GATES, "inferences a device serves before a verdict", "count"),
+    "latency_p95_ratio": (("latency",), "new p95 at most this times the previous version's p95 ...", "ratio"),
+    "latency_p95_slack_ms": (("latency",), "... or at most this much above it", "ms"),
+    "latency_p95_max_ms": (("latency",), "p95 never above this (also without a previous version)", "ms"),
+    "error_rate_increase": (("error_rate",), "new error rate at most the previous version's plus this", "pct"),
+    "fallback_rate_increase": (("fallback_rate",), "new fallback rate at most the previous version's plus this", "pct"),
+    "drift_share": (("drift",), "share of drifted input features that counts as dataset drift", "pct"),
+    "class_drift_p": (("drift",), "predicted classes drift below this chi-squared p-value (small samples)", "p"),
+    "compare_window_s": (TELEMETRY_GATES, "how far back the previous version's telemetry is compared", "duration"),
+}
+
+
+def _limit_text(value: Any, kind: str) -> str:
+    if value is None:
+        return "none"
+    if kind == "pct":
+        return f"{100 * float(value):g} %"
+    if kind == "ms":
+        return f"{float(value):g} ms"
+    if kind == "ratio":
+        return f"{float(value):g}\u00d7"
+    if kind == "duration":
+        return duration(float(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def gate_limit_rows(spec: dict[str, Any]) -> list[GateLimit]:
+    """Every telemetry gate limit of a rollout spec (unknown keys shown as they are), defaults beside."""
+    defaults = TelemetryLimits().model_dump()  # what a rollout without gate_limits gets
+    given = spec.get("gate_limits") or {}
+    enabled = set(spec.get("gates") or [])
+    rows = []
+    for name in [*GATE_LIMITS, *sorted(k for k in given if k not in GATE_LIMITS)]:
+        gates, meaning, kind = GATE_LIMITS.get(name, ((), "", "raw"))
+        value = given.get(name, defaults.get(name))
+        rows.append(GateLimit(
+            name=name, value=_limit_text(value, kind), default=_limit_text(defaults.get(name), kind),
+            changed=name in defaults and value != defaults[name], gates=gates, meaning=meaning,
+            active=bool(enabled & set(gates)),
+        ))  # fmt: skip
+    return rows

@@ -2,7 +2,10 @@
 
 Rows are read newest first; at most `limit` of them, so a query over a long range answers from the
 newest windows and says so (`truncated`). Summaries whose bins differ from the newest row's (a
-re-binned baseline) are skipped and counted rather than failing the whole cohort (accumulate.py).
+re-binned baseline) are skipped and counted rather than failing the whole cohort (accumulate.py). With
+`every_source`, windows without bins (cloud answers while no version served on the device) are added to
+the counts instead of being skipped, and an hourly rollup that left windows out is read from its raw
+windows while they are kept (sources.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, false, func, literal, select, union_all
 
 from hub.db.schema import devices, model_versions, telemetry
-from hub.telemetry.accumulate import Accumulator
+from hub.telemetry.sources import SourceMerge
 from hub.telemetry.tables import telemetry_hourly
 from protocol.manifest import BaselineStats, Manifest
 from protocol.telemetry import TelemetrySummary
@@ -49,6 +52,9 @@ class Merged:
     truncated: bool
     skipped: int = 0
     devices: int = 0
+    no_model: int = 0  # requests in windows recorded while no version served on the device (every_source only)
+    no_model_rows: int = 0
+    hours_from_windows: int = 0  # rollups that had left windows out, replaced by their raw windows
 
 
 def device_ids(conn: Connection, cohort: Cohort) -> set[str]:
@@ -65,7 +71,8 @@ def device_ids(conn: Connection, cohort: Cohort) -> set[str]:
 
 def _raw(model: str, version: int, cohort: Cohort) -> Select[Any]:
     """Raw windows of the version that overlap [since, until] (device filters applied by the caller)."""
-    q = select(telemetry.c.summary, telemetry.c.window_end, literal(1).label("rows"), literal(0).label("skipped"))
+    q = select(telemetry.c.summary, telemetry.c.window_end, literal(1).label("rows"), literal(0).label("skipped"),
+               literal(0).label("rollup_id"))  # fmt: skip
     q = q.where(telemetry.c.model == model, telemetry.c.version == version)
     if cohort.since is not None:
         q = q.where(telemetry.c.window_end >= cohort.since)
@@ -100,20 +107,23 @@ def _whole_hours(cohort: Cohort) -> tuple[datetime | None, datetime | None]:
 
 
 def merged_telemetry(
-    conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT
-) -> Merged:
+    conn: Connection, *, model: str, version: int, cohort: Cohort, limit: int = DEFAULT_LIMIT,
+    every_source: bool = False,
+) -> Merged:  # fmt: skip
     """The cohort's telemetry of one model version, merged.
 
     Fleet and profile cohorts read whole hours from the hourly rollups and raw windows only for the
     edges of the range and for rows not rolled up yet, in one statement (one snapshot, so a rollup
     committing meanwhile is seen either before or after, never twice). Other cohorts read raw windows.
+    `every_source` adds windows without bins to the counts (sources.py) instead of skipping them.
     """
     if cohort.group is not None or cohort.tags or cohort.device_ids is not None:
         rows, truncated = load_rows(conn, model=model, version=version, cohort=cohort, limit=limit)
-        return merged_from(rows, truncated)
+        return merged_from(rows, truncated, every_source=every_source)
     h = telemetry_hourly.c
     first, end = _whole_hours(cohort)
-    hourly = select(h.summary, h.window_end, h.rows, h.skipped).where(h.model == model, h.version == version)
+    hourly = select(h.summary, h.window_end, h.rows, h.skipped, h.id.label("rollup_id"))
+    hourly = hourly.where(h.model == model, h.version == version)
     raw = _raw(model, version, cohort)
     in_hours: list[ColumnElement[bool]] = [telemetry.c.rolled_up.is_(True)]
     if first is not None:
@@ -130,16 +140,41 @@ def merged_telemetry(
     both = union_all(hourly, raw).subquery()
     q = select(both).order_by(both.c.window_end.desc()).limit(limit + 1)
     found = conn.execute(q).all()
-    acc = Accumulator()
-    windows = skipped = 0
+    acc = SourceMerge(every_source)
+    windows = skipped = replaced = 0
     for r in found[:limit]:
+        parts = rollup_windows(conn, r.rollup_id, r.rows + r.skipped) if every_source and r.skipped else None
+        if parts is not None:
+            replaced += 1
+            for window in parts:
+                windows += 1
+                skipped += not acc.add(window)
+            continue
         windows += r.rows
-        skipped += r.skipped + (not acc.add(r.summary))
+        skipped += r.skipped + (not acc.add(r.summary, r.rows))
     summary = acc.result()
     devices = count_devices(conn, model=model, version=version, cohort=cohort) if summary else 0
     if summary is not None:
         summary = summary.model_copy(update={"devices": devices})
-    return Merged(summary, windows, len(found) > limit, skipped, devices)
+    return Merged(summary, windows, len(found) > limit, skipped, devices, acc.no_model_n, acc.no_model_rows, replaced)
+
+
+def rollup_windows(conn: Connection, rollup_id: int, expected: int) -> list[dict[str, Any]] | None:
+    """The raw windows an hourly rollup folded (also those it left out), if every one of them is still kept."""
+    h = telemetry_hourly.c
+    rollup = conn.execute(select(h.model, h.version, h.profile, h.hour).where(h.id == rollup_id)).first()
+    if rollup is None:
+        return None
+    t = telemetry.c
+    q = select(t.summary).where(
+        t.model == rollup.model,
+        t.version == rollup.version,
+        t.rolled_up.is_(True),
+        t.window_start >= rollup.hour,
+        t.window_start < rollup.hour + timedelta(hours=1),
+    )
+    rows = [r.summary for r in conn.execute(q.order_by(t.window_end.desc())) if r.summary["profile"] == rollup.profile]
+    return rows if len(rows) == expected else None  # some are past the raw retention: keep the rollup
 
 
 def count_devices(conn: Connection, *, model: str, version: int, cohort: Cohort) -> int:
@@ -155,13 +190,14 @@ def count_devices(conn: Connection, *, model: str, version: int, cohort: Cohort)
     return int(conn.execute(q).scalar_one())
 
 
-def merged_from(rows: Iterable[dict[str, Any]], truncated: bool = False) -> Merged:
-    """Add up stored summaries (JSON) into a `Merged`."""
-    acc = Accumulator()
+def merged_from(rows: Iterable[dict[str, Any]], truncated: bool = False, *, every_source: bool = False) -> Merged:
+    """Add up stored summaries (JSON) into a `Merged`; `every_source`: windows without bins add to the counts."""
+    merge = SourceMerge(every_source)
     for row in rows:
-        acc.add(row)
-    summary = acc.result()
-    return Merged(summary, acc.rows + acc.skipped, truncated, acc.skipped, summary.devices if summary else 0)
+        merge.add(row)
+    result = merge.result()
+    return Merged(result, merge.rows + merge.skipped, truncated, merge.skipped, result.devices if result else 0,
+                  merge.no_model_n, merge.no_model_rows)  # fmt: skip
 
 
 def baseline_for(

@@ -82,7 +82,7 @@ def test_models_page_lists_every_registry_version(signed_in: Page, fleet: Fleet,
     page = signed_in
     page.goto(f"{base_url}/dashboard/models")
     rows = fleet.api("GET", "/api/v1/models").json()
-    assert len(rows) == 4
+    assert len(rows) == 7  # digits v1, v2 and meter v1 for two profiles each, meter v2 for one
     shown = page.locator("[data-testid=models-table] tbody tr")
     assert shown.count() == len(rows)
     for r in rows:

@@ -50,9 +50,10 @@ def test_telemetry_cohort_filter_and_empty_and_unknown_versions(signed_in: Page,
     cohort = fleet.api("GET", "/api/v1/telemetry/digits/1", params={"profile": "x86_gateway"}).json()
     assert page.get_by_test_id("inferences").inner_text() == str(cohort["n"]) == "50"
     assert page.get_by_test_id("accuracy").inner_text() == "no labels"
-    page.goto(f"{base_url}/dashboard/telemetry/digits/2")
-    assert fleet.api("GET", "/api/v1/telemetry/digits/2").json()["n"] == 0
+    page.goto(f"{base_url}/dashboard/telemetry/meter/2")
+    assert fleet.api("GET", "/api/v1/telemetry/meter/2").json()["n"] == 0
     assert page.get_by_test_id("no-telemetry").is_visible()
+    assert page.get_by_test_id("trend-requests-empty").is_visible()  # the trend says so too
     bad_tag = page.goto(f"{base_url}/dashboard/telemetry/digits/1?tag=no-equals-sign")
     assert bad_tag is not None and bad_tag.status == 422
     api_detail = fleet.api("GET", "/api/v1/telemetry/digits/1", params={"tag": "no-equals-sign"}).json()["detail"]
@@ -67,12 +68,12 @@ def test_drift_alerts_on_the_fleet_page_and_the_drifting_cohort(signed_in: Page,
     page = signed_in
     page.reload()  # the monitor may have opened more alerts since sign-in
     open_alerts = fleet.api("GET", "/api/v1/telemetry/alerts", params={"state": "open"}).json()
-    assert {a["cohort"] for a in open_alerts} >= {"group:edge"}  # gw-1 alone, every value in the upper bin
-    assert "fleet" not in {a["cohort"] for a in open_alerts}
+    digits = {a["cohort"] for a in open_alerts if a["model"] == "digits"}
+    assert digits >= {"group:edge"} and "fleet" not in digits  # gw-1 alone, every value in the upper bin
     assert page.get_by_test_id("alerts-open").inner_text() == str(len(open_alerts))
     rows = page.locator("[data-testid=alerts-table] tbody tr")
     assert rows.count() == len(open_alerts)
-    edge = next(a for a in open_alerts if a["cohort"] == "group:edge")
+    edge = next(a for a in open_alerts if a["cohort"] == "group:edge" and a["model"] == "digits")
     page.locator(f"tr[data-alert='{edge['id']}'] a").click()
     page.wait_for_url(lambda url: url.endswith("/dashboard/telemetry/digits/1?group=edge"))
     cohort = fleet.api("GET", "/api/v1/telemetry/digits/1", params={"group": "edge"}).json()

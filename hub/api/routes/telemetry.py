@@ -1,4 +1,4 @@
-"""Telemetry: merged statistics of a model version per cohort and time range; drift alerts."""
+"""Telemetry: merged statistics of a model version per cohort and time range, its trend over time; drift alerts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from hub.api.deps import AdminDep, ConnDep, HubDep
 from hub.errors import InvalidInput, NotFound
 from hub.schemas import Message
+from hub.store import rollouts as rollout_store
 from hub.telemetry import alerts as alert_store
 from hub.telemetry.query import (
     DEFAULT_LIMIT,
@@ -20,8 +21,10 @@ from hub.telemetry.query import (
     merged_telemetry,
     version_exists,
 )
-from hub.telemetry.schemas import DriftAlertPublic, TelemetryStats, TelemetryVersionPublic
+from hub.telemetry.schemas import DriftAlertPublic, TelemetryVersionPublic
+from hub.telemetry.sources import TelemetryStatsBySource, source_counts
 from hub.telemetry.stats import cohort_stats
+from hub.telemetry.trends import MAX_ASKED_POINTS, STEPS_S, TelemetryTrend, members_of, trend
 from protocol.base import Identifier, ModelName, Version
 from protocol.http import API_PREFIX
 
@@ -98,7 +101,7 @@ def list_drift_alerts(
     return [DriftAlertPublic.model_validate(r) for r in rows]
 
 
-@router.get("/{model}/{version}", response_model=TelemetryStats)
+@router.get("/{model}/{version}", response_model=TelemetryStatsBySource)
 def version_stats(
     model: ModelName,
     version: Version,
@@ -111,13 +114,57 @@ def version_stats(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="newest summaries merged at most")] = DEFAULT_LIMIT,
-) -> TelemetryStats:
-    """Merged counts and statistics (latency, errors, fallback, labels, drift with histograms) for a cohort."""
+) -> TelemetryStatsBySource:
+    """Merged counts and statistics (latency, errors, fallback, labels, drift with histograms) for a cohort.
+
+    Every source counts: windows of devices serving the version and windows of cloud answers given while no
+    version served on the device; `sources` splits the requests by who answered them.
+    """
     since, until = _range(since, until)
     if not version_exists(conn, model=model, version=version):
         raise NotFound(f"model {model} version {version} is not in the registry")
     ids = frozenset({device}) if device else None
     cohort = Cohort(profile=profile, group=group, tags=_tags(tag or []), device_ids=ids, since=since, until=until)
-    merged = merged_telemetry(conn, model=model, version=version, cohort=cohort, limit=limit)
+    merged = merged_telemetry(conn, model=model, version=version, cohort=cohort, limit=limit, every_source=True)
     baseline = baseline_for(conn, model=model, version=version, profile=profile)
-    return cohort_stats(model=model, version=version, cohort=cohort, merged=merged, baseline=baseline)
+    stats = cohort_stats(model=model, version=version, cohort=cohort, merged=merged, baseline=baseline)
+    sources = source_counts(merged.summary, no_model_n=merged.no_model, no_model_rows=merged.no_model_rows)
+    return TelemetryStatsBySource(**stats.model_dump(), sources=sources, hours_from_windows=merged.hours_from_windows)
+
+
+@router.get("/{model}/{version}/trend", response_model=TelemetryTrend)
+def version_trend(
+    model: ModelName,
+    version: Version,
+    conn: ConnDep,
+    hub: HubDep,
+    _actor: AdminDep,
+    profile: Identifier | None = None,
+    group: Identifier | None = None,
+    device: Annotated[Identifier | None, Query(description="one device")] = None,
+    tag: Annotated[list[str] | None, Query(max_length=20, description="key=value; repeatable")] = None,
+    rollout: Annotated[Identifier | None, Query(description="the devices of this rollout, and only its events")] = None,
+    since: Annotated[datetime | None, Query(description="default: 24 hours before until")] = None,
+    until: Annotated[datetime | None, Query(description="default: now")] = None,
+    step_s: Annotated[int | None, Query(ge=STEPS_S[0], le=STEPS_S[-1], description="bucket; default: chosen")] = None,
+) -> TelemetryTrend:
+    """Requests by source, error and fallback rates, p95 latency, drift score and live accuracy per time bucket,
+    with the rollout events (audit log) in the range: the model's rollouts, or the given rollout's."""
+    since, until = _range(since, until)
+    until = until or hub.clock()
+    since = since or until - timedelta(days=1)
+    if since > until:
+        raise InvalidInput("since must not be after until")
+    if step_s is not None and (until - since).total_seconds() / step_s > MAX_ASKED_POINTS:
+        raise InvalidInput(f"step_s {step_s} gives more than {MAX_ASKED_POINTS} buckets over this range")
+    if not version_exists(conn, model=model, version=version):
+        raise NotFound(f"model {model} version {version} is not in the registry")
+    ids = frozenset({device}) if device else None
+    if rollout is not None:
+        if rollout_store.get(conn=conn, rollout_id=rollout) is None:
+            raise NotFound(f"no rollout {rollout!r}")
+        members = members_of(rollout_store.members(conn=conn, rollout_id=rollout))
+        ids = members & ids if ids is not None else members
+    cohort = Cohort(profile=profile, group=group, tags=_tags(tag or []), device_ids=ids)
+    return trend(conn, model=model, version=version, cohort=cohort, since=since, until=until, step_s=step_s,
+                 rollout_id=rollout)  # fmt: skip
