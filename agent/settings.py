@@ -92,6 +92,8 @@ class AgentSettings(BaseModel):
     # A request to the hub that keeps failing fails the update only after `retry_attempts` tries AND this long.
     retry_window_s: float = Field(default=900.0, ge=0)
     retry_failed_after_s: float = Field(default=60.0, gt=0)
+    # Fetch a signed patch against the active or previous version when the hub offers one (docs/updates.md).
+    delta_updates: bool = True
     # Activation.
     probation_s: float = Field(default=10.0, ge=0)
     latency_basis: Literal["host", "device"] = "host"

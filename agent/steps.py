@@ -275,6 +275,8 @@ class DeviceSteps:
             if (info.length, info.hashes.get("sha256")) != (manifest.artifact.size, manifest.artifact.sha256):
                 raise DigestMismatch("the manifest's artifact size/sha256 differ from the signed metadata")
             part = work / f"{manifest.artifact.file}.part"
+            if not part.exists() and self.settings.delta_updates and self._by_patch(record, tuf, info, part):
+                return Ev.DOWNLOADED
             have = part.stat().st_size if part.exists() else 0
             self.notify(
                 "download_resumed" if have else "download_started", record, {"offset": have, "length": info.length}
@@ -283,6 +285,27 @@ class DeviceSteps:
             return Ev.DOWNLOADED
 
         return self._guard(record, act, Ev.REFUSED, supersedable=True)
+
+    def _by_patch(self, record: UpdateRecord, tuf: TufClient, info: Any, part: Path) -> bool:
+        """Rebuild the artifact into `part` from a held version and a signed patch (agent/delta.py), if the hub
+        offers one; False: download it in full (no patch, or it failed: the reason goes with the event)."""
+        from agent import delta
+
+        assert record.target_version is not None
+        details = delta.failed_patch(part)
+        if details is None:
+            offer = delta.find_offer(tuf, self.store, record.name, record.target_version, str(info.path))
+            if offer is None:
+                return False
+
+            def started(have: int, length: int, about: dict[str, Any]) -> None:
+                kind = "download_resumed" if have else "download_started"
+                self.notify(kind, record, {"offset": have, "length": length, "delta_from": about["from"]})
+
+            details = delta.try_patch(tuf=tuf, downloader=self.downloader, offer=offer, info=info, part=part,
+                                      started=started)  # fmt: skip
+        self.notify("delta", record, {"delta": details})  # sent with the `downloaded` event
+        return bool(details.get("ok")) and part.exists()
 
     def verify(self, record: UpdateRecord) -> Ev:
         """Check manifest and artifact against the signed length + sha256 (a fresh metadata refresh)."""

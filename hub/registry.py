@@ -9,7 +9,7 @@ import io
 import lzma
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, cast
@@ -17,6 +17,7 @@ from typing import IO, Any, cast
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from hub import deltas
 from hub.cluster import locks
 from hub.errors import Conflict, InvalidInput
 from hub.store import models as model_store
@@ -30,10 +31,12 @@ MAX_MEMBERS = 10_000
 
 @dataclass(frozen=True)
 class PushOutcome:
-    """Which (name, version, profile) rows were stored now, and which were already there byte for byte."""
+    """Which (name, version, profile) rows were stored now, and which were already there byte for byte; the
+    delta patches published with the stored ones (hub/deltas.py)."""
 
     stored: list[dict[str, Any]]
     unchanged: list[dict[str, Any]]
+    patches: list[dict[str, Any]] = field(default_factory=list)
 
 
 def extract_tar(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> None:
@@ -99,14 +102,17 @@ def safe_relative(name: str) -> Path:
 
 
 def push_folder(*, folder: Path, engine: Engine, repo: TufRepository, now: datetime) -> PushOutcome:
-    """Validate every `<profile>/manifest.json` and its artifact, then publish and record them atomically."""
+    """Validate every `<profile>/manifest.json` and its artifact, then publish and record them atomically, with
+    a patch of each new artifact against the earlier versions devices may hold (hub/deltas.py)."""
     root = _folder_root(folder)
     found = sorted(root.glob(f"*/{MANIFEST_FILE}"))
     if not found:
         raise InvalidInput(f"no <profile>/{MANIFEST_FILE} in the upload")
     checked = [_check_profile(path) for path in found]
+    planned = deltas.plan(engine=engine, repo=repo, artifacts=[(m, a) for m, _, a in checked])  # before the lock
     stored: list[dict[str, Any]] = []
     unchanged: list[dict[str, Any]] = []
+    patches: list[dict[str, Any]] = []
     targets: dict[str, bytes | Path] = {}
     with engine.begin() as conn:
         locks.xact_lock(conn, locks.TUF_PUBLISH)  # replicas share tuf/: one publish at a time, checked after the last
@@ -136,9 +142,12 @@ def push_folder(*, folder: Path, engine: Engine, repo: TufRepository, now: datet
             stored.append(row | {"created_at": now})
             targets[row["manifest_target"]] = manifest_bytes
             targets[row["artifact_target"]] = artifact
+            for patch in planned.get((manifest.name, manifest.version, manifest.profile), []):
+                targets[patch.target] = patch.data  # signed with the artifact, in the same targets version
+                patches.append(patch.describe())
         if targets:
             repo.add_targets(targets)  # inside the transaction: a failed publish stores nothing
-    return PushOutcome(stored=stored, unchanged=unchanged)
+    return PushOutcome(stored=stored, unchanged=unchanged, patches=patches)
 
 
 def _folder_root(folder: Path) -> Path:
