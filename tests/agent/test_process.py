@@ -81,7 +81,7 @@ def test_local_api_on_a_unix_socket(
 
         # The operator CLI finds the daemon through the same config.
         res = CliRunner().invoke(cli, ["agent", "status", "--config", str(config)])
-        assert res.exit_code == 0 and "demo: active v2 previous v1 state committed" in res.output, res.output
+        assert res.exit_code == 0 and "demo: active v2, previous v1, state committed" in res.output, res.output
         res = CliRunner().invoke(cli, ["agent", "rollback", "demo", "--config", str(config)])
         assert res.exit_code == 0 and "rollback of demo queued" in res.output, res.output
         wait_for(lambda: _client(sock).get("/v1/models").json()["models"][0]["active_version"] == 1, what="rollback")
