@@ -31,7 +31,7 @@ from agent.runtimes import INSTALL_HINT, runtime_for_format, runtime_installed
 from agent.selftest import case_inputs, run_self_test
 from agent.serving import ServingRegistry
 from agent.settings import AgentSettings
-from agent.store import ModelStore
+from agent.store import ModelStore, SlotStore
 from agent.tls import hub_context, hub_failure
 
 if TYPE_CHECKING:
@@ -346,12 +346,18 @@ class DeviceSteps:
 
         return self._guard(record, act, Ev.ERROR)
 
+    @property
+    def slots(self) -> SlotStore:
+        """The A/B store this update's unit lives in (models here; PipelineSteps: pipelines)."""
+        return self.store
+
     def activate(self, record: UpdateRecord) -> Ev:
-        """Swap the `active` symlink to the new version (the old one becomes `previous`)."""
+        """Swap the `active` symlink to the new version (the old one becomes `previous`): one rename, for a model
+        or a whole pipeline stage set."""
 
         def act() -> Ev:
             assert record.target_version is not None
-            self.store.activate(record.name, record.target_version)
+            self.slots.activate(record.name, record.target_version)
             return Ev.ACTIVATED
 
         return self._guard(record, act, Ev.ERROR)

@@ -33,6 +33,7 @@ from agent.pipeline.serving import PipelineRegistry, load_pipeline, self_test_pi
 from agent.pipeline.store import PIPELINE_FILE, STAGES_DIR, PipelineStore
 from agent.runtimes import INSTALL_HINT, runtime_for_format, runtime_installed
 from agent.steps import DeviceSteps
+from agent.store import SlotStore
 from protocol.http import artifact_target
 from protocol.manifest import Manifest
 from protocol.pipeline import PipelineManifest, PipelineStage
@@ -45,6 +46,10 @@ class PipelineSteps(DeviceSteps):
         super().__init__(*args, **kwargs)
         self.pipelines = pipelines
         self.served = served
+
+    @property
+    def slots(self) -> SlotStore:
+        return self.pipelines  # `activate` (DeviceSteps') swaps the whole stage set's symlink
 
     def workdir(self, record: UpdateRecord) -> Path:
         return self.settings.data_dir / "pipeline-downloads" / record.name / str(record.target_version)
@@ -161,16 +166,6 @@ class PipelineSteps(DeviceSteps):
                 self.pipelines.stage(manifest, (work / PIPELINE_FILE).read_bytes(), work)
             shutil.rmtree(work, ignore_errors=True)
             return Ev.STORED
-
-        return self._guard(record, act, Ev.ERROR)
-
-    def activate(self, record: UpdateRecord) -> Ev:
-        """One symlink swap: the new stage set is `active`, the old one `previous`."""
-
-        def act() -> Ev:
-            assert record.target_version is not None
-            self.pipelines.activate(record.name, record.target_version)
-            return Ev.ACTIVATED
 
         return self._guard(record, act, Ev.ERROR)
 
