@@ -2,6 +2,8 @@
 
 Messages are queued by paho's network thread and stored in batches by one worker thread, so the
 broker connection never waits on the database. A malformed payload is logged and counted, never fatal.
+Events and telemetry are acknowledged (QoS 1, per device and channel) once committed; under load the acks of
+consecutive batches are gathered for up to ACK_INTERVAL_S, so a device sending fast gets one ack, not one a batch.
 
 Hub replicas on one broker (docs/hub.md, cluster). Over MQTT 5 every replica subscribes to events and
 telemetry as shared subscriptions (`$share/<group>/...`): the broker hands each message to one replica, which
@@ -33,7 +35,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from hub.metrics import HubMetrics
-from hub.mqtt.ingest import IngestBatch, store_batch
+from hub.mqtt.ingest import IngestBatch, Stored, store_batch
 from hub.store import devices as device_store
 from hub.tuf_repo import Clock
 from protocol.messages import MAX_PAYLOAD_BYTES, Ack, DesiredState, DeviceStatus, Event, ReportedState
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 BATCH = 2000
 RETRIES = 5
+# Under load, acks gather the ids stored for up to this long: one publish per device and channel, not per batch
+# (an ack costs about what storing a message does). A message arriving after a quiet spell is acked at once.
+ACK_INTERVAL_S = 0.5
+ACK_MAX_IDS = 5000  # per ack message: well under the agent's MAX_PAYLOAD_BYTES
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason code
 SUBSCRIBED = (Channel.REPORTED, Channel.EVENTS, Channel.STATUS, Channel.TELEMETRY)
 KEYED = (Channel.EVENTS, Channel.TELEMETRY)  # rows stored once whoever stores them: shared over MQTT 5
@@ -96,7 +102,9 @@ class MqttBridge:
         self._plain: tuple[Channel, ...] = ()  # channels on plain subscriptions now
         self._pending: set[int] = set()  # (un)subscribe requests the broker has not answered yet
         self._said_protocol = False
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._unacked = Stored()  # committed, not yet acknowledged (worker thread only)
+        self._acked_at = -ACK_INTERVAL_S  # time.monotonic() of the last acks published
         self._resync = threading.Event()
         self._worker = threading.Thread(target=self._work, name="hub-ingest", daemon=True)
         self._host, self._port = host, port
@@ -114,7 +122,9 @@ class MqttBridge:
         )
         if self._credentials[0]:
             client.username_pw_set(*self._credentials)
-        client.max_inflight_messages_set(1000)
+        # No in-flight window for what the hub publishes (QoS 1 acks and desired states): paho rescans every
+        # message in flight on each PUBACK while a window is set, which cost more than storing a message.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_connect = self._on_connect
@@ -259,8 +269,13 @@ class MqttBridge:
     # ---- ingest worker --------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._acks_due_in())
+            except queue.Empty:
+                self._publish_acks()
+                continue
             if item is None:
+                self._publish_acks()
                 return
             items = [item]
             while len(items) < BATCH:
@@ -274,6 +289,8 @@ class MqttBridge:
                 items.append(nxt)
             self.metrics.ingest_queue.set(self._queue.qsize())
             self._handle_with_retry(items)
+            if time.monotonic() - self._acked_at >= ACK_INTERVAL_S:
+                self._publish_acks()
             if self._resync.is_set():
                 self._resync.clear()
                 self._republish_pending()
@@ -305,23 +322,43 @@ class MqttBridge:
                 continue
             if channel is not None:
                 accepted[channel] += 1
+        for channel, n in accepted.items():
+            self.metrics.mqtt_messages.labels(channel.value).inc(n)
         return batch, accepted
 
     def _store(self, batch: IngestBatch, accepted: Counter[Channel], now: datetime) -> None:
-        """Commit the batch, then acknowledge its events and telemetry: the replica that stored them acks them."""
+        """Commit the batch; its events and telemetry join the acks to publish: the replica that stored them acks."""
         with self.metrics.ingest_batch_seconds.time():
             stored = store_batch(engine=self.engine, batch=batch, now=now)
         for device_id, seqs in stored.events.items():
-            ack = Ack(channel="events", ids=sorted(seqs))
-            self.client.publish(device_topic(device_id, Channel.ACK, self.topic_root), ack.to_bytes(), qos=1)
+            self._unacked.events.setdefault(device_id, set()).update(seqs)
         for device_id, ids in stored.telemetry.items():
-            ack = Ack(channel="telemetry", ids=sorted(ids))
-            self.client.publish(device_topic(device_id, Channel.ACK, self.topic_root), ack.to_bytes(), qos=1)
+            self._unacked.telemetry.setdefault(device_id, set()).update(ids)
         self.stored_by_channel.update(accepted)
         self.stored += sum(accepted.values())
         changed = set(batch.reported) | set(stored.events) | set(batch.status)
         if changed and self.on_devices_changed:
             self.on_devices_changed(changed)
+
+    def _acks_due_in(self) -> float | None:
+        """Seconds until the gathered acks are due (None: nothing to acknowledge)."""
+        if not (self._unacked.events or self._unacked.telemetry):
+            return None
+        return max(0.0, self._acked_at + ACK_INTERVAL_S - time.monotonic())
+
+    def _publish_acks(self) -> None:
+        """QoS 1 acks for everything stored since the last ones: per device and channel, ids in order."""
+        if not (self._unacked.events or self._unacked.telemetry):
+            return
+        unacked, self._unacked = self._unacked, Stored()
+        for channel, stored in (("events", unacked.events), ("telemetry", unacked.telemetry)):
+            for device_id, ids in stored.items():
+                topic = device_topic(device_id, Channel.ACK, self.topic_root)
+                in_order = sorted(ids)
+                for i in range(0, len(in_order), ACK_MAX_IDS):
+                    ack = Ack(channel=channel, ids=in_order[i : i + ACK_MAX_IDS])
+                    self.client.publish(topic, ack.to_bytes(), qos=1)
+        self._acked_at = time.monotonic()
 
     def _parse(self, batch: IngestBatch, topic: str, payload: bytes) -> Channel | None:
         """Add one message to the batch and return its channel (None: a cleared retained message); or raise Rejected."""
@@ -347,11 +384,13 @@ class MqttBridge:
                 event = Event.from_json(payload)
                 if event.device_id != device_id:
                     raise Rejected("device_mismatch")
+                _zoned(event.ts)
                 batch.events.append(event)
             elif channel is Channel.TELEMETRY:
                 message = decode_message(payload)
                 if message.device_id != device_id or message.summary.device_id != device_id:
                     raise Rejected("device_mismatch")
+                _zoned(message.summary.window_start, message.summary.window_end)
                 batch.telemetry.append(message)
             elif channel is Channel.STATUS:
                 batch.status[device_id] = DeviceStatus.from_json(payload).status == "online"
@@ -360,10 +399,9 @@ class MqttBridge:
         except ValidationError as e:
             log.warning("rejected %s: %s", topic, e.errors()[0].get("msg"))
             raise Rejected("malformed") from None
-        except ValueError as e:  # undecodable telemetry compression
+        except ValueError as e:  # undecodable telemetry compression, a time without a zone
             log.warning("rejected %s: %s", topic, e)
             raise Rejected("malformed") from None
-        self.metrics.mqtt_messages.labels(channel.value).inc()
         return channel
 
     def _republish_pending(self) -> None:
@@ -378,3 +416,10 @@ class MqttBridge:
                 log.exception("stored desired state of %s is invalid", row["id"])
         self.publish_desired(states)
         log.info("resynced %d desired states", len(states))
+
+
+def _zoned(*times: datetime) -> None:
+    """Times stored in UTC columns must carry a zone: a naive one would fail its whole batch at every retry."""
+    for t in times:
+        if t.tzinfo is None:
+            raise ValueError("a time without a time zone")

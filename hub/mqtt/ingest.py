@@ -67,11 +67,11 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                     "model": e.model,
                     "version": e.version,
                     "rollout_id": e.rollout_id,
-                    "payload": e.model_dump(mode="json"),
+                    "payload": e.model_dump_json(),
                 }
                 for e in sorted(batch.events, key=lambda e: (e.device_id, e.seq))
             ]
-            event_store.insert_new(conn=conn, rows=rows)
+            event_store.insert_new(conn=conn, rows=rows, json_text=("payload",))
             for e in batch.events:
                 stored.events.setdefault(e.device_id, set()).add(e.seq)
         if batch.telemetry:
@@ -83,11 +83,12 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                     "version": t.summary.version,
                     "window_start": t.summary.window_start,
                     "window_end": t.summary.window_end,
-                    "summary": t.summary.model_dump(mode="json"),
+                    "summary": t.summary.model_dump_json(),
                 }
                 for t in sorted(batch.telemetry, key=lambda t: (t.device_id, t.id))
             ]
-            event_store.insert_new(conn=conn, rows=rows, table=telemetry, key=("device_id", "msg_id"))
+            key = ("device_id", "msg_id")
+            event_store.insert_new(conn=conn, rows=rows, table=telemetry, key=key, json_text=("summary",))
             for t in batch.telemetry:
                 stored.telemetry.setdefault(t.device_id, set()).add(t.id)
     return stored

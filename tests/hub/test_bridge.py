@@ -11,12 +11,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import func, select
 
-from hub.db.schema import telemetry
+from hub.db.engine import make_engine
+from hub.db.schema import events, telemetry
+from hub.metrics import HubMetrics
+from hub.mqtt import bridge as bridge_module
+from hub.mqtt.bridge import MqttBridge
 from hub.security import mosquitto_hash, sha256_hex
 from hub.services import Hub
 from hub.settings import HubSettings
 from hub.store import devices as device_store
 from hub.store import events as event_store
+from hub.tuf_repo import utcnow
 from protocol.messages import Ack, DeviceStatus, Event, EventKind, ReportedState
 from protocol.telemetry import TelemetryMessage, TelemetrySummary, encode_message
 from tests.hub.mqttc import Collector
@@ -100,3 +105,106 @@ def test_auto_protocol_falls_back_to_mqtt_311(tmp_path: Path, unique_root: str) 
             dev.close()
         finally:
             hub.stop()
+
+
+def _hub_with_device(tmp_path: Path, broker: Broker, root: str, db_url: str, device_id: str) -> Hub:
+    settings = HubSettings(data_dir=tmp_path / "d", admin_token="t" * 20, mqtt_port=broker.port, database_url=db_url,
+                           topic_root=root)  # fmt: skip
+    hub = Hub(settings=settings)
+    with hub.engine.begin() as conn:
+        device_store.create_device(conn=conn, now=datetime.now(UTC), device_id=device_id, profile="p", group=None,
+                                   tags={}, token_sha256=sha256_hex(device_id), mqtt_password_hash="-",
+                                   agent_version="t")  # fmt: skip
+    return hub
+
+
+def test_a_burst_is_acked_after_storing_in_few_acks(tmp_path: Path, broker: Broker, unique_root: str,
+                                                    db_url: str) -> None:  # fmt: skip
+    """Acks of consecutive batches are gathered (ACK_INTERVAL_S): every seq acked once, each only once stored."""
+    hub = _hub_with_device(tmp_path, broker, unique_root, db_url, "d1")
+    hub.start()
+    acked: list[list[int]] = []
+    unstored: list[int] = []
+
+    def on_ack(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        ids = Ack.from_json(msg.payload).ids
+        with hub.engine.connect() as conn:
+            have = {r.seq for r in conn.execute(select(events.c.seq).where(events.c.device_id == "d1"))}
+        unstored.extend(set(ids) - have)
+        acked.append(ids)
+
+    dev = Collector(broker.port).wait_connected()
+    try:
+        assert hub.bridge is not None and hub.bridge.ingesting.wait(10)
+        base = f"{unique_root}/devices/d1"
+        dev.subscribe(f"{base}/ack")
+        dev.client.on_message = on_ack
+        now = datetime.now(UTC)
+        burst = range(1, 301)
+        for seq in burst:
+            ev = Event(device_id="d1", seq=seq, kind=EventKind.HEALTH, ts=now, model="m", version=1)
+            dev.client.publish(f"{base}/events", ev.to_bytes(), qos=1)
+        assert _until(lambda: sorted(i for ids in acked for i in ids) == list(burst)), acked
+        assert not unstored
+        assert all(ids == sorted(ids) for ids in acked)
+        assert len(acked) < len(burst) // 10, [len(ids) for ids in acked]  # not one per message, nor per batch
+    finally:
+        dev.close()
+        hub.stop()
+
+
+def test_a_time_without_a_zone_is_rejected_not_fatal_to_its_batch(tmp_path: Path, broker: Broker, unique_root: str,
+                                                                  db_url: str) -> None:  # fmt: skip
+    """A naive timestamp cannot go into a UTC column: refused as malformed, the good messages beside it stored."""
+    hub = _hub_with_device(tmp_path, broker, unique_root, db_url, "d1")
+    hub.start()
+    dev = Collector(broker.port).wait_connected()
+    try:
+        assert hub.bridge is not None and hub.bridge.ingesting.wait(10)
+        base = f"{unique_root}/devices/d1"
+        dev.subscribe(f"{base}/ack")
+        naive = datetime(2025, 1, 1, 12, 0)
+        now = datetime.now(UTC)
+        good = Event(device_id="d1", seq=2, kind=EventKind.HEALTH, ts=now)
+        summary = TelemetrySummary(device_id="d1", model="m", version=1, profile="p", window_start=naive,
+                                   window_end=naive, n=1)  # fmt: skip
+        for payload, channel in [(Event(device_id="d1", seq=1, kind=EventKind.HEALTH, ts=naive).to_bytes(), "events"),
+                                 (encode_message(TelemetryMessage(id=1, device_id="d1", summary=summary)), "telemetry"),
+                                 (good.to_bytes(), "events")]:  # fmt: skip
+            dev.client.publish(f"{base}/{channel}", payload, qos=1)
+        assert _until(lambda: hub.bridge is not None and hub.bridge.processed >= 3)
+        assert dev.wait_for(lambda m: any(Ack.from_json(p) == Ack(channel="events", ids=[2]) for _t, p in m))
+        with hub.engine.connect() as conn:
+            assert [r["seq"] for r in event_store.list_for_device(conn=conn, device_id="d1")] == [2]
+            assert conn.execute(select(func.count()).select_from(telemetry)).scalar_one() == 0
+        rejected = {s.labels["reason"]: s.value for m in hub.metrics.mqtt_rejected.collect() for s in m.samples
+                    if s.name.endswith("_total")}  # fmt: skip
+        assert rejected == {"malformed": 2.0}
+    finally:
+        dev.close()
+        hub.stop()
+
+
+def test_acks_are_split_to_stay_under_the_payload_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many ids gathered for one device, each ack message holds at most ACK_MAX_IDS of them, in order."""
+    monkeypatch.setattr(bridge_module, "ACK_MAX_IDS", 3)
+    sent: list[tuple[str, Ack]] = []
+
+    class Recorder:
+        def publish(self, topic: str, payload: bytes, qos: int) -> None:
+            assert qos == 1
+            sent.append((topic, Ack.from_json(payload)))
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    bridge = MqttBridge(host="127.0.0.1", port=1, username=None, password=None, topic_root="r/v1", engine=engine,
+                        clock=utcnow, metrics=HubMetrics())  # fmt: skip
+    bridge.client = Recorder()  # type: ignore[assignment]
+    bridge._unacked.events["d1"] = {7, 1, 5, 3, 9}
+    bridge._unacked.telemetry["d2"] = {4}
+    bridge._publish_acks()
+    assert sent == [("r/v1/devices/d1/ack", Ack(channel="events", ids=[1, 3, 5])),
+                    ("r/v1/devices/d1/ack", Ack(channel="events", ids=[7, 9])),
+                    ("r/v1/devices/d2/ack", Ack(channel="telemetry", ids=[4]))]  # fmt: skip
+    bridge._publish_acks()
+    assert len(sent) == 3  # nothing gathered since
+    engine.dispose()
