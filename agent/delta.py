@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 from agent.errors import DigestMismatch, MetadataRefused, RefusedUpdate, StoreError
 from agent.fsutil import atomic_write, fsync_dir, fsync_file
 from agent.store import ModelStore
+from protocol.http import PATCH_ALGORITHM as ALGORITHM
+from protocol.http import patch_target
 
 if TYPE_CHECKING:
     from agent.download import Downloader
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ALGORITHM = "zstd"
 HELD_SLOTS = ("active", "previous")  # the versions a patch may start from
 CHUNK = 1 << 20
 
@@ -57,12 +58,6 @@ class PatchOffer:
     from_version: int
     base: Path  # the held version's artifact
     info: Any  # the patch's signed TargetFile (path, length, hashes)
-
-
-def patch_target(artifact: str, from_version: int) -> str:
-    """The TUF target path of the patch that rebuilds the artifact target `artifact` from `from_version`
-    (hub/deltas.py names it the same way)."""
-    return f"{artifact}.from-{from_version}.{ALGORITHM}"
 
 
 def window_log(base_size: int, new_size: int) -> int:

@@ -34,7 +34,7 @@ from hub.db.schema import model_versions
 from hub.errors import HubError, StorageError
 from hub.store import models as model_store
 from hub.tuf_repo import TufRepository
-from protocol.http import artifact_target
+from protocol.http import PATCH_ALGORITHM, artifact_target, patch_target
 from protocol.manifest import Manifest
 
 if sys.version_info >= (3, 14):
@@ -44,9 +44,9 @@ else:
 
 log = logging.getLogger(__name__)
 
-ALGORITHM = "zstd"  # the target name's suffix; another format would be another suffix, side by side
 HISTORY = 3  # patches from this many newest earlier versions (what devices two or three updates behind hold)
 MIN_SAVING = 0.20  # offered only when the patch is at least this much smaller than the full artifact
+ALGORITHM = PATCH_ALGORITHM  # the patch format (protocol/http.py names its targets)
 LEVEL = 9  # as small as level 19 on model artifacts, ~10x faster (docs/updates.md); level 19 fails past ~50 MB
 MAX_NAME = 128  # the hash-named file under /tuf/targets/ (hub/api/routes/tuf.py HASHED_NAME)
 
@@ -66,13 +66,6 @@ class Patch:
 
 
 Planned = dict[tuple[str, int, str], list[Patch]]  # (name, version, profile) -> its patches
-
-
-def patch_target(artifact: str, from_version: int) -> str:
-    """The TUF target path of the patch that rebuilds the artifact target `artifact` from version `from_version`.
-
-    The agent names it the same way (agent/delta.py patch_target; tests/hub/test_deltas.py holds them equal)."""
-    return f"{artifact}.from-{from_version}.{ALGORITHM}"
 
 
 def window_log(old_size: int, new_size: int) -> int:

@@ -27,6 +27,16 @@ def artifact_target(name: str, version: int, profile: str, file: str) -> str:
     return f"models/{name}/{version}/{profile}/{file}"
 
 
+PATCH_ALGORITHM = "zstd"  # the patch target's suffix; another format would be another suffix, side by side
+
+
+def patch_target(artifact: str, from_version: int) -> str:
+    """TUF target path of the patch that rebuilds artifact target `artifact` from version `from_version`:
+    `models/{name}/{version}/{profile}/{file}.from-{from_version}.zstd` (hub/deltas.py makes it, agent/delta.py
+    applies it)."""
+    return f"{artifact}.from-{from_version}.{PATCH_ALGORITHM}"
+
+
 class EnrollRequest(Contract):
     """Device -> hub: exchange an operator-issued token for an identity."""
 
