@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from hub.db.schema import devices, telemetry
 from hub.store import events as event_store
@@ -40,6 +40,11 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
     """Write the batch in one transaction; duplicates (same device and seq/id) are stored once."""
     stored = Stored()
     with engine.begin() as conn:
+        touched = sorted(set(batch.reported) | set(batch.status))
+        if touched and conn.dialect.name == "postgresql":
+            # Device rows locked in id order before any update: the reported and status passes below, another
+            # replica's batch and the rollout engine's desired states (also in id order) never deadlock.
+            conn.execute(select(devices.c.id).where(devices.c.id.in_(touched)).order_by(devices.c.id).with_for_update())
         if batch.reported:
             conn.execute(
                 update(devices)
@@ -47,7 +52,7 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                 .values(reported=bindparam("b_rep"), applied_generation=bindparam("b_gen"), last_seen=now, online=True),
                 [
                     {"b_id": d, "b_rep": r.model_dump(mode="json"), "b_gen": r.applied_generation}
-                    for d, r in batch.reported.items()
+                    for d, r in sorted(batch.reported.items())
                 ],
             )
         if batch.status:
@@ -55,7 +60,7 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                 update(devices)
                 .where(devices.c.id == bindparam("b_id"))
                 .values(online=bindparam("b_online"), last_seen=now),
-                [{"b_id": d, "b_online": online} for d, online in batch.status.items()],
+                [{"b_id": d, "b_online": online} for d, online in sorted(batch.status.items())],
             )
         if batch.events:
             rows = [

@@ -163,7 +163,8 @@ def out_of_sync(*, conn: Connection) -> list[dict[str, Any]]:
 
 
 def set_desired_many(*, conn: Connection, states: list[tuple[str, dict[str, Any], int]]) -> None:
-    """Batch of (device id, desired state, generation)."""
+    """Batch of (device id, desired state, generation), written in id order (the lock order of every writer of
+    device rows: see hub/mqtt/ingest.py)."""
     if not states:
         return
     stmt = (
@@ -171,7 +172,7 @@ def set_desired_many(*, conn: Connection, states: list[tuple[str, dict[str, Any]
         .where(devices.c.id == bindparam("b_id"))
         .values(desired=bindparam("b_desired"), desired_generation=bindparam("b_gen"))
     )
-    conn.execute(stmt, [{"b_id": d, "b_desired": s, "b_gen": g} for d, s, g in states])
+    conn.execute(stmt, [{"b_id": d, "b_desired": s, "b_gen": g} for d, s, g in sorted(states, key=lambda t: t[0])])
 
 
 def delete_device(*, conn: Connection, device_id: str) -> bool:
