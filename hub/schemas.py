@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -84,6 +84,19 @@ class RolloutTarget(Strict):
     devices: list[Identifier] | None = None
 
 
+class ShadowSpec(Strict):
+    """A shadow phase before each wave activates (docs/rollouts.md#shadow): the wave's devices run the candidate
+    beside the serving version on `fraction` of their live requests, after each reply; the wave activates once
+    the pooled evidence has `min_samples` compared rows within the limits. Otherwise the rollout pauses (or
+    rolls back with `auto_rollback`), the reason giving the numbers."""
+
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_samples: Annotated[int, Field(ge=1, le=10_000_000)] = 200
+    max_disagreement: Share = 0.05  # top-1 disagreement (classifiers), out-of-tolerance rows (regressors)
+    max_latency_ratio: Annotated[float, Field(gt=0)] = 1.5  # candidate mean latency over the serving version's
+    max_duration_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0  # to gather min_samples
+
+
 class RolloutCreate(Strict):
     """A rollout of a model version (`model`) or of a pipeline version (`pipeline`): exactly one of the two."""
 
@@ -101,6 +114,7 @@ class RolloutCreate(Strict):
     auto_rollback: bool = False
     gates: list[str] = Field(default_factory=lambda: ["self_test"])
     gate_limits: TelemetryLimits = Field(default_factory=TelemetryLimits)  # telemetry gates (docs/telemetry.md)
+    shadow: ShadowSpec | None = None  # a shadow test before each wave activates (models only)
     start: bool = True
 
     @property
@@ -117,6 +131,8 @@ class RolloutCreate(Strict):
     def _one_unit(self) -> Self:
         if (self.model is None) == (self.pipeline is None):
             raise ValueError("give either model or pipeline (the name of what the rollout ships), not both")
+        if self.pipeline is not None and self.shadow is not None:
+            raise ValueError("shadow tests are not available for pipeline rollouts yet; leave out shadow")
         return self
 
     @model_validator(mode="after")
@@ -135,11 +151,29 @@ class RolloutScope(Strict):
     device_id: Identifier | None = None
 
 
+class ShadowEvidence(BaseModel):
+    """A wave's pooled shadow evidence (hub/rollouts/shadow.py) and what the hub concluded from it."""
+
+    samples: int
+    agreed: int
+    failed: int  # requests the candidate could not answer
+    dropped: int  # sampled but not run: the device's shadow queue was full
+    disagreement: float | None
+    latency_ratio: float | None
+    mean_abs_error: float | None
+    devices: int  # devices that sent evidence
+    refused: dict[str, str] = Field(default_factory=dict)  # device -> why it could not shadow the candidate
+    verdict: Literal["collecting", "passed", "failed", "accepted"]
+    reason: str | None = None
+    started_at: datetime | None = None
+
+
 class WaveProgress(BaseModel):
     wave: int
     total: int
     released: bool
     counts: dict[str, int]
+    shadow: ShadowEvidence | None = None
 
 
 class RolloutDevicePublic(BaseModel):

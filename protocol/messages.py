@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from protocol.base import Contract, Identifier, ModelName, Sha256Hex, Version
+from protocol.shadow import DesiredShadow
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 
@@ -64,9 +65,11 @@ class DesiredState(_OmitsNewKeys):
     generation: Annotated[int, Field(ge=0)]
     models: list[DesiredModel] = Field(default_factory=list)
     pipelines: list[DesiredPipeline] = Field(default_factory=list)
+    # Candidates to shadow-test beside the serving version, never serving them (protocol/shadow.py).
+    shadows: list[DesiredShadow] = Field(default_factory=list)
     issued_at: datetime
 
-    _new_keys = ("pipelines",)
+    _new_keys = ("pipelines", "shadows")
 
 
 class LifecycleState(StrEnum):
@@ -133,6 +136,9 @@ class EventKind(StrEnum):
     UNINSTALLED = "uninstalled"  # the model left the desired state: no longer served, its files deleted
     MESSAGE_REJECTED = "message_rejected"  # a malformed desired state or command
     HEALTH = "health"  # periodic model-health snapshot (telemetry issue)
+    # A shadow window: `details` is a protocol.shadow.ShadowSummary; `version` the candidate's; also sent with
+    # `reason` alone when the device cannot shadow the candidate (download, verification or load failed).
+    SHADOW = "shadow"
 
 
 class Event(_OmitsNewKeys):

@@ -26,6 +26,7 @@ from hub.db.schema import pipeline_versions
 from hub.errors import Conflict, InvalidInput, NotFound
 from hub.rollouts import members as membership
 from hub.rollouts import planner
+from hub.rollouts import shadow as shadow_phase
 from hub.rollouts.evaluate import evaluate_members
 from hub.rollouts.gates import GATES, TELEMETRY_GATES
 from hub.rollouts.machine import (
@@ -71,6 +72,8 @@ class RolloutEngine:
             profiles = _profiles_of(conn, spec.kind, spec.name, spec.version)
             if not profiles:
                 raise NotFound(f"{spec.kind} {spec.name} version {spec.version} is not in the registry")
+            if spec.shadow is not None and spec.kind != "model":
+                raise InvalidInput("shadow tests are not available for pipeline rollouts yet; leave out shadow")
             if spec.kind == "pipeline" and TELEMETRY_GATES & set(spec.gates):
                 gates = ", ".join(sorted(TELEMETRY_GATES & set(spec.gates)))
                 raise InvalidInput(f"telemetry gates ({gates}) are not available for pipelines yet; use self_test")
@@ -111,11 +114,14 @@ class RolloutEngine:
                 published = membership.hold(conn, row, now, event, scope, actor)
             else:
                 state = self._transition(conn, row, event, now, reason=f"{event.value} by {actor}")
+                if event in ROLLBACK_EVENTS or state is RolloutState.ABORTED:
+                    published = membership.end_shadow(conn, row, now, f"{event.value} by {actor}")
                 if event in ROLLBACK_EVENTS:
-                    published = membership.rollback_members(conn, row, now)
+                    published += membership.rollback_members(conn, row, now)
                 elif state is RolloutState.RUNNING:
                     if event is RolloutEvent.RESUME:
                         membership.acknowledge_failures(conn, row, now)
+                        self._accept_shadow(conn, row, now, actor)
                     published = membership.release(conn, row, now)
             details = scope.model_dump(exclude_none=True) if scope else {}
             audit.record(
@@ -231,6 +237,8 @@ class RolloutEngine:
             return []
         published = membership.release(conn, row, now)
         spec, wave = row["spec"], row["current_wave"]
+        if not shadow_phase.activates(row, wave):
+            return published + self._shadow_step(conn, row, members, now)
         acknowledged = set(spec.get("acknowledged_failures", []))
         in_wave = [
             m
@@ -266,6 +274,46 @@ class RolloutEngine:
             log.info("rollout %s: wave %d -> %d (%d/%d healthy)", row["id"], wave, wave + 1, healthy, n)
             return published + membership.release(conn, row, now)
         return published
+
+    def _shadow_step(
+        self, conn: Connection, row: dict[str, Any], members: list[dict[str, Any]], now: datetime
+    ) -> list[DesiredState]:
+        """Judge the current wave's shadow evidence: activate the wave, keep collecting, or pause / roll back."""
+        shadow = shadow_phase.spec_of(row)
+        wave = row["current_wave"]
+        record = shadow_phase.wave_record(row, wave)
+        if shadow is None or record is None or record.get("verdict") != "collecting":
+            return []  # not started (every member held) or already decided: a failed phase waits for an operator
+        in_wave = [m["device_id"] for m in members if m["wave"] == wave]
+        found = shadow_phase.evidence(conn, row, in_wave)
+        started = datetime.fromisoformat(record["started_at"])
+        verdict, reason = shadow_phase.judge(shadow, found, len(in_wave), started, now)
+        if verdict == "collecting":
+            return []
+        spec = shadow_phase.set_wave_record(row, wave, verdict=verdict, reason=reason, decided_at=now.isoformat())
+        rollout_store.set_spec(conn=conn, now=now, rollout_id=row["id"], spec=spec)
+        audit.record(conn=conn, now=now, actor=self.actor, action=f"rollout.shadow_{verdict}", target=row["id"],
+                     details={"wave": wave, "reason": reason})  # fmt: skip
+        log.info("rollout %s: wave %d shadow %s (%s)", row["id"], wave, verdict, reason)
+        if verdict == "passed":
+            return membership.release(conn, row, now)
+        published = membership.end_shadow(conn, row, now, reason)
+        if row["spec"]["auto_rollback"]:
+            self._finding(conn, row, RolloutEvent.AUTO_ROLLBACK, now, f"wave {wave}: {reason}")
+            return published + membership.rollback_members(conn, row, now)
+        self._finding(conn, row, RolloutEvent.ERROR_THRESHOLD, now, f"wave {wave}: {reason}")
+        return published
+
+    def _accept_shadow(self, conn: Connection, row: dict[str, Any], now: datetime, actor: str) -> None:
+        """Resuming after a failed shadow phase activates that wave on the operator's word (audited)."""
+        wave = row["current_wave"]
+        record = shadow_phase.wave_record(row, wave)
+        if record is None or record.get("verdict") != "failed":
+            return
+        spec = shadow_phase.set_wave_record(row, wave, verdict="accepted", accepted_by=actor)
+        rollout_store.set_spec(conn=conn, now=now, rollout_id=row["id"], spec=spec)
+        audit.record(conn=conn, now=now, actor=actor, action="rollout.shadow_accepted", target=row["id"],
+                     details={"wave": wave, "reason": record.get("reason")})  # fmt: skip
 
     def _finding(self, conn: Connection, row: dict[str, Any], event: RolloutEvent, now: datetime, reason: str) -> None:
         """A transition the engine decided on its own, audited under the engine's (replica's) name."""

@@ -65,6 +65,7 @@ class DeviceState(StrEnum):
     """One device's progress inside a rollout (derived from its reported state and events)."""
 
     PENDING = "pending"  # not released yet, or released and not heard from
+    SHADOWING = "shadowing"  # running the candidate beside its serving version (the wave's shadow phase)
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     ACTIVATING = "activating"

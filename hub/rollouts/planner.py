@@ -11,6 +11,7 @@ from hub.schemas import RolloutTarget
 from protocol.http import manifest_target
 from protocol.messages import DesiredModel, DesiredPipeline, DesiredState
 from protocol.pipeline import pipeline_target
+from protocol.shadow import DesiredShadow
 
 # What a rollout ships, and the key of its list in desired and reported states.
 UNIT_LISTS = {"model": "models", "pipeline": "pipelines"}
@@ -82,7 +83,7 @@ def next_desired(
     kind: str = "model",
 ) -> DesiredState:
     """The device's desired state with `model` (a pipeline's name when `kind` is "pipeline") set to `version`
-    (None removes it); generation + 1."""
+    (None removes it), which also ends a shadow test of that model; generation + 1."""
     current = device.get("desired") or {}
     keep = {k: [u for u in current.get(k, []) if not (k == UNIT_LISTS[kind] and u.get("name") == model)]
             for k in UNIT_LISTS.values()}  # fmt: skip
@@ -102,10 +103,29 @@ def next_desired(
         )
     models.sort(key=lambda m: m.name)
     pipelines.sort(key=lambda p: p.name)
+    shadows = [DesiredShadow.model_validate(s) for s in current.get("shadows", [])
+               if not (kind == "model" and s.get("name") == model)]  # fmt: skip
     return DesiredState(
         device_id=device["id"],
         generation=int(device.get("desired_generation") or 0) + 1,
         models=models,
         pipelines=pipelines,
+        shadows=shadows,
         issued_at=now,
+    )
+
+
+def shadow_desired(device: dict[str, Any], *, model: str, shadow: DesiredShadow | None, now: datetime) -> DesiredState:
+    """The device's desired state with the shadow test of `model` set to `shadow` (None ends it), all else as it
+    is; generation + 1."""
+    current = DesiredState.model_validate(
+        (device.get("desired") or {}) | {"device_id": device["id"], "generation": 0, "issued_at": now}
+    )
+    shadows = [s for s in current.shadows if s.name != model] + ([shadow] if shadow is not None else [])
+    return current.model_copy(
+        update={
+            "generation": int(device.get("desired_generation") or 0) + 1,
+            "shadows": sorted(shadows, key=lambda s: s.name),
+            "issued_at": now,
+        }
     )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body
 
 from hub.api.deps import AdminDep, ConnDep, HubDep
 from hub.errors import NotFound
+from hub.rollouts import shadow as shadow_phase
 from hub.rollouts.machine import RolloutEvent
 from hub.schemas import Message, RolloutCreate, RolloutDevicePublic, RolloutPublic, RolloutScope, WaveProgress
 from hub.store import rollouts as rollout_store
@@ -31,6 +32,7 @@ def _public(conn: ConnDep, row: dict[str, Any], with_devices: bool) -> RolloutPu
             WaveProgress(
                 wave=wave, total=len(in_wave), released=wave <= row["current_wave"] and row["state"] != "scheduled",
                 counts=dict(Counter(m["state"] for m in in_wave)),
+                shadow=shadow_phase.view(conn, row, wave, [m["device_id"] for m in in_wave]),
             )
         )  # fmt: skip
     devices = None
