@@ -49,6 +49,7 @@ class DevicePublic(BaseModel):
     desired_versions: dict[str, int]
     current_pipelines: dict[str, int | None] = Field(default_factory=dict)
     desired_pipelines: dict[str, int] = Field(default_factory=dict)
+    shadowing: dict[str, int] = Field(default_factory=dict)  # candidates it is asked to shadow-test: name -> version
     desired_generation: int
     applied_generation: int
     enrolled_at: datetime

@@ -35,8 +35,9 @@ def to_public(row: dict[str, Any]) -> DevicePublic:
         id=row["id"], profile=row["profile"], group=row["group_name"], tags=row["tags"] or {}, online=row["online"],
         last_seen=row["last_seen"], agent_version=row["agent_version"], current_versions=current,
         desired_versions=desired, current_pipelines=pipelines, desired_pipelines=desired_pipelines,
-        desired_generation=row["desired_generation"],
-        applied_generation=row["applied_generation"], enrolled_at=row["enrolled_at"],
+        shadowing={s["name"]: s["version"] for s in wanted.get("shadows", [])},
+        desired_generation=row["desired_generation"], applied_generation=row["applied_generation"],
+        enrolled_at=row["enrolled_at"],
     )  # fmt: skip
 
 
