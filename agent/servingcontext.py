@@ -92,7 +92,7 @@ class ServingContext:
     def window_closed(self, summary: TelemetrySummary) -> None:
         """Drift (computed when scraped: agent.metrics.DriftGauges) and accuracy gauges of the window that just
         closed (telemetry thread)."""
-        served = self.serving.get(summary.model)
+        served = self.serving.get(summary.model) if summary.unit == "model" else None  # a pipeline's: no baseline
         if served is None or served.model.manifest is None or served.version != summary.version:
             return
         baseline = served.model.manifest.baseline

@@ -12,9 +12,9 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from protocol.base import Contract, Identifier, ModelName, Version
 
@@ -73,10 +73,12 @@ class FeatureWindow(Contract):
 
 
 class TelemetrySummary(Contract):
-    """What one device saw of one model version during one window (or a merge of many)."""
+    """What one device saw of one model version during one window (or a merge of many); with `unit` "pipeline",
+    of one pipeline version end to end (`model` its name): requests, errors, latency and fallback, no features."""
 
     schema_version: Literal[1] = 1
     device_id: Identifier | Literal["*"]
+    unit: Literal["model", "pipeline"] = "model"  # added after wire version 1 shipped: left out while "model"
     model: ModelName
     version: Version
     profile: Identifier | Literal["*"]
@@ -104,6 +106,14 @@ class TelemetrySummary(Contract):
         if self.confusion is not None and any(len(r) != len(self.confusion) for r in self.confusion):
             raise ValueError("confusion must be square")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_model_unit(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A model's summary reads as before `unit` existed, so a hub from before it still takes it."""
+        data: dict[str, Any] = handler(self)
+        if data.get("unit") == "model":
+            data.pop("unit")
+        return data
 
     def latency_ms(self, q: float) -> float | None:
         return latency_quantile(self.latency_buckets, q)
@@ -140,8 +150,8 @@ def merge(summaries: Sequence[TelemetrySummary]) -> TelemetrySummary:
     if not summaries:
         raise ValueError("nothing to merge")
     first = summaries[0]
-    if any((s.model, s.version) != (first.model, first.version) for s in summaries):
-        raise ValueError("summaries of different model versions do not merge")
+    if any((s.unit, s.model, s.version) != (first.unit, first.model, first.version) for s in summaries):
+        raise ValueError("summaries of different model (or pipeline) versions do not merge")
     inputs, outputs = list(first.inputs), list(first.outputs)
     classes, confusion = first.class_counts, first.confusion
     fallback: Counter[str] = Counter(first.fallback)
@@ -166,6 +176,7 @@ def merge(summaries: Sequence[TelemetrySummary]) -> TelemetrySummary:
     profiles = {s.profile for s in summaries}
     return TelemetrySummary(
         device_id=devices.pop() if len(devices) == 1 else "*",
+        unit=first.unit,
         model=first.model,
         version=first.version,
         profile=profiles.pop() if len(profiles) == 1 else "*",

@@ -3,8 +3,10 @@ and the cloud when the pipeline does not serve here and an endpoint is configure
 
 Telemetry per stage: each stage is a model version with a manifest and a baseline, so its inputs, outputs and
 latency go into that version's telemetry window (agent/telemetry), as if the model had been called on its own:
-the hub sees each stage's latency and drift against the stage's own baseline. The whole pipeline's latency is a
-Prometheus histogram (`edgefleet_agent_predict_seconds{model="pipeline:<name>"}`).
+the hub sees each stage's latency and drift against the stage's own baseline. End to end, each call is counted in
+the pipeline version's own window (`TelemetrySummary.unit` "pipeline": calls, errors, latency, fallback), which
+the hub's telemetry gates judge for pipeline rollouts; and in a Prometheus histogram
+(`edgefleet_agent_predict_seconds{model="pipeline:<name>"}`).
 
 Cloud fallback per pipeline (`[pipeline_fallback.NAME]`): an endpoint that serves the whole pipeline as one
 model (a Triton ensemble, a KServe inference graph, any server of the three protocols agent/fallback speaks)
@@ -26,7 +28,7 @@ import numpy as np
 
 from agent.errors import AgentError, InputError
 from agent.fallback.config import EndpointConfig, FallbackPolicy
-from agent.fallback.errors import FallbackUnavailable
+from agent.fallback.errors import FallbackError, FallbackUnavailable
 from agent.fallback.router import FallbackRouter
 from agent.inference import NotServing
 from agent.metrics import AgentMetrics
@@ -108,16 +110,33 @@ class PipelineInference:
         except InputError:
             self._count_error(name, "bad_input")
             raise
-        except AgentError:  # a stage's runtime refused inputs that passed validation (and no cloud took over)
+        except AgentError as e:  # a stage's runtime refused inputs that passed validation (and no cloud took over)
             if served is not None:
                 served.errors += 1
             self._count_error(name, "runtime")
+            version = served.version if served is not None else self._version_of(name)
+            self._window(name, version, None, ok=False, fallback=e.reason if isinstance(e, FallbackError) else None)
             raise
+        seconds = time.perf_counter() - start
         if served is not None and answer.source == "device":
             served.requests += 1
+        self._window(name, answer.version or (served.version if served else None), seconds * 1000,
+                     ok=True, fallback=answer.reason)  # fmt: skip
         if self.metrics is not None:
-            self.metrics.predict_series(f"pipeline:{name}").observe(time.perf_counter() - start)
+            self.metrics.predict_series(f"pipeline:{name}").observe(seconds)
         return answer
+
+    def _version_of(self, name: str) -> int | None:
+        spec = self._spec_of(name)
+        return spec.version if spec is not None else None
+
+    def _window(self, name: str, version: int | None, ms: float | None, *, ok: bool, fallback: str | None) -> None:
+        """Count one call in the pipeline version's end-to-end window."""
+        if self.recorders is None or version is None:
+            return
+        self.recorders.record_pipeline(name, version, ms=ms, ok=ok, fallback=fallback)
+        if self.recorders.pipeline_window(name, version) >= self.recorders.window_size:
+            self._on_window_full()
 
     def _routed(
         self, name: str, runner: PipelineRunner | None, version: int | None, inputs: Mapping[str, Any]

@@ -15,19 +15,31 @@ from protocol.telemetry import LATENCY_BUCKETS_MS, TelemetrySummary, latency_buc
 Key = tuple[str, int]
 
 
-class _NoModelWindow:
-    """Fallback answers for a model with no local version: counts by reason, closed like a window."""
+class _CountWindow:
+    """Answers counted without features, closed like a window: a model's fallback answers while no local version
+    serves it, or a pipeline's calls end to end (its stages have windows of their own)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.start = clock()
+        self.n = 0
+        self.errors = 0
+        self.latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # answers given here
         self.fallback: dict[str, int] = {}
         self.fallback_errors: dict[str, int] = {}
         self.fallback_latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-        self.errors = 0
 
-    @property
-    def n(self) -> int:
-        return sum(self.fallback.values())
+    def add(self, *, ms: float | None, ok: bool, fallback: str | None, rows: int = 1) -> None:
+        self.n += rows
+        self.errors += 0 if ok else rows
+        if fallback is None:
+            if ms is not None and ok:
+                self.latency[latency_bucket(ms)] += rows
+            return
+        self.fallback[fallback] = self.fallback.get(fallback, 0) + rows
+        if not ok:
+            self.fallback_errors[fallback] = self.fallback_errors.get(fallback, 0) + rows
+        if ms is not None:
+            self.fallback_latency[latency_bucket(ms)] += rows
 
 
 class Recorders:
@@ -50,7 +62,8 @@ class Recorders:
         self._lock = threading.Lock()
         self._live: dict[Key, WindowRecorder] = {}
         self._current: dict[str, int] = {}  # model -> version serving now
-        self._no_model: dict[Key, _NoModelWindow] = {}
+        self._no_model: dict[Key, _CountWindow] = {}
+        self._pipelines: dict[Key, _CountWindow] = {}
         self.last: dict[str, tuple[Manifest, TelemetrySummary]] = {}
         # Set by the telemetry thread's owner (TelemetryUplink): wakes it to count full chunks of rows off
         # the serving path (`bin_pending`). Without it, recorders count them where they fill up.
@@ -92,13 +105,22 @@ class Recorders:
     def record_no_model(self, name: str, version: int, reason: str, ok: bool, latency_ms: float | None = None) -> None:
         """A fallback answer (or failure) while no local version of `name` serves."""
         with self._lock:
-            window = self._no_model.setdefault((name, version), _NoModelWindow(self._clock))
-            window.fallback[reason] = window.fallback.get(reason, 0) + 1
-            window.errors += 0 if ok else 1
-            if not ok:
-                window.fallback_errors[reason] = window.fallback_errors.get(reason, 0) + 1
-            if latency_ms is not None:
-                window.fallback_latency[latency_bucket(latency_ms)] += 1
+            window = self._no_model.setdefault((name, version), _CountWindow(self._clock))
+            window.add(ms=latency_ms, ok=ok, fallback=reason)
+
+    def record_pipeline(
+        self, name: str, version: int, *, ms: float | None, ok: bool = True, fallback: str | None = None
+    ) -> None:
+        """One call of a pipeline end to end: answered here in `ms`, failed (`ok` False), or sent to the cloud for
+        `fallback` (the reason; `ms` the round trip)."""
+        with self._lock:
+            window = self._pipelines.setdefault((name, version), _CountWindow(self._clock))
+            window.add(ms=ms, ok=ok, fallback=fallback)
+
+    def pipeline_window(self, name: str, version: int) -> int:
+        """Calls counted in the open window of a pipeline version (0 without one)."""
+        window = self._pipelines.get((name, version))
+        return window.n if window is not None else 0
 
     def close(self, all_windows: bool = False) -> list[TelemetrySummary]:
         """Summaries of every due window (every open one when `all_windows`); retires replaced versions."""
@@ -106,7 +128,6 @@ class Recorders:
         with self._lock:
             live = list(self._live.items())
             current = dict(self._current)
-            no_model = list(self._no_model.items())
         for (name, version), rec in live:
             retired = current.get(name) != version
             if all_windows or retired or rec.due():
@@ -118,16 +139,19 @@ class Recorders:
                 with self._lock:
                     self._live.pop((name, version), None)
         now = self._clock()
-        for (name, version), window in no_model:
-            if all_windows or window.n >= self.window_size or now - window.start >= self.window_seconds:
-                with self._lock:
-                    self._no_model.pop((name, version), None)
-                out.append(self._no_model_summary(name, version, window, now))
+        for unit, windows in (("model", self._no_model), ("pipeline", self._pipelines)):
+            with self._lock:
+                due = [(key, w) for key, w in windows.items()
+                       if all_windows or w.n >= self.window_size or now - w.start >= self.window_seconds]  # fmt: skip
+                for key, _w in due:
+                    windows.pop(key, None)
+            out += [self._count_summary(unit, name, version, w, now) for (name, version), w in due]
         return out
 
-    def _no_model_summary(self, name: str, version: int, window: _NoModelWindow, now: float) -> TelemetrySummary:
+    def _count_summary(self, unit: str, name: str, version: int, window: _CountWindow, now: float) -> TelemetrySummary:
         return TelemetrySummary(
             device_id=self.device_id,
+            unit="pipeline" if unit == "pipeline" else "model",
             model=name,
             version=version,
             profile=self.profile,
@@ -138,6 +162,7 @@ class Recorders:
             fallback=dict(window.fallback),
             fallback_errors=dict(window.fallback_errors),
             fallback_latency_buckets=list(window.fallback_latency),
+            latency_buckets=list(window.latency),
         )
 
     def drift(self, name: str) -> tuple[str, TelemetrySummary, DriftReport] | None:

@@ -90,7 +90,8 @@ def test_each_stage_reports_its_own_telemetry_window(
     tmp_path: Path, hub: HubStub, observer: Observer, make_agent: Any, tflite_paths: dict[str, Path]
 ) -> None:
     """Each stage's inputs, outputs and latency go into its model version's window (drift against the stage's own
-    baseline on the hub), and the pipeline's end-to-end latency into Prometheus."""
+    baseline on the hub); each call end to end into the pipeline version's own window (unit "pipeline") and
+    Prometheus."""
     target, _ = publish_pipeline(hub, tmp_path, tflite_paths["float"], 1)
     agent = make_agent(profile=PROFILE)
     desire(observer, 1, [(1, target)])
@@ -98,19 +99,26 @@ def test_each_stage_reports_its_own_telemetry_window(
     calls = 7
     for i in range(calls):
         agent.predict_pipeline("mixed", SAMPLES[i % len(SAMPLES)])
+    with pytest.raises(Exception, match="unknown input"):
+        agent.predict_pipeline("mixed", {"feature": [0.0] * 6})  # refused before it runs: not a call of v1
     agent.uplink.flush()
 
-    def windows() -> dict[tuple[str, int], Any]:
+    def windows() -> dict[tuple[str, str, int], Any]:
         found = {}
         for payload in observer.raw(Channel.TELEMETRY):
             summary = decode_message(payload).summary
-            found[(summary.model, summary.version)] = summary
+            found[(summary.unit, summary.model, summary.version)] = summary
         return found
 
-    got = wait_for(lambda: (w := windows()) and {("dense", 1), ("linear", 1)} <= w.keys() and w, what="stage windows")
-    for key in (("dense", 1), ("linear", 1)):
+    wanted = {("model", "dense", 1), ("model", "linear", 1), ("pipeline", "mixed", 1)}
+    got = wait_for(lambda: (w := windows()) and wanted <= w.keys() and w, what="stage and pipeline windows")
+    for key in (("model", "dense", 1), ("model", "linear", 1)):
         # (the test manifests' baselines are placeholders, so no feature bins here; binning is the model path's)
         assert got[key].n == calls and sum(got[key].latency_buckets) == calls
+    whole = got[("pipeline", "mixed", 1)]
+    assert (whole.n, whole.errors, sum(whole.latency_buckets), whole.inputs) == (calls, 0, calls, [])
+    stage_p50 = max(got[("model", m, 1)].latency_ms(0.5) or 0 for m in ("dense", "linear"))
+    assert (whole.latency_ms(0.5) or 0) >= stage_p50  # the whole call takes at least its slowest stage
     scraped = agent.metrics.registry.get_sample_value(
         "edgefleet_agent_predict_seconds_count", {"model": "pipeline:mixed"}
     )

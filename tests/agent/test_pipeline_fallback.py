@@ -20,6 +20,7 @@ from agent.pipeline.golden import make_golden
 from agent.pipeline.local import local_runner
 from protocol.messages import DesiredPipeline, DesiredState
 from protocol.pipeline import PipelineManifest, PipelineStage, pipeline_target, spec_from_toml
+from protocol.telemetry import decode_message
 from protocol.topics import Channel
 from tests.agent.builders import make_manifest, onnx_linear
 from tests.agent.harness import Observer, local_api, wait_for
@@ -147,3 +148,15 @@ def test_the_cloud_answers_for_a_pipeline_that_does_not_serve_here(
                         "second",
                     }
                 )
+        agent.uplink.flush()  # the call counted end to end in the pipeline's own window, whoever answered it
+
+        def whole() -> Any:
+            found = [decode_message(p).summary for p in observer.raw(Channel.TELEMETRY)]
+            return next((w for w in found if (w.unit, w.model, w.version) == ("pipeline", "chain", 1)), None)
+
+        window = wait_for(whole, what="the pipeline's end-to-end window")
+        assert (window.n, window.errors) == (1, 0)
+        if broken:
+            assert window.fallback == {"self_test_failed": 1} and sum(window.fallback_latency_buckets) == 1
+        else:
+            assert window.fallback == {} and sum(window.latency_buckets) == 1
