@@ -26,6 +26,15 @@ Count = Annotated[int, Field(ge=0)]
 MAX_DECOMPRESSED = 4 * 2**20  # a summary is kilobytes; refuse zip bombs
 
 
+PIPELINE_PREFIX = "pipeline:"  # model names never hold ":", so a pipeline's key never meets a model's
+
+
+def telemetry_key(unit: str, name: str) -> str:
+    """What the hub files a window under: a model's name, or `pipeline:<name>` for a pipeline's end-to-end
+    windows (a pipeline may share its name with a model). The same key labels Prometheus series on the agent."""
+    return f"{PIPELINE_PREFIX}{name}" if unit == "pipeline" else name
+
+
 def channel_axis(shape: Sequence[int]) -> int:
     """Which axis holds channels when drift is grouped by channel: NCHW if dim 1 is small, else last."""
     if len(shape) == 4 and shape[1] <= 4 < shape[-1]:

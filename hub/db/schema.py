@@ -175,7 +175,7 @@ telemetry = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("device_id", String(64), nullable=False),
     Column("msg_id", BigInteger, nullable=False),
-    Column("model", String(64), nullable=False),
+    Column("model", String(80), nullable=False),  # protocol.telemetry.telemetry_key: a model, or pipeline:<name>
     Column("version", Integer, nullable=False),
     Column("window_start", UtcDateTime(), nullable=False),
     Column("window_end", UtcDateTime(), nullable=False),

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, bindparam, select, update
 from hub.db.schema import devices, telemetry
 from hub.store import events as event_store
 from protocol.messages import Event, ReportedState
-from protocol.telemetry import TelemetryMessage
+from protocol.telemetry import TelemetryMessage, telemetry_key
 
 
 @dataclass
@@ -84,7 +84,7 @@ def store_batch(*, engine: Engine, batch: IngestBatch, now: datetime) -> Stored:
                 {
                     "device_id": t.device_id,
                     "msg_id": t.id,
-                    "model": t.summary.model,
+                    "model": telemetry_key(t.summary.unit, t.summary.model),
                     "version": t.summary.version,
                     "window_start": t.summary.window_start,
                     "window_end": t.summary.window_end,

@@ -28,7 +28,7 @@ from hub.rollouts import members as membership
 from hub.rollouts import planner
 from hub.rollouts import shadow as shadow_phase
 from hub.rollouts.evaluate import evaluate_members
-from hub.rollouts.gates import GATES, TELEMETRY_GATES
+from hub.rollouts.gates import GATES
 from hub.rollouts.machine import (
     LIVE_STATES,
     ROLLBACK_EVENTS,
@@ -74,9 +74,10 @@ class RolloutEngine:
                 raise NotFound(f"{spec.kind} {spec.name} version {spec.version} is not in the registry")
             if spec.shadow is not None and spec.kind != "model":
                 raise InvalidInput("shadow tests are not available for pipeline rollouts yet; leave out shadow")
-            if spec.kind == "pipeline" and TELEMETRY_GATES & set(spec.gates):
-                gates = ", ".join(sorted(TELEMETRY_GATES & set(spec.gates)))
-                raise InvalidInput(f"telemetry gates ({gates}) are not available for pipelines yet; use self_test")
+            if spec.kind == "pipeline" and "drift" in spec.gates:
+                raise InvalidInput("the drift gate judges one model's inputs against its baseline; a pipeline has "
+                                   "none of its own (its stages' drift shows per stage): use latency, error_rate, "
+                                   "fallback_rate and self_test")  # fmt: skip
             unknown = [g for g in spec.gates if g not in GATES]
             if unknown:
                 raise InvalidInput(f"unknown health gate(s) {unknown}; known: {sorted(GATES)}")

@@ -13,6 +13,7 @@ from hub.rollouts.gates import TELEMETRY_GATES, GateInput, Verdict, build_gates
 from hub.rollouts.machine import TERMINAL_DEVICE_STATES, DeviceState
 from hub.rollouts.planner import UNIT_LISTS
 from hub.telemetry.health import CohortCache, TelemetryLimits, TelemetryView
+from protocol.telemetry import telemetry_key
 
 FAILURE_EVENTS = ["failed", "self_test_failed", "refused", "rolled_back"]
 # The previous versions' telemetry cohorts, shared across ticks (one engine tick thread; TTL-bounded).
@@ -111,7 +112,9 @@ def _device_state(
     if model.get("target_version") == version and agent_state in ("failed", "rolling_back", "rolled_back"):
         return DeviceState.FAILED, model.get("reason") or agent_state, member["serving_seen_at"]
     if model.get("active_version") == version and agent_state not in ("failed", "rolled_back"):
-        data = GateInput(member["device_id"], row["model"], version, model, failures, profile=context.profile,
+        # A pipeline's gates read its end-to-end windows, filed under its telemetry key (protocol/telemetry.py).
+        name = telemetry_key(row.get("kind") or "model", row["model"])
+        data = GateInput(member["device_id"], name, version, model, failures, profile=context.profile,
                          previous_version=member["previous_version"], released_at=member["released_at"],
                          limits=context.limits, telemetry=context.view)  # fmt: skip
         verdicts = [g.evaluate(data) for g in gates]

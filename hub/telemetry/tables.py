@@ -14,7 +14,7 @@ drift_alerts = Table(
     "drift_alerts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("model", String(64), nullable=False),
+    Column("model", String(80), nullable=False),  # telemetry key (hub/db/schema.py telemetry)
     Column("version", Integer, nullable=False),
     Column("cohort", String(200), nullable=False),  # "fleet", "profile:<p>" or "group:<g>"
     Column("state", String(16), nullable=False),  # open | resolved
@@ -37,7 +37,7 @@ telemetry_hourly = Table(
     "telemetry_hourly",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("model", String(64), nullable=False),
+    Column("model", String(80), nullable=False),  # telemetry key (hub/db/schema.py telemetry)
     Column("version", Integer, nullable=False),
     Column("profile", String(64), nullable=False),  # the summaries' profile
     Column("hour", UtcDateTime(), nullable=False),  # windows whose window_start falls in [hour, hour + 1 h)
