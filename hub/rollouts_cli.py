@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from hub.dashboard.waves import wave_label, wave_position
 from hub.ops_cli import _api, _options, _table
 
 
@@ -15,14 +16,15 @@ def rollouts() -> None:
 
 
 def _show(ro: dict[str, Any]) -> None:
-    rows = [[w["wave"], w["total"], "yes" if w["released"] else "no",
+    """Waves are counted from 0, as in the API (`current_wave`) and the rollout's reasons; wave 0 is the canary."""
+    rows = [[wave_label(w["wave"], ro), w["total"], "yes" if w["released"] else "no",
              ", ".join(f"{k}={v}" for k, v in sorted(w["counts"].items()))] for w in ro["waves"]]  # fmt: skip
-    _table(f"rollout {ro['id']}: {ro['model']} v{ro['version']} {ro['state']} ({ro['reason'] or ''})",
-           ["wave", "devices", "released", "states"], rows)  # fmt: skip
+    _table(f"rollout {ro['id']}: {ro['model']} v{ro['version']} {ro['state']} at {wave_position(ro)} "
+           f"({ro['reason'] or ''})", ["wave", "devices", "released", "states"], rows)  # fmt: skip
     if ro.get("devices"):
         _table("devices", ["device", "wave", "state", "held", "previous", "reason"],
-               [[d["device_id"], d["wave"], d["state"], "yes" if d["held"] else "", d["previous_version"], d["reason"]]
-                for d in ro["devices"]])  # fmt: skip
+               [[d["device_id"], wave_label(d["wave"], ro), d["state"], "yes" if d["held"] else "",
+                 d["previous_version"], d["reason"]] for d in ro["devices"]])  # fmt: skip
 
 
 @rollouts.command("create")
@@ -33,8 +35,20 @@ def _show(ro: dict[str, Any]) -> None:
 @click.option("--profile", default=None)
 @click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
 @click.option("--device", "device_ids", multiple=True, help="explicit device ids, repeatable")
-@click.option("--canary", "canary_percent", type=float, default=10.0, show_default=True)
-@click.option("--stages", default="100", show_default=True, help="cumulative percents, e.g. 25,50,100")
+@click.option(
+    "--canary",
+    "canary_percent",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="percent of the target in wave 0, the canary (0: no canary)",
+)
+@click.option(
+    "--stages",
+    default="100",
+    show_default=True,
+    help="cumulative percents of the waves after the canary, e.g. 25,50,100",
+)
 @click.option("--success", "success_threshold", type=float, default=1.0, show_default=True)
 @click.option("--error", "error_threshold", type=float, default=0.0, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
@@ -47,7 +61,7 @@ def create(model: str, version: int, rollout_id: str | None, group: str | None, 
            success_threshold: float, error_threshold: float, timeout_s: float, probation_s: float,
            auto_rollback: bool, is_pipeline: bool, url: str, token: str | None) -> None:  # fmt: skip
     """Roll MODEL VERSION (a pipeline's, with --pipeline) out to a group, tags, a profile or explicit devices,
-    in waves."""
+    in waves counted from 0: wave 0 is the canary, then one wave per stage."""
     try:
         stage_list = [float(s) for s in stages.split(",") if s.strip()]
         tag_map = dict(t.split("=", 1) for t in tags)
@@ -66,10 +80,10 @@ def create(model: str, version: int, rollout_id: str | None, group: str | None, 
 @rollouts.command("list")
 @_options
 def list_rollouts(url: str, token: str | None) -> None:
-    """Every rollout: what it ships, its state, and per wave how many devices are healthy of how many."""
+    """Every rollout: what it ships, its state, and per wave (from wave 0) how many devices are healthy of how many."""
     rows = [[r["id"], ("pipeline " if r.get("kind") == "pipeline" else "") + r["model"], r["version"], r["state"],
              progress(r["waves"]), r["reason"]] for r in _api(url, token).call("GET", "/api/v1/rollouts")]  # fmt: skip
-    _table("rollouts", ["id", "ships", "version", "state", "healthy per wave", "last reason"], rows)
+    _table("rollouts", ["id", "ships", "version", "state", "healthy / devices per wave", "last reason"], rows)
 
 
 def left_with_nothing(ro: dict[str, Any], device_id: str | None, in_group: set[str] | None) -> list[str]:
@@ -81,8 +95,9 @@ def left_with_nothing(ro: dict[str, Any], device_id: str | None, in_group: set[s
 
 
 def progress(waves: list[dict[str, Any]]) -> str:
-    """`1/1 2/3 -/5`: healthy of total per wave, `-` for a wave not released yet."""
-    return " ".join(f"{w['counts'].get('healthy', 0) if w['released'] else '-'}/{w['total']}" for w in waves)
+    """`0: 1/1, 1: 2/3, 2: -/5`: per wave (counted from 0) healthy of total, `-` for a wave not released yet."""
+    return ", ".join(f"{i}: {w['counts'].get('healthy', 0) if w['released'] else '-'}/{w['total']}"
+                     for i, w in enumerate(waves))  # fmt: skip
 
 
 @rollouts.command("show")
@@ -116,9 +131,7 @@ for _name in ("pause", "resume", "abort"):
 @click.option("--device", "device_id", default=None, help="only this device")
 @click.option("--yes", is_flag=True, help="also when it leaves devices with no version at all (their first one)")
 @_options
-def rollback(
-    rollout_id: str, group: str | None, device_id: str | None, yes: bool, url: str, token: str | None
-) -> None:
+def rollback(rollout_id: str, group: str | None, device_id: str | None, yes: bool, url: str, token: str | None) -> None:
     """Return devices to their previous version: the whole rollout, one group, or one device.
 
     Devices for which the rollout's version was their first have no previous one: rolling back removes it

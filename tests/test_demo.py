@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,28 +51,101 @@ def _hub_api(data_dir: Path, token: str) -> tuple[subprocess.Popen[bytes], str]:
     raise AssertionError("hub did not restart")
 
 
+def _run_demo(args: list[str], env: dict[str, str] | None = None) -> Demo:
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "demo", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "COLUMNS": "160", **(env or {})})  # fmt: skip
+    return Demo(proc)
+
+
+class Demo:
+    """A demo subprocess whose output (stdout and stderr, piped: not a terminal) is read with the time of each line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _t, line in self.lines)
+
+    def wait_for(self, words: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any(words in line for _t, line in self.lines):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no {words!r} in the demo's output:\n{self.text[-3000:]}")
+
+    def end(self, timeout: float) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(10)
+        return code
+
+
+def check_progress(demo: Demo, long_phases: tuple[tuple[str, str], ...]) -> None:
+    """Piped output: a progress line in every stretch between two lines of the story longer than two progress
+    intervals (by the times the lines were read), and in each long phase (from its first line to its last)."""
+    from edgefleet.demo.progress import PROGRESS_S
+
+    story = [i for i, (_t, line) in enumerate(demo.lines) if line.startswith("> ")]
+    for a, b in itertools.pairwise(story):
+        took = demo.lines[b][0] - demo.lines[a][0]
+        between = [line for _t, line in demo.lines[a + 1 : b] if line.startswith("... ")]
+        if took > 2 * PROGRESS_S:
+            assert between, f"{took:.0f} s without a progress line after {demo.lines[a][1]!r}:\n{demo.text}"
+    for first, last in long_phases:
+        start = next(i for i in story if demo.lines[i][1].startswith(first))
+        end = next(i for i in story if i > start and demo.lines[i][1].startswith(last))
+        progress = [line for _t, line in demo.lines[start:end] if line.startswith("... ")]
+        said = sum(1 for i in story if start <= i < end)
+        if demo.lines[end][0] - demo.lines[start][0] > (said + 1) * PROGRESS_S:  # its own lines cannot fill it
+            assert progress, f"no progress line from {first!r} to {last!r}:\n{demo.text}"
+
+
 def test_demo_once_ten_devices(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "edgefleet", "demo", "--once", "--devices", "10", "--workdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "EdgeFleet demo: summary" in done.stdout
+    demo = _run_demo(["--once", "--devices", "10", "--workdir", str(tmp_path)])
+    code = demo.end(timeout=900)
+    out = demo.text
+    assert code == 0, out[-6000:]
+    assert "EdgeFleet demo: summary" in out
+    assert out.splitlines()[-1] == f"work files kept in {tmp_path} (--workdir)"
+    # progress while training, while each rollout waits on its waves and gates, and wherever else it is long
+    (tmp_path / "output.txt").write_text(out)
+    check_progress(demo, (("> training digits CNNs", "> building digit-locator"),
+                          ("> rollout v1: wave 0 (canary)", "> rollout v1: completed"),
+                          ("> rollout v2: wave 0 (canary)", "> rollout v2: completed"),
+                          ("> rollout v3: wave 0 (canary)", "> rollout v3: rolled_back")))  # fmt: skip
+    # one wave vocabulary: counted from 0 as the API counts them, wave 0 the canary (as on the dashboard)
+    text = " ".join(out.split())  # the console wraps long lines
+    assert "rollout v1: wave 0 (canary) 10% of the fleet, then wave 1 to 50%, wave 2 to 100%" in text
+    assert re.search(r"rollout v1: wave 0 \(canary\) 1/1 healthy, wave 1 \(4 devices\) released", text), text[-3000:]
+    assert "canary 1" not in text and "stage " not in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rollouts"]["1"]["state"] == "completed"
     assert summary["rollouts"]["2"]["state"] == "completed"
-    assert summary["rollouts"]["3"]["state"] == "rolled_back"
-    assert "drift" in summary["rollouts"]["3"]["reason"] or "self-test" in summary["rollouts"]["3"]["reason"]
+    # v3 predicts one class for every digit: the drift gate's finding, as the story tells it, not a self-test
+    v3 = summary["rollouts"]["3"]
+    assert v3["state"] == "rolled_back" and v3["reason"].startswith("wave 0: "), v3
+    assert "drift: " in v3["reason"] and "predicted classes drifted" in v3["reason"], v3["reason"]
+    assert "self-test" not in v3["reason"] and "latency" not in v3["reason"], v3["reason"]
     assert summary["offline_converged"] is True
     assert summary["answers"].get("cloud:1", 0) > 0  # answered by the cloud while devices had no model
     assert summary["versions"] == {"v2": 10}
     pipeline_rollout = summary["pipeline_rollout"]
     assert (pipeline_rollout["state"], pipeline_rollout["healthy"], pipeline_rollout["total"]) == ("completed", 10, 10)
-    _check_pipeline_reading(summary["pipeline"], done.stdout, tmp_path)
+    _check_pipeline_reading(summary["pipeline"], out, tmp_path)
 
     from edgefleet.demo.environment import DemoEnvironment
 
@@ -134,32 +209,62 @@ def _check_pipeline_reading(reading: dict[str, Any], stdout: str, workdir: Path)
     assert abs(right - reading["right"]) <= 2, (right, reading["right"])  # thread counts may flip a near-tie
 
 
-def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
-    """`kill` / `timeout` / a closed terminal end the demo as Ctrl-C does: hub, broker and agents stop with it."""
-    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "demo", "--devices", "3", "--workdir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "COLUMNS": "160"})  # fmt: skip
-    assert proc.stdout is not None
-    seen: list[str] = []
+STOP_LINE = re.compile(r"^(?P<how>Ctrl-C|SIGTERM): stopped the demo while (?P<during>.+) \((?P<stopped>.+) stopped\); "
+                       r"work files (?P<work>.+)$")  # fmt: skip
+
+
+def _interrupt(tmp_path: Path, signum: int, *args: str) -> tuple[re.Match[str], Path]:
+    """Start the demo (its temporary folders under tmp_path/tmp), signal it once its agents enrolled, check that
+    everything it started stopped; its stop line and the temporary folder."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    demo = _run_demo(["--devices", "3", *args], env={"TMPDIR": str(temp)})
+    started: set[int] = set()
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            if "real agents enrolled" in line:
-                break
-        started = descendants(proc.pid)
+        demo.wait_for("real agents enrolled", timeout=600)
+        started = descendants(demo.proc.pid)
         # the hub, the broker and three agents at least (the demo's own helpers may add more)
-        assert len(started) >= 5, "".join(seen)
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=120)[0]
+        assert len(started) >= 5, demo.text
+        demo.proc.send_signal(signum)
+        code = demo.end(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
-    assert "Traceback" not in rest, rest
-    left = {pid for pid in started if alive(pid)}
-    for pid in left:  # not to leave them to the rest of the suite should the demo have orphaned them
-        os.kill(pid, signal.SIGKILL)
+        left = {pid for pid in started if alive(pid)}
+        for pid in left:  # not to leave them to the rest of the suite should the demo have orphaned them
+            os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after the demo ended: {left}"
+    assert code == 128 + signum, demo.text[-3000:]
+    assert "Traceback" not in demo.text, demo.text
+    # piped output: progress lines while the models trained (the longest silent step before)
+    assert any(line.startswith("... training digits CNNs") for _t, line in demo.lines), demo.text
+    last = demo.lines[-1][1]
+    stop = STOP_LINE.match(last)
+    assert stop is not None, demo.text[-3000:]
+    assert stop["during"].startswith(("starting 3 agents", "waiting for the first cloud answers")), last
+    assert "the hub" in stop["stopped"] and "3 agents" in stop["stopped"], last
+    return stop, temp
+
+
+def test_ctrl_c_stops_everything_says_so_in_one_line_and_removes_the_work_files(tmp_path: Path) -> None:
+    stop, temp = _interrupt(tmp_path, signal.SIGINT)
+    assert stop["how"] == "Ctrl-C"
+    removed = re.fullmatch(r"\((?P<root>.+)\) removed; --keep keeps them", stop["work"])
+    assert removed is not None, stop["work"]
+    root = Path(removed["root"])
+    assert root.parent == temp and root.name.startswith("edgefleet-demo-") and not root.exists()
+    # nothing else the demo or what it started made is left behind either (onnxruntime keeps a 51-byte session
+    # id, `.ses`, in the temporary folder of whoever loads it, as in /tmp: not the demo's to remove)
+    assert [p.name for p in temp.iterdir() if p.name != ".ses"] == []
+
+
+def test_sigterm_stops_everything_and_keeps_the_work_files_with_keep(tmp_path: Path) -> None:
+    """`kill` / `timeout` / a closed terminal end the demo as Ctrl-C does: hub, broker and agents stop with it."""
+    stop, temp = _interrupt(tmp_path, signal.SIGTERM, "--keep")
+    assert stop["how"] == "SIGTERM"
+    kept = re.fullmatch(r"kept in (?P<root>.+)", stop["work"])
+    assert kept is not None, stop["work"]
+    root = Path(kept["root"])
+    assert root.parent == temp and (root / "env" / "hub").is_dir() and (root / "models").is_dir()
+    assert [p.name for p in temp.iterdir() if p.name != ".ses"] == [root.name]  # .ses: onnxruntime's, as above
 
 
 def test_the_digit_locator_finds_each_digit_on_its_canvas(tmp_path: Path) -> None:

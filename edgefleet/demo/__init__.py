@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +17,9 @@ from rich.table import Table
 
 from edgefleet.demo.environment import DemoError, rollout_health
 from edgefleet.demo.pipeline import PIPELINE
+from edgefleet.demo.progress import Progress
 from edgefleet.demo.story import Story, StoryResult
+from edgefleet.demo.view import live_view
 from edgefleet.termination import exit_on_termination, ignore_termination
 
 
@@ -77,24 +81,65 @@ def summary_json(result: StoryResult) -> dict[str, object]:
     }
 
 
+def _stopped_line(how: str, during: str | None, stopped: list[str], work: str) -> str:
+    """The one line an interrupted demo prints: what stopped it, when, what it stopped, where the files are."""
+    what = ", ".join(stopped[:-1]) + (" and " if len(stopped) > 1 else "") + stopped[-1] if stopped else ""
+    return (f"{how}: stopped the demo" + (f" while {during}" if during else "")
+            + (f" ({what} stopped)" if what else " (nothing else was running yet)") + f"; {work}")  # fmt: skip
+
+
+def _clean_up(root: Path, owned: bool, keep: bool) -> str:
+    """Remove the work folder unless it is the user's (--workdir) or --keep; say where the files are."""
+    if not owned:
+        return f"work files kept in {root} (--workdir)"
+    if keep:
+        return f"work files kept in {root}"
+    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        return f"work files in {root}: could not remove them all"
+    return f"work files ({root}) removed; --keep keeps them"
+
+
 @click.command()
 @click.option("--devices", type=click.IntRange(3, 200), default=20, show_default=True, help="Real agents to run.")
 @click.option("--once", is_flag=True, help="Exit when the story ends (for scripts and tests).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep everything here.")
-def demo(devices: int, once: bool, workdir: Path | None) -> None:
-    """Train, convert, distribute, roll out, watch and roll back — on this machine, no configuration."""
+@click.option("--keep", is_flag=True, help="Keep the work files (models, hub data, agents' logs); says where.")
+def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
+    """Train, convert, distribute, roll out, watch and roll back — on this machine, no configuration.
+
+    Work files go to a new temporary folder, removed when the demo ends (also on Ctrl-C or SIGTERM) unless
+    --keep; --workdir puts them in a folder of yours and keeps them. In a terminal the fleet, rollouts and
+    answers are live tables; piped (`make demo | tee log`) a progress line comes at least every few seconds."""
     console = Console()
     root = workdir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    story = Story(root, devices, say=lambda msg: console.print(f"[bold cyan]>[/] {msg}"))
+
+    progress = Progress(lambda line: console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True))
+
+    def say(msg: str) -> None:
+        console.print(f"[bold cyan]>[/] {msg}")
+        progress.said()
+
+    story = Story(root, devices, say=say, progress=progress)
     exit_on_termination()  # `kill`, `timeout`, a closed terminal: stop what the demo started, as Ctrl-C does
+    stopped_by: str | None = None
+    finished = False
+    progress.start()  # in a terminal only until the live tables show progress themselves
     try:
         story.setup()
-        with Live(get_renderable=story.view, console=console, refresh_per_second=2, transient=True) as live:
-            story.say = lambda msg: live.console.print(f"[bold cyan]>[/] {msg}")
+        if console.is_terminal:
+            progress.stop()
+            with Live(get_renderable=lambda: live_view(story), console=console, refresh_per_second=2,
+                      transient=True) as live:  # fmt: skip
+                story.say = lambda msg: live.console.print(f"[bold cyan]>[/] {msg}")
+                result = story.play()
+        else:
             result = story.play()
+        progress.stop()
         console.print(summary_table(result, story.env.hub_url))
         (root / "summary.json").write_text(json.dumps(summary_json(result), indent=2))
+        finished = True
         if not once:
             console.print(
                 f"hub and dashboard keep running at {story.env.hub_url}/dashboard "
@@ -105,7 +150,26 @@ def demo(devices: int, once: bool, workdir: Path | None) -> None:
     except DemoError as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
-        pass
+        stopped_by = "Ctrl-C"
+    except SystemExit as e:
+        stopped_by = _SIGNAL_NAMES.get(e.code) if isinstance(e.code, int) else None
+        raise
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         ignore_termination()
+        progress.stop()
+        during = None if finished else progress.what
+        started = story.started()
         story.stop()
+        # a demo that failed keeps its files: the error names the logs in them
+        work = _clean_up(root, owned=workdir is None, keep=keep or not (finished or stopped_by))
+        if stopped_by is not None:
+            console.print(_stopped_line(stopped_by, during, started, work), markup=False, highlight=False,
+                          soft_wrap=True)  # fmt: skip
+        else:
+            console.print(work, markup=False, highlight=False, soft_wrap=True)
+    if stopped_by is not None and not finished:
+        raise SystemExit(128 + signal.SIGINT)  # the shell's convention for Ctrl-C: 130
+
+
+_SIGNAL_NAMES = {128 + s: s.name for s in (signal.SIGTERM, signal.SIGHUP)}

@@ -169,17 +169,26 @@ class DemoEnvironment:
             time.sleep(0.2)
         raise DemoError(f"the hub did not come up: {(self.root / 'hub.log').read_text()[-1500:]}")
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def api(self, method: str, path: str, *, timeout: float = 60, **kwargs: Any) -> Any:
         r = httpx.request(
             method,
             f"{self.hub_url}{path}",
             headers={"Authorization": f"Bearer {self.admin_token}"},
-            timeout=60,
+            timeout=timeout,
             **kwargs,
         )
         if r.status_code >= 400:
             raise DemoError(f"hub: {method} {path} -> {r.status_code}: {r.text[:300]}")
         return r.json()
+
+    def started(self) -> list[str]:
+        """What this environment started, in words (a broker named in EDGEFLEET_MQTT_URL is somebody else's)."""
+        parts = ["the hub"] if self.hub is not None else []
+        if isinstance(self.broker, ExternalBroker):
+            parts += ["the amqtt broker"] if self.broker.proc is not None else []
+        elif self.broker is not None:
+            parts.append("the Mosquitto broker")
+        return parts
 
     def stop(self) -> None:
         if self.hub is not None and self.hub.poll() is None:

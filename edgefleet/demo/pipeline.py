@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from edgefleet.demo.environment import FINAL, DemoEnvironment, DemoError, rollout_health
+from edgefleet.demo.environment import FINAL, DemoEnvironment, DemoError
 from edgefleet.demo.fleet import AgentProcess
 from edgefleet.demo.models import NAME, PROFILES
+from edgefleet.demo.view import rollout_line, wave_released_line
 from edgefleet.samples import Digits, digit_canvases, digit_locator_onnx
 from protocol import layout
 from protocol.pipeline import PipelineSpec, spec_from_toml
@@ -148,23 +149,18 @@ def roll_out(env: DemoEnvironment, say: Say, version: int = 1, canary: float = 2
         },
     )
     say(
-        f"rollout {PIPELINE} v{version}: canary {canary:g}%, then the rest, gate self_test "
-        "(each device runs the pipeline's end-to-end golden cases)"
+        f"rollout {PIPELINE} v{version}: wave 0 (canary) {canary:g}% of the fleet, then wave 1 to the rest; gate "
+        "self_test (each device runs the pipeline's end-to-end golden cases)"
     )
     wave, deadline = 0, time.monotonic() + 240
     while time.monotonic() < deadline:
         ro: dict[str, Any] = env.api("GET", f"/api/v1/rollouts/{rollout_id}")
-        if ro["current_wave"] > wave and ro["state"] not in FINAL:
-            done = ro["waves"][wave]
-            say(
-                f"rollout {PIPELINE} v{version}: wave {wave} {done['counts'].get('healthy', 0)}/{done['total']} "
-                f"healthy, wave {ro['current_wave']} ({ro['waves'][ro['current_wave']]['total']} devices) released"
-            )
-            wave = ro["current_wave"]
+        for done in range(wave, ro["current_wave"]):
+            say(f"rollout {PIPELINE} v{version}: {wave_released_line(ro, done)}")
+        wave = ro["current_wave"]
         if ro["state"] in FINAL:
-            healthy, total = rollout_health(ro)
             reason = f" ({ro['reason']})" if ro.get("reason") and ro["state"] != "completed" else ""
-            say(f"rollout {PIPELINE} v{version}: {ro['state']}, {healthy}/{total} devices healthy{reason}")
+            say(f"rollout {PIPELINE} v{version}: {rollout_line(ro)}{reason}")
             return ro
         time.sleep(0.5)
     raise DemoError(f"rollout {PIPELINE} v{version} did not finish in 240 s; logs under {env.root.parent}")

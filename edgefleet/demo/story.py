@@ -1,5 +1,5 @@
-"""The story the demo plays: v1 everywhere, v2 by canary, a two-stage pipeline built on v2, v3 caught by a
-health gate and rolled back.
+"""The story the demo plays: v1 everywhere, v2 by canary, a two-stage pipeline built on v2, v3 caught by the
+drift gate and rolled back.
 
 Along the way one device drops off mid-rollout and converges when it returns, the application keeps getting
 answers from the cloud while devices have no model yet, and it asks the pipeline to read digits off canvases.
@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Group
-from rich.table import Table
 
 from edgefleet.demo.cloud import CloudServer
 from edgefleet.demo.environment import FINAL, TOPIC_ROOT, DemoEnvironment, DemoError
@@ -33,7 +31,9 @@ from edgefleet.demo.pipeline import (
     read_canvases,
     roll_out,
 )
+from edgefleet.demo.progress import Progress
 from edgefleet.demo.traffic import Traffic
+from edgefleet.demo.view import enrolled_status, rollout_line, rollout_status, wave_released_line
 from protocol import layout
 
 Say = Callable[[str], None]
@@ -58,6 +58,7 @@ class Story:
     root: Path
     devices: int
     say: Say
+    progress: Progress = field(default_factory=lambda: Progress(lambda _line: None))  # started by the caller
     env: DemoEnvironment = field(init=False)
     agents: list[AgentProcess] = field(default_factory=list)
     cloud: CloudServer | None = None
@@ -68,17 +69,26 @@ class Story:
         self.env = DemoEnvironment(self.root / "env")
 
     # --- set-up -------------------------------------------------------------------------------
+    def _step(self, what: str, status: Callable[[], str] | None = None, *, say: bool = False) -> None:
+        """The step the demo takes now (progress lines name it), and said as a line of the story if `say`."""
+        self.progress.step(what, status)
+        if say:
+            self.say(what)
+
     def setup(self) -> None:
-        self.say("training digits CNNs (v1, v2, v3) and converting them for " + ", ".join(PROFILES))
+        self._step("training digits CNNs (v1, v2, v3) and converting them for " + ", ".join(PROFILES), say=True)
         data, outs = build_versions(self.root / "models")
         self.data, self.outs = data, outs
-        self.say(f"building {LOCATOR} (an ONNX graph, no training) and converting it for " + ", ".join(PROFILES))
+        self._step(f"building {LOCATOR} (an ONNX graph, no training) and converting it for " + ", ".join(PROFILES),
+                   say=True)  # fmt: skip
         locator = build_locator(self.root / "models", data)
+        self._step("starting the broker and the hub")
         self.env.root.mkdir(parents=True, exist_ok=True)
         self.env.start()
         self.say(f"hub at {self.env.hub_url} with {self.env.broker_kind}")
         from hub.ops_cli import archive
 
+        self._step(f"pushing v1, v2, v3 and {LOCATOR} v1 to the hub")
         for out in [*outs.values(), locator]:
             self.env.api("POST", "/api/v1/models", files={"archive": ("out.tar.gz", archive(out))})
         self.say(f"pushed v1, v2, v3 and {LOCATOR} v1 to the hub (TUF-signed targets)")
@@ -103,6 +113,7 @@ class Story:
             settings["telemetry"] = {"window_s": 5.0}  # short windows: the gates see data within seconds
         if "fallback" in AgentSettings.model_fields:
             settings["fallback"] = {NAME: {"type": "kserve", "url": self.cloud.url, "model": NAME, "version": 1}}
+        self._step(f"starting {self.devices} agents", lambda: enrolled_status(self.env, self.devices))
         for i in range(self.devices):
             profile = PROFILES[i % len(PROFILES)]
             agent = AgentProcess(
@@ -121,6 +132,7 @@ class Story:
     # --- the story ----------------------------------------------------------------------------
     def play(self) -> StoryResult:
         if self._fallback_configured():
+            self._step("waiting for the first cloud answers", lambda: f"{self._answers('cloud')} cloud answers")
             self._wait(lambda: self._answers("cloud") > 0, 60, "the first cloud answers")
             self.say("no model on the devices yet: the application's requests are answered by the cloud")
         self._rollout(1, canary=10, stages=[50, 100], gates=["self_test"])
@@ -128,8 +140,10 @@ class Story:
         self._pipeline()
         self._rollout(3, canary=20, stages=[100], gates=self._gates(), auto_rollback=True)
         if self.result.rollouts[3]["state"] == "rolled_back":
+            self._step("waiting for the canary devices to return to v2", self._versions_text)
             self._wait(lambda: self._fleet_versions() == {2}, 120, "the canary devices to return to v2")
             self.say("the canary devices are back on v2")
+        self._step("collecting the summary")
         self.result.answers = self.traffic.answers if self.traffic else Counter()
         self.result.cloud_calls = self.cloud.calls if self.cloud else 0
         with httpx.Client() as client:
@@ -143,16 +157,19 @@ class Story:
         """digit-reader v1 on top of v2: pushed (the hub checks it and runs it on each profile's artifacts),
         rolled out by canary, then asked to read the validation digits off canvases."""
         spec = pipeline_spec(self.outs[CLASSIFIER_VERSION])
+        self._step(f"pushing pipeline {PIPELINE} v1: the hub runs it on each profile's artifacts")
         pushed = self.env.api("POST", "/api/v1/pipelines", json={"spec": spec.model_dump(mode="json")})
         profiles = sorted(r["profile"] for r in pushed["stored"] + pushed["unchanged"])
         self.say(
             f"pushed pipeline {PIPELINE} v1 ({' -> '.join(NODES)}) for {', '.join(profiles)}: "
             "the hub ran it on each profile's artifacts for its golden cases"
         )
+        self._step(f"rolling out {PIPELINE} v1", lambda: rollout_status(self.env, f"{PIPELINE}-v1"))
         ro = self.result.pipeline_rollout = roll_out(self.env, self.say)
         if ro["state"] != "completed":
             self.say(f"{PIPELINE} is not on every device: the application does not ask it")
             return
+        self._step(f"asking {PIPELINE} to read canvases, as the application")
         reading = self.result.pipeline = read_canvases(self.agents, self.data, self.say)
         self.say(reading.timings_line())
         self.say(reading.accuracy_line())
@@ -165,9 +182,13 @@ class Story:
         return "fallback" in AgentSettings.model_fields
 
     def _gates(self) -> list[str]:
+        """The gates of v2 and v3, drift before latency and error rate: the telemetry gates reach their minimum
+        sample on the same engine tick, and a device's reason is the first gate that fails in this order. v3's
+        defect is what it predicts (every digit one class: the drift gate's finding); a p95 pushed past its
+        slack by a busy machine at that same tick must not be what the story reports."""
         from hub.rollouts.gates import GATES
 
-        return [g for g in ("self_test", "error_rate", "latency", "drift") if g in GATES]
+        return [g for g in ("self_test", "drift", "error_rate", "latency") if g in GATES]
 
     def _rollout(
         self,
@@ -196,7 +217,11 @@ class Story:
             "gate_limits": {"latency_p95_slack_ms": 5.0},
         }
         self.env.api("POST", "/api/v1/rollouts", json=spec)
-        self.say(f"rollout v{version}: canary {canary:g}%, then {stages}, gates {', '.join(gates)}")
+        waves = ", ".join(f"wave {i + 1} to {p:g}%" for i, p in enumerate(stages))
+        self.say(f"rollout v{version}: wave 0 (canary) {canary:g}% of the fleet, then {waves}; gates "
+                 f"{', '.join(gates)}")  # fmt: skip
+        rollout_id = f"digits-v{version}"
+        self._step(f"rolling out v{version}", lambda: rollout_status(self.env, rollout_id))
         dropped: AgentProcess | None = None
         if drop_one:
             # A device of the last wave: the canary must not wait for it; the last wave does.
@@ -209,8 +234,12 @@ class Story:
             self.say(f"{dropped.device_id} lost power mid-rollout (kill -9)")
         deadline = time.monotonic() + 240
         restarted = False
+        wave = 0
         while time.monotonic() < deadline:
-            ro = self.env.api("GET", f"/api/v1/rollouts/digits-v{version}")
+            ro = self.env.api("GET", f"/api/v1/rollouts/{rollout_id}")
+            for done in range(wave, ro["current_wave"]):
+                self.say(f"rollout v{version}: {wave_released_line(ro, done)}")
+            wave = ro["current_wave"]
             if dropped is not None and not restarted and ro["current_wave"] >= 1:
                 time.sleep(3)
                 dropped.start()
@@ -218,13 +247,15 @@ class Story:
                 self.say(f"{dropped.device_id} is back")
             if ro["state"] in FINAL:
                 self.result.rollouts[version] = ro
-                self.say(f"rollout v{version}: {ro['state']}" + (f" ({ro['reason']})" if ro.get("reason") else ""))
+                reason = f" ({ro['reason']})" if ro.get("reason") and ro["state"] != "completed" else ""
+                self.say(f"rollout v{version}: {rollout_line(ro)}{reason}")
                 break
             time.sleep(0.5)
         else:
             raise DemoError(f"rollout v{version} did not finish in 240 s; logs under {self.root}")
         if dropped is not None:
             back = dropped.device_id
+            self._step(f"waiting for {back} to converge to v{version}", lambda: f"on v{self._device_version(back)}")
             self._wait(lambda: self._device_version(back) == version, 90, f"{back} to converge")
             self.result.offline_converged = True
             self.say(f"{dropped.device_id} converged to v{version}")
@@ -232,6 +263,9 @@ class Story:
     # --- helpers ------------------------------------------------------------------------------
     def _fleet_versions(self) -> set[int | None]:
         return {d["current_versions"].get(NAME) for d in self.env.api("GET", "/api/v1/devices")}
+
+    def _versions_text(self) -> str:
+        return "versions on the fleet: " + ", ".join(f"v{v}" for v in sorted(v or 0 for v in self._fleet_versions()))
 
     def _device_version(self, device_id: str) -> int | None:
         device = self.env.api("GET", f"/api/v1/devices/{device_id}")
@@ -251,44 +285,13 @@ class Story:
             time.sleep(0.5)
         raise DemoError(f"timed out after {timeout:g}s waiting for {what}; logs under {self.root}")
 
-    def view(self) -> Group:
-        """The live terminal view: devices and their versions, rollouts, answers by source."""
-        devices = Table(title="fleet", expand=False)
-        for col in ("device", "profile", "online", "version", "desired", PIPELINE):
-            devices.add_column(col)
-        try:
-            for d in self.env.api("GET", "/api/v1/devices"):
-                devices.add_row(
-                    d["id"],
-                    d["profile"],
-                    "yes" if d["online"] else "[red]no[/]",
-                    str(d["current_versions"].get(NAME)),
-                    str(d["desired_versions"].get(NAME)),
-                    str(d.get("current_pipelines", {}).get(PIPELINE, "-")),
-                )
-            rollouts = Table(title="rollouts")
-            for col in ("rollout", "state", "wave", "devices by state", "reason"):
-                rollouts.add_column(col)
-            for ro in self.env.api("GET", "/api/v1/rollouts"):
-                counts = Counter[str]()
-                for w in ro["waves"]:
-                    counts.update(w["counts"])
-                rollouts.add_row(
-                    ro["id"],
-                    ro["state"],
-                    str(ro["current_wave"]),
-                    ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-                    ro.get("reason") or "",
-                )
-        except (DemoError, httpx.HTTPError):
-            return Group(devices)
-        answers = Table(title="application answers")
-        answers.add_column("source")
-        answers.add_column("version")
-        answers.add_column("calls", justify="right")
-        for (source, version), n in sorted((self.traffic.answers if self.traffic else Counter()).items()):
-            answers.add_row(source, version, str(n))
-        return Group(devices, rollouts, answers)
+    def started(self) -> list[str]:
+        """What the demo started, in words (what `stop` stops: also what a Ctrl-C to the whole terminal's
+        process group may have ended first)."""
+        agents = sum(a.proc is not None for a in self.agents)
+        parts = self.env.started() + ([f"{agents} agents"] if agents else [])
+        parts += ["the cloud stand-in"] if self.cloud is not None else []
+        return parts + (["the application's traffic"] if self.traffic is not None else [])
 
     def stop(self) -> None:
         if self.traffic is not None:

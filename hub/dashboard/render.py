@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
 
-from hub.dashboard import views
+from hub.dashboard import views, waves
 from hub.dashboard.auth import csrf_token
 from hub.dashboard.client import ApiFailure
 
@@ -22,6 +22,9 @@ templates.env.filters["short"] = lambda v, n=12: (str(v)[:n] + "…") if v and l
 templates.env.filters["pct"] = lambda v: "-" if v is None else f"{100 * float(v):.1f}%"
 templates.env.globals["ago"] = views.ago
 templates.env.globals["alert_features"] = views.alert_features
+templates.env.globals["wave_label"] = waves.wave_label
+templates.env.globals["wave_name"] = waves.wave_name
+templates.env.globals["wave_position"] = waves.wave_position
 templates.env.filters["num"] = lambda v, d=2: "-" if v is None else f"{float(v):.{d}f}"
 templates.env.filters["duration"] = views.duration
 

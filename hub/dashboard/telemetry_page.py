@@ -55,8 +55,8 @@ def left_out(s: dict[str, Any], version: int) -> list[str]:
         )
     if s["skipped"]:
         notes.append(
-            f"{s['skipped']} windows are left out: their histogram bins differ from the newest window's (the "
-            "baseline was binned differently), so their counts cannot be added."
+            f"{s['skipped']} windows are left out: their histogram bins differ from those of the newest window with "
+            "histograms (the baseline was binned differently), so their counts cannot be added."
         )
     if s["truncated"]:
         notes.append(f"Only the newest {s['rows']} windows are merged (the API's limit); older ones are left out.")

@@ -1,5 +1,5 @@
 """Pure helpers that turn API JSON into what the templates draw: counts, bar segments, readable times, the
-rollout plan's rows, what a drift alert says drifted."""
+rollout plan's rows, what a drift alert says drifted. Wave names: waves.py."""
 
 from __future__ import annotations
 

@@ -14,12 +14,17 @@ leader takes them on a plain subscription, which also brings the broker's retain
 what devices reported while no leader listened (a shared subscription gets no retained messages). No plain
 subscription overlaps a shared one (MQTT 5 would deliver both copies). Over MQTT 3.1.1, which has no shared
 subscriptions, only the leader subscribes at all. `set_leader` moves the subscriptions when the lease moves.
+
+A broker out of reach or refusing the hub is a warning in the log (`ConnectFailures`): once per distinct error,
+and again every CONNECT_FAILURE_LOG_S while it lasts, so an operator sees why without a line per retry.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -55,6 +60,35 @@ SUBSCRIBED = (Channel.REPORTED, Channel.EVENTS, Channel.STATUS, Channel.TELEMETR
 KEYED = (Channel.EVENTS, Channel.TELEMETRY)  # rows stored once whoever stores them: shared over MQTT 5
 STATE = (Channel.REPORTED, Channel.STATUS)  # retained, last write wins: the leader's, in order
 NO_RETAINED_ON_SUBSCRIBE = 2  # MQTT 5 subscription option "Retain Handling" (Mosquitto 2.0 sends them otherwise)
+CONNECT_FAILURE_LOG_S = 30.0  # a failure that goes on (same error) is logged again this often
+
+
+class ConnectFailures:
+    """Failed connect attempts to the broker: a warning once per distinct error, or every `every_s` while it lasts."""
+
+    def __init__(self, broker: str, every_s: float = CONNECT_FAILURE_LOG_S,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.broker, self.every_s, self.monotonic = broker, every_s, monotonic
+        self.attempts = 0  # failed in a row, since the last successful connect
+        self._last: str | None = None
+        self._logged_at = -math.inf
+        self._unlogged = 0
+
+    def failed(self, error: str) -> None:
+        self.attempts += 1
+        now = self.monotonic()
+        if error == self._last and now - self._logged_at < self.every_s:
+            self._unlogged += 1
+            return
+        n = self._unlogged
+        also = f" ({n} more failed attempt{'s' * (n != 1)} since the last warning)" if n else ""
+        log.warning("cannot connect to the MQTT broker at %s: %s; retrying%s", self.broker, error, also)
+        self._last, self._logged_at, self._unlogged = error, now, 0
+
+    def connected(self) -> None:
+        if self.attempts:
+            log.info("connected to the MQTT broker at %s after %d failed attempts", self.broker, self.attempts)
+        self.attempts, self._last, self._logged_at, self._unlogged = 0, None, -math.inf, 0
 
 
 class Rejected(Exception):
@@ -108,6 +142,7 @@ class MqttBridge:
         self._resync = threading.Event()
         self._worker = threading.Thread(target=self._work, name="hub-ingest", daemon=True)
         self._host, self._port = host, port
+        self.connect_failures = ConnectFailures(f"{host}:{port}")
         self._credentials = (username, password)
         # "auto": MQTT 5, and 3.1.1 once a broker answers "unsupported protocol version".
         self.protocol = "5" if protocol == "auto" else protocol
@@ -128,6 +163,7 @@ class MqttBridge:
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_acked
@@ -191,14 +227,20 @@ class MqttBridge:
                 self._may_downgrade = False
                 threading.Thread(target=self._downgrade, name="hub-mqtt-downgrade", daemon=True).start()
                 return
-            log.error("MQTT connect refused: %s", reason)
+            self.connect_failures.failed(f"the broker refused the connection: {reason}")
             return
+        self.connect_failures.connected()
         with self._lock:
             self._subscribe_ingest(client)
             self.connected.set()
         self.metrics.mqtt_connected.set(1)
         self._resync.set()
         self._queue.put(("", b""))  # wake the worker to resync desired states
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        """paho could not open the connection; it calls this inside its `except OSError`, so the error is current."""
+        error = sys.exc_info()[1]
+        self.connect_failures.failed((str(error) or type(error).__name__) if error is not None else "connection failed")
 
     def _leader_channels(self) -> tuple[Channel, ...]:
         return STATE if self.protocol == "5" else SUBSCRIBED
@@ -259,9 +301,11 @@ class MqttBridge:
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.metrics.mqtt_connected.set(0)
         with self._lock:
+            was_connected = self.connected.is_set()
             self.connected.clear()
             self.ingesting.clear()
-        log.warning("MQTT disconnected: %s", reason)
+        if was_connected:  # else the end of a refused attempt, logged by ConnectFailures
+            log.warning("MQTT disconnected: %s", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._queue.put((msg.topic, bytes(msg.payload)))

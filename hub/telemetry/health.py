@@ -2,7 +2,9 @@
 
 The rollout gates (hub/rollouts/gates.py: `latency`, `error_rate`, `fallback_rate`, `drift`) ask a
 `TelemetryView`, built once per engine tick, which caches the previous version's cohort so a wave of
-hundreds of devices costs one query per (previous version, profile).
+hundreds of devices costs one query per (previous version, profile). The gates judge the windows of devices
+serving a version; its cloud-only windows (answers given while it was not installed yet) are kept beside them
+but are not the version's doing (accumulate.py).
 """
 
 from __future__ import annotations
@@ -136,8 +138,12 @@ def judge(key: str, new: CohortHealth | None, old: CohortHealth | None, limits: 
             return None, "latency: no latency recorded yet"
         if limits.latency_p95_max_ms is not None and new.p95_ms > limits.latency_p95_max_ms:
             return False, f"latency: p95 {new.p95_ms:.3g} ms > limit {limits.latency_p95_max_ms:g} ms"
-        if (old is not None and old.p95_ms is not None and new.p95_ms > limits.latency_p95_ratio * old.p95_ms
-                and new.p95_ms - old.p95_ms > limits.latency_p95_slack_ms):
+        if (
+            old is not None
+            and old.p95_ms is not None
+            and new.p95_ms > limits.latency_p95_ratio * old.p95_ms
+            and new.p95_ms - old.p95_ms > limits.latency_p95_slack_ms
+        ):
             return False, (f"latency: p95 {new.p95_ms:.3g} ms > {limits.latency_p95_ratio:g} x "
                            f"{old.p95_ms:.3g} ms of {where}")  # fmt: skip
         return True, None

@@ -97,14 +97,16 @@ class TelemetryMonitor:
         baselines: dict[str | None, tuple[str, BaselineStats] | None] = {}
         changes = []
         for key, part in parts.items():
-            merged = merged_from(part).summary
+            # Counts of every source, as the API gives them; drift of the windows of devices serving the version
+            found = merged_from(part, every_source=True)
+            merged, serving = found.summary, found.serving
             if merged is None:
                 continue
             profile = key.removeprefix("profile:") if key.startswith("profile:") else None
             if profile not in baselines:
                 baselines[profile] = baseline_for(conn, model=model, version=version, profile=profile)
             base = baselines[profile]
-            report = drift_report(base[1], merged) if base is not None and merged.n else None
+            report = drift_report(base[1], serving) if base is not None and serving is not None and serving.n else None
             if key == "fleet" or profile is not None:
                 labels = (model, str(version), profile or "*")
                 if labels in series or len(series) < MAX_SERIES:
@@ -112,7 +114,7 @@ class TelemetryMonitor:
                     self._export(labels, merged, report.score if report else None,
                                  report.dataset_drift if report else None)  # fmt: skip
             change = alerts.evaluate(conn=conn, now=now, model=model, version=version, cohort=key,
-                                     report=report if merged.n >= self.alert_min_n else None)  # fmt: skip
+                                     report=report if report and report.n >= self.alert_min_n else None)  # fmt: skip
             if change.action == "opened":
                 self.metrics.drift_alerts.labels(model, str(version), key.split(":")[0]).inc()
                 log.warning("drift alert %s v%d %s: %s", model, version, key, report and report.drifted_features)

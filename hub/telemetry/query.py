@@ -2,10 +2,14 @@
 
 Rows are read newest first; at most `limit` of them, so a query over a long range answers from the
 newest windows and says so (`truncated`). Summaries whose bins differ from the newest row's (a
-re-binned baseline) are skipped and counted rather than failing the whole cohort (accumulate.py). With
-`every_source`, windows without bins (cloud answers while no version served on the device) are added to
-the counts instead of being skipped, and an hourly rollup that left windows out is read from its raw
-windows while they are kept (sources.py).
+re-binned baseline) are skipped and counted rather than failing the whole cohort (accumulate.py).
+
+Windows of devices serving the version and cloud-only windows (cloud answers while no version served on the
+device) are always both kept; `every_source` says which the merged `summary` counts: every source (the API
+and the dashboard), or only the serving windows (the rollout gates: a cloud answer given before a version was
+installed says nothing about the version). `Merged` carries the serving summary and the cloud-only counts
+either way. An hourly rollup that left windows out (before issue 22, a cloud-only window arriving first
+made it leave out the device windows) is read from its raw windows while they are kept.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, false, func, literal, select, union_all
 
 from hub.db.schema import devices, model_versions, telemetry
-from hub.telemetry.sources import SourceMerge
+from hub.telemetry.accumulate import Accumulator
 from hub.telemetry.tables import telemetry_hourly
 from protocol.manifest import BaselineStats, Manifest
 from protocol.telemetry import TelemetrySummary
@@ -47,14 +51,26 @@ class Cohort:
 class Merged:
     """A cohort's merged summary (None without data) and how it was obtained."""
 
-    summary: TelemetrySummary | None
+    summary: TelemetrySummary | None  # every source, or the serving windows only (see `every_source`)
     rows: int
     truncated: bool
     skipped: int = 0
     devices: int = 0
-    no_model: int = 0  # requests in windows recorded while no version served on the device (every_source only)
+    no_model: int = 0  # requests in cloud-only windows (recorded while no version served on the device)
     no_model_rows: int = 0
     hours_from_windows: int = 0  # rollups that had left windows out, replaced by their raw windows
+    serving: TelemetrySummary | None = None  # the windows of devices serving the version only
+
+
+def _merged(acc: Accumulator, *, every_source: bool, rows: int, truncated: bool, skipped: int, devices: int | None,
+            replaced: int = 0) -> Merged:  # fmt: skip
+    summary, serving = acc.result() if every_source else acc.served(), acc.served()
+    if devices is None:
+        devices = summary.devices if summary else 0
+    elif summary is not None:
+        summary = summary.model_copy(update={"devices": devices})
+    return Merged(summary, rows, truncated, skipped, devices, acc.cloud_only_n, acc.cloud_only_rows, replaced,
+                  serving)  # fmt: skip
 
 
 def device_ids(conn: Connection, cohort: Cohort) -> set[str]:
@@ -115,7 +131,7 @@ def merged_telemetry(
     Fleet and profile cohorts read whole hours from the hourly rollups and raw windows only for the
     edges of the range and for rows not rolled up yet, in one statement (one snapshot, so a rollup
     committing meanwhile is seen either before or after, never twice). Other cohorts read raw windows.
-    `every_source` adds windows without bins to the counts (sources.py) instead of skipping them.
+    `every_source`: the summary counts every source, else only the serving windows (both are kept).
     """
     if cohort.group is not None or cohort.tags or cohort.device_ids is not None:
         rows, truncated = load_rows(conn, model=model, version=version, cohort=cohort, limit=limit)
@@ -140,23 +156,22 @@ def merged_telemetry(
     both = union_all(hourly, raw).subquery()
     q = select(both).order_by(both.c.window_end.desc()).limit(limit + 1)
     found = conn.execute(q).all()
-    acc = SourceMerge(every_source)
+    acc = Accumulator()
     windows = skipped = replaced = 0
     for r in found[:limit]:
         parts = rollup_windows(conn, r.rollup_id, r.rows + r.skipped) if every_source and r.skipped else None
         if parts is not None:
             replaced += 1
+            windows += len(parts)
             for window in parts:
-                windows += 1
-                skipped += not acc.add(window)
+                acc.add(window)
             continue
-        windows += r.rows
-        skipped += r.skipped + (not acc.add(r.summary, r.rows))
-    summary = acc.result()
-    devices = count_devices(conn, model=model, version=version, cohort=cohort) if summary else 0
-    if summary is not None:
-        summary = summary.model_copy(update={"devices": devices})
-    return Merged(summary, windows, len(found) > limit, skipped, devices, acc.no_model_n, acc.no_model_rows, replaced)
+        windows += r.rows + r.skipped
+        skipped += r.skipped
+        acc.add(r.summary, r.rows)
+    devices = count_devices(conn, model=model, version=version, cohort=cohort) if acc.rows else 0
+    return _merged(acc, every_source=every_source, rows=windows, truncated=len(found) > limit,
+                   skipped=skipped + acc.skipped, devices=devices, replaced=replaced)  # fmt: skip
 
 
 def rollup_windows(conn: Connection, rollup_id: int, expected: int) -> list[dict[str, Any]] | None:
@@ -191,13 +206,12 @@ def count_devices(conn: Connection, *, model: str, version: int, cohort: Cohort)
 
 
 def merged_from(rows: Iterable[dict[str, Any]], truncated: bool = False, *, every_source: bool = False) -> Merged:
-    """Add up stored summaries (JSON) into a `Merged`; `every_source`: windows without bins add to the counts."""
-    merge = SourceMerge(every_source)
+    """Add up stored summaries (JSON) into a `Merged`; `every_source`: the summary counts the cloud-only windows."""
+    acc = Accumulator()
     for row in rows:
-        merge.add(row)
-    result = merge.result()
-    return Merged(result, merge.rows + merge.skipped, truncated, merge.skipped, result.devices if result else 0,
-                  merge.no_model_n, merge.no_model_rows)  # fmt: skip
+        acc.add(row)
+    return _merged(acc, every_source=every_source, rows=acc.rows + acc.skipped, truncated=truncated,
+                   skipped=acc.skipped, devices=None)  # fmt: skip
 
 
 def baseline_for(

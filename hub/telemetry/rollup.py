@@ -2,9 +2,11 @@
 
 The monitor runs `roll_up` every pass. Each call takes the oldest rows not yet rolled up (at most
 `batch`), adds them to their hour's rollup (Accumulator), and marks them, in one transaction, so a
-row is counted either raw or in its rollup, never both. Queries over whole hours then read one row
-per profile and hour instead of every device window (query.py); raw rows stay for device, group and
-tag cohorts and for the edges of a range. On PostgreSQL, rows are locked (SKIP LOCKED) so hub
+row is counted either raw or in its rollup, never both. A rollup keeps every source: the windows of devices
+serving the version and the cloud-only windows, whose counts it stores beside the merge (accumulate.py), so
+the gates and the API split a rolled-up hour the way they split its raw windows. Queries over whole hours
+then read one row per profile and hour instead of every device window (query.py); raw rows stay for device,
+group and tag cohorts and for the edges of a range. On PostgreSQL, rows are locked (SKIP LOCKED) so hub
 replicas rolling up at the same time take different rows.
 """
 
@@ -48,14 +50,15 @@ def roll_up(conn: Connection, *, batch: int = BATCH) -> int:
         existing = conn.execute(select(telemetry_hourly).where(*key)).first()
         acc = Accumulator()
         if existing is not None:
-            acc.add(existing.summary)
+            acc.add(existing.summary, existing.rows)
+        before = acc.rows
         for s in summaries:
             acc.add(s)
-        merged = acc.result()
+        merged = acc.rollup()
         assert merged is not None  # at least one summary was added
-        folded = acc.rows - (existing is not None)
-        values = {"window_start": merged.window_start, "window_end": merged.window_end,
-                  "summary": merged.model_dump(mode="json")}  # fmt: skip
+        folded = acc.rows - before
+        values = {"window_start": datetime.fromisoformat(merged["window_start"]),
+                  "window_end": datetime.fromisoformat(merged["window_end"]), "summary": merged}  # fmt: skip
         if existing is None:
             conn.execute(insert(telemetry_hourly).values(model=model, version=version, profile=profile, hour=hour,
                                                          rows=folded, skipped=acc.skipped, **values))  # fmt: skip

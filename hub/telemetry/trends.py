@@ -4,7 +4,8 @@ Ranges up to RAW_RANGE are read from the raw device windows, in buckets of 10 s 
 of the fleet or a profile from the hourly rollups (and the windows not rolled up yet) in buckets of whole
 hours. Other cohorts (a group, tags, a device, a rollout's devices) always read raw windows: rollups keep
 no device ids. A window lands in the bucket holding its window_start, as it lands in the rollup of the
-hour holding it, and every source counts (sources.py): device answers, cloud answers, failed requests.
+hour holding it, and every source counts (accumulate.py, sources.py): device answers, cloud answers (also
+those given while no version served on the device), failed requests.
 
 Rollout events are the audit log's `rollout.*` entries of the model's rollouts (or of one rollout).
 """
@@ -19,8 +20,9 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, false, literal, select, union_all
 
 from hub.db.schema import audit_log, rollouts, telemetry
+from hub.telemetry.accumulate import Accumulator
 from hub.telemetry.query import Cohort, baseline_for, device_ids, rollup_windows
-from hub.telemetry.sources import SourceMerge, source_counts
+from hub.telemetry.sources import source_counts
 from hub.telemetry.stats import quantile_ms
 from hub.telemetry.tables import telemetry_hourly
 from protocol.drift import drift_report
@@ -129,24 +131,29 @@ def _rows(conn: Connection, *, model: str, version: int, cohort: Cohort, since: 
 
 
 class _Buckets:
-    """One SourceMerge per bucket."""
+    """One Accumulator per bucket."""
 
     def __init__(self, step_s: int) -> None:
         self.step_s = step_s
-        self.merges: dict[datetime, SourceMerge] = {}
+        self.merges: dict[datetime, Accumulator] = {}
         self.windows: dict[datetime, int] = {}
-        self.skipped = 0
+        self.rollups_skipped = 0  # windows the hourly rollups left out (rollups written before issue 22)
+
+    @property
+    def skipped(self) -> int:
+        """Windows left out: by the rollups, or here because their bins differ from their bucket's."""
+        return self.rollups_skipped + sum(m.skipped for m in self.merges.values())
 
     def add(self, t: datetime, summary: dict[str, Any], windows: int = 1, skipped: int = 0) -> None:
         key = bucket_start(t, self.step_s)
-        merge = self.merges.setdefault(key, SourceMerge())
-        self.skipped += skipped + (not merge.add(summary, windows))
+        self.merges.setdefault(key, Accumulator()).add(summary, windows)
+        self.rollups_skipped += skipped
         self.windows[key] = self.windows.get(key, 0) + windows
 
     def points(self, baseline: BaselineStats | None) -> list[TrendPoint]:
         return [self._point(key, merge, baseline) for key, merge in sorted(self.merges.items())]
 
-    def _point(self, start: datetime, merge: SourceMerge, baseline: BaselineStats | None) -> TrendPoint:
+    def _point(self, start: datetime, merge: Accumulator, baseline: BaselineStats | None) -> TrendPoint:
         s = merge.result()
         assert s is not None  # a bucket exists once a summary was added
         counts = source_counts(s)
@@ -204,9 +211,9 @@ LABELS = {
 
 
 def mark_label(action: str, details: dict[str, Any]) -> str:
-    """What an audit entry of a rollout says, in the dashboard's words (waves counted from 1, as on its pages)."""
+    """What an audit entry of a rollout says, in the dashboard's words (waves counted from 0, as everywhere)."""
     if action == "rollout.wave" and isinstance(details.get("to"), int):
-        return f"wave {details['to'] + 1} released"
+        return f"wave {details['to']} released"
     label = LABELS.get(action, action.removeprefix("rollout."))
     scope = details.get("group") or details.get("device_id")
     return f"{label} ({scope})" if scope else label

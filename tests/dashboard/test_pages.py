@@ -58,6 +58,12 @@ def test_rollouts_list_and_rollout_page_match_rollouts_api(signed_in: Page, flee
         healthy = sum(w["counts"].get("healthy", 0) for w in r["waves"])
         assert row.get_by_test_id("healthy").inner_text() == str(healthy)
         assert row.get_by_test_id("total").inner_text() == str(sum(w["total"] for w in r["waves"]))
+        last = len(r["waves"]) - 1  # waves counted from 0, as the API's current_wave and the reasons count them
+        canary = " (canary)" if r["current_wave"] == 0 and r["spec"]["canary_percent"] else ""
+        position = f"wave {r['current_wave']}{canary}" + (f" of 0-{last}" if last > 0 else "")
+        assert row.get_by_test_id("wave").inner_text() == position
+    lab = page.locator("[data-testid=rollouts-table] tr[data-rollout='r-lab']").get_by_test_id("wave")
+    assert lab.inner_text() == "wave 0 (canary) of 0-1"  # the lab canary is on probation
     screenshot(page, "rollouts")
     for rollout_id in ("r-edge", "r-lab"):
         page.goto(f"{base_url}/dashboard/rollouts/{rollout_id}")
@@ -67,14 +73,23 @@ def test_rollouts_list_and_rollout_page_match_rollouts_api(signed_in: Page, flee
             row = page.locator(f"[data-testid=waves-table] tr[data-wave='{wave['wave']}']")
             assert row.get_by_test_id("wave-total").inner_text() == str(wave["total"])
             assert _chips(page, f"[data-testid=waves-table] tr[data-wave='{wave['wave']}'] .chip") == wave["counts"]
+            canary = wave["wave"] == 0 and api["spec"]["canary_percent"] > 0
+            assert row.get_by_test_id("wave-name").inner_text() == f"wave {wave['wave']}" + " (canary)" * canary
         for d in api["devices"]:
             row = page.locator(f"[data-testid=rollout-devices] tr[data-device='{d['device_id']}']")
             cell = row.get_by_test_id("device-state")
             assert cell.get_attribute("data-state") == d["state"]
+            canary = d["wave"] == 0 and api["spec"]["canary_percent"] > 0
+            assert row.get_by_test_id("device-wave").inner_text() == f"{d['wave']}" + " (canary)" * canary
         screenshot(page, f"rollout-{rollout_id}")
     # r-edge rolled back automatically: the reason is shown and only rollback-free verbs are offered (none)
     page.goto(f"{base_url}/dashboard/rollouts/r-edge")
-    assert page.get_by_test_id("rollout-reason").inner_text() == fleet.rollout("r-edge")["reason"]
+    reason = fleet.rollout("r-edge")["reason"]
+    assert page.get_by_test_id("rollout-reason").inner_text() == reason
+    assert reason.startswith("wave 0: ")  # the engine's words: the same wave as the page's "wave 0" row
+    assert page.locator("[data-testid=waves-table] tr[data-wave='0']").get_by_test_id("wave-name").inner_text() == (
+        "wave 0")  # fmt: skip
+    assert page.get_by_test_id("rollout-wave").inner_text() == "wave 0"  # one wave: canary 0 %, stages [100]
     assert page.locator(".actions button").count() == 0
 
 

@@ -250,6 +250,8 @@ def test_pipeline_version_page_shows_run_order_steps_wiring_and_rollouts(
     waves = rows.first.locator("[data-wave]")
     assert [int(waves.nth(i).get_attribute("data-total") or -1) for i in range(waves.count())] == [
         w["total"] for w in rollout["waves"]] == [2]  # fmt: skip
+    assert waves.first.inner_text() == "wave 0: 2 / 2"  # waves counted from 0, as the API counts them; no canary
+    assert rows.first.get_by_test_id("wave").inner_text() == "wave 0"
     page.locator("[data-testid=pipeline-rollouts] a").first.click()
     page.wait_for_url(lambda url: url.endswith("/dashboard/rollouts/r-sorter-1"))
 

@@ -64,13 +64,13 @@ def _get(client: TestClient, path: str, **params: Any) -> dict[str, Any]:
 def test_every_source_counts_in_the_stats_and_the_trend(client: TestClient) -> None:
     hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
     cloud = meter.no_model("pi-1", "raspberry_pi_4", T0 + timedelta(minutes=1), 30, 3)
-    _store(hub, [cloud], 1)  # rolled up first: its hour's rollup has no bins ...
+    _store(hub, [cloud], 1)  # rolled up first: its hour's rollup starts without bins ...
     served = [meter.window("pi-1", "raspberry_pi_4", T0 + timedelta(minutes=m), 100, errors=2, low_confidence=4)
               for m in (10, 70)]  # fmt: skip
     edge = meter.window("gw-1", "x86_gateway", T0 + timedelta(minutes=75), 40, classes=[0, 0, 40])
-    _store(hub, [*served, edge], 10)  # ... and leaves the device window of 08:00 out
+    _store(hub, [*served, edge], 10)  # ... and keeps the device window of 08:00 beside it (issue 22)
     stats = _get(client, URL)
-    assert stats["n"] == 30 + 200 + 40 and stats["skipped"] == 0 and stats["hours_from_windows"] == 1
+    assert stats["n"] == 30 + 200 + 40 and stats["skipped"] == 0 and stats["hours_from_windows"] == 0
     assert stats["sources"] == {"requests": 270, "device": 270 - 7 - 35, "cloud": 27 + 8, "failed": 3 + 4,
                                 "no_model": 30, "no_model_windows": 1}  # fmt: skip
     assert stats["latency_ms"] is not None and len(stats["drift"]["features"]) == 3

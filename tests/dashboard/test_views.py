@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub.dashboard import charts, histograms, views
-from hub.telemetry import sources
+from hub.dashboard import charts, histograms, views, waves
+from hub.telemetry import accumulate, sources
 from tests.dashboard import meter
 
 
@@ -103,12 +103,26 @@ def test_windows_without_bins_add_to_the_counts_of_windows_with_bins() -> None:
     cloud = {**base, "n": 30, "errors": 2, "fallback": {"no_model": 30}, "fallback_errors": {"no_model": 2}}
     served = {**base, "device_id": "e", "n": 100, "errors": 1, "fallback": {"low_confidence": 4},
               "inputs": [{"name": "x", "counts": [60, 40]}], "latency_buckets": [0, 99] + [0] * 16}  # fmt: skip
-    assert sources.no_model(cloud) and not sources.has_bins(cloud) and sources.has_bins(served)
-    merge = sources.SourceMerge()
-    assert merge.add(cloud) and merge.add(served)  # in this order Accumulator alone skipped the device window
+    assert accumulate.cloud_only(cloud) and not accumulate.has_bins(cloud) and accumulate.has_bins(served)
+    merge = accumulate.Accumulator()
+    assert merge.add(cloud) and merge.add(served)  # in this order the first window once fixed the layout: no device
     s = merge.result()
     assert s is not None and s.n == 130 and s.errors == 3 and s.inputs[0].counts == [60, 40] and s.devices == 2
-    counts = sources.source_counts(s, no_model_n=merge.no_model_n, no_model_rows=merge.no_model_rows)
+    counts = sources.source_counts(s, no_model_n=merge.cloud_only_n, no_model_rows=merge.cloud_only_rows)
     assert (counts.device, counts.cloud, counts.failed, counts.no_model) == (95, 32, 3, 30)
-    plain = sources.SourceMerge(every_source=False)  # what the gates and the monitor still do
-    assert plain.add(cloud) and not plain.add(served)
+    served_only = merge.served()  # what the rollout gates judge: the windows of the devices serving the version
+    assert served_only is not None and (served_only.n, served_only.errors, served_only.fallback) == (
+        100, 1, {"low_confidence": 4})  # fmt: skip
+
+
+def test_waves_are_named_from_0_as_the_api_and_the_engine_reasons_count_them() -> None:
+    canary = {"spec": {"canary_percent": 10}, "current_wave": 1, "waves": [{}, {}, {}]}
+    plain = {"spec": {"canary_percent": 0}, "current_wave": 0, "waves": [{}]}
+    assert [waves.wave_name(w, canary) for w in range(3)] == ["wave 0 (canary)", "wave 1", "wave 2"]
+    assert [waves.wave_label(w, canary) for w in range(2)] == ["0 (canary)", "1"]
+    assert waves.wave_name(0, plain) == "wave 0"
+    assert waves.wave_position(canary) == "wave 1 of 0-2" and waves.wave_position(plain) == "wave 0"
+    assert waves.wave_position({**canary, "current_wave": 0}) == "wave 0 (canary) of 0-2"
+    from hub.telemetry.trends import mark_label
+
+    assert mark_label("rollout.wave", {"from": 0, "to": 1}) == "wave 1 released"  # the audit's own numbers

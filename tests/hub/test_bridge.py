@@ -208,3 +208,90 @@ def test_acks_are_split_to_stay_under_the_payload_limit(tmp_path: Path, monkeypa
     bridge._publish_acks()
     assert len(sent) == 3  # nothing gathered since
     engine.dispose()
+
+
+def _bridge_to(tmp_path: Path, port: int, username: str | None = None, password: str | None = None) -> MqttBridge:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    return MqttBridge(host="127.0.0.1", port=port, username=username, password=password, topic_root="r/v1",
+                      engine=engine, clock=utcnow, metrics=HubMetrics())  # fmt: skip
+
+
+def _connect_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == bridge_module.__name__ and r.levelname == "WARNING" and "cannot connect" in r.getMessage()
+    ]
+
+
+def test_a_broker_out_of_reach_is_a_warning_once_per_distinct_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens on the port: paho retries every 1-5 s; the operator reads why once, not once a retry."""
+    from tests.support.broker import free_port
+
+    caplog.set_level("INFO", logger=bridge_module.__name__)
+    port = free_port()
+    bridge = _bridge_to(tmp_path, port)
+    bridge.start()
+    try:
+        assert _until(lambda: bridge.connect_failures.attempts >= 3, timeout=30)
+    finally:
+        bridge.stop()
+        bridge.engine.dispose()
+    assert not bridge.connected.is_set()
+    (warning,) = _connect_warnings(caplog)
+    assert f"cannot connect to the MQTT broker at 127.0.0.1:{port}: " in warning and "refused" in warning, warning
+    assert not [r for r in caplog.records if "MQTT disconnected" in r.getMessage()]
+
+
+def test_a_refused_connack_is_a_warning_that_says_why(tmp_path: Path, unique_root: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """The broker answers but refuses the hub's credentials (a password file the hub's does not match)."""
+    from hub.mqtt.auth import HUB_USERNAME, MosquittoAuth
+    from tests.support.broker import start_broker
+
+    auth = MosquittoAuth(password_file=tmp_path / "auth" / "passwd", acl_file=tmp_path / "auth" / "acl",
+                         pid_file=tmp_path / "mosquitto.pid", topic_root=unique_root)  # fmt: skip
+    auth.apply({HUB_USERNAME: mosquitto_hash("the-right-password")})
+    broker = start_broker(
+        tmp_path / "mosq",
+        extra_conf=[f"password_file {auth.password_file}", f"acl_file {auth.acl_file}", f"pid_file {auth.pid_file}"],
+    )
+    caplog.set_level("INFO", logger=bridge_module.__name__)
+    bridge = _bridge_to(tmp_path, broker.port, HUB_USERNAME, "a-stale-password")
+    try:
+        bridge.start()
+        assert _until(lambda: bridge.connect_failures.attempts >= 2, timeout=30)
+    finally:
+        bridge.stop()
+        bridge.engine.dispose()
+        broker.stop()
+    (warning,) = _connect_warnings(caplog)
+    assert f"127.0.0.1:{broker.port}: the broker refused the connection: " in warning, warning
+    assert any(word in warning for word in ("Not authorized", "Bad user name or password")), warning
+
+
+def test_connect_failures_are_logged_once_per_error_and_again_every_30_s(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger=bridge_module.__name__)
+    now = [0.0]
+    failures = bridge_module.ConnectFailures("broker:1883", monotonic=lambda: now[0])
+    for _ in range(5):  # paho's retries, 1-5 s apart
+        failures.failed("[Errno 111] Connection refused")
+        now[0] += 5
+    failures.failed("[Errno 113] No route to host")  # another error: at once
+    now[0] += 5
+    failures.failed("[Errno 113] No route to host")
+    now[0] += 30
+    failures.failed("[Errno 113] No route to host")  # the same one, 30 s on: again, with what went unsaid
+    where = "cannot connect to the MQTT broker at broker:1883"
+    assert _connect_warnings(caplog) == [
+        f"{where}: [Errno 111] Connection refused; retrying",
+        f"{where}: [Errno 113] No route to host; retrying (4 more failed attempts since the last warning)",
+        f"{where}: [Errno 113] No route to host; retrying (1 more failed attempt since the last warning)",
+    ]
+    failures.connected()
+    assert failures.attempts == 0
+    assert caplog.records[-1].getMessage() == "connected to the MQTT broker at broker:1883 after 8 failed attempts"
+    failures.failed("[Errno 111] Connection refused")  # a new outage: said at once
+    assert len(_connect_warnings(caplog)) == 4

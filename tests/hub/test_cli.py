@@ -61,6 +61,8 @@ def test_operator_verbs(hub_url: str, tmp_path: Path) -> None:
     assert code == 0 and "cli-0" in out and "offline" in out
     code, out = run("rollouts", "create", "digits", "1", "--id", "rc", "--group", "lab", "--canary", "50", *auth)
     assert code == 0 and "rollout rc" in out and "running" in out
+    text = " ".join(out.split())  # the table's title wraps
+    assert "at wave 0 (canary) of 0-1" in text and "│ 0 (canary) │" in text  # waves from 0, as in the API
     assert run("rollouts", "pause", "rc", *auth)[1].count("paused") >= 1
     code, out = run("rollouts", "resume", "rc", *auth)
     assert code == 0 and "running" in out
@@ -69,7 +71,7 @@ def test_operator_verbs(hub_url: str, tmp_path: Path) -> None:
     code, out = run("rollouts", "abort", "rc", *auth)
     assert code == 0 and "aborted" in out
     code, out = run("rollouts", "list", *auth)
-    assert code == 0 and "aborted" in out
+    assert code == 0 and "aborted" in out and "0: 0/1, 1: 0/1" in out, out  # healthy of devices, per wave from 0
     assert run("devices", "decommission", "cli-1", *auth) == (0, "decommissioned cli-1\n")
     code, out = run("devices", "decommission", "cli-1", *auth)
     assert code == 1 and "404" in out
@@ -125,7 +127,7 @@ def test_rollback_that_would_leave_devices_with_nothing_needs_yes() -> None:
     waves = [{"total": 1, "released": True, "counts": {"healthy": 1}},
              {"total": 3, "released": True, "counts": {"healthy": 1, "downloading": 2}},
              {"total": 5, "released": False, "counts": {"pending": 5}}]  # fmt: skip
-    assert progress(waves) == "1/1 1/3 -/5"
+    assert progress(waves) == "0: 1/1, 1: 1/3, 2: -/5"  # waves counted from 0, as the API counts them
 
 
 def test_tables_wrap_long_ids_instead_of_cutting_them(capsys: pytest.CaptureFixture[str]) -> None:
