@@ -28,6 +28,7 @@ from agent.runtimes import INSTALL_HINT, installed_runtimes, runtime_for_format,
 from agent.serving import ServingRegistry
 from agent.servingcontext import ServingContext, serving_path
 from agent.settings import AgentSettings
+from agent.shadow.manager import ShadowManager
 from agent.steps import DeviceSteps
 from agent.store import ModelStore, SlotStore
 from firmware_profiles import get_profile
@@ -70,7 +71,7 @@ class Agent:
         self._stop = threading.Event()
         self.steps = DeviceSteps(
             settings, self.profile, self.identity, self.store, self.serving, self._notify, self._stop.wait,
-            superseded=self._superseded,
+            superseded=self._superseded, local_copy=lambda manifest: self.shadows.verified_copy(manifest),
         )  # fmt: skip
         self.lifecycle = Lifecycle(
             settings.data_dir / "lifecycle", self.steps, self._on_transition, lambda _record: self.report()
@@ -131,6 +132,12 @@ class Agent:
             online=self.mqtt.connected.is_set, spec_of=self._pipeline_spec,
             self_test_failed=self._pipeline_self_test_failed,
         )  # fmt: skip
+        # Candidates under shadow evaluation (agent/shadow/): fetched by the reconcile worker, fed by the serving path.
+        self.shadows = ShadowManager(
+            settings, self.profile, self.identity, serving_store=self.store, metrics=self.metrics, emit=self.emit,
+            wait=self._stop.wait, latest=lambda: self.latest_desired,
+        )  # fmt: skip
+        self.inference.shadows = self.shadows.active
         self._worker = threading.Thread(target=self._run_worker, name="reconcile", daemon=True)
 
     # ---- start / stop -------------------------------------------------------------------------
@@ -166,6 +173,7 @@ class Agent:
         self._stop.set()
         self._work.put(("stop", None))
         self._worker.join(timeout=10)
+        self.shadows.stop()  # their open windows go to the events outbox
         self.uplink.stop()  # open windows go to the outbox; they are sent after the next start
         self.mqtt.stop()
         self.steps.close()
@@ -248,7 +256,8 @@ class Agent:
         self._reconcile_units(
             self.pipeline_lifecycle, self.pipeline_store, desired.pipelines, retry_failed, self.uninstall_pipeline
         )
-        self.applied_generation = desired.generation
+        self.shadows.reconcile(desired.shadows, desired.generation)  # after the updates: an activated candidate's
+        self.applied_generation = desired.generation  # update could take its verified copy before it is deleted
 
     def _reconcile_units(
         self,
@@ -470,6 +479,7 @@ class Agent:
             "rejected_messages": self.rejected,
             "runtimes": installed_runtimes(),
             "telemetry": self.uplink.view(),
+            "shadows": self.shadows.view(),
         }
 
     # ---- serving and telemetry -----------------------------------------------------------------

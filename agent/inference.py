@@ -2,7 +2,9 @@
 
 Per request: the serving version's model (or none), the model's FallbackRouter when an endpoint is
 configured, then one in-memory `WindowRecorder.record` (no I/O). Without an endpoint the router is
-skipped entirely, so the device-only path costs what it did before plus the recording.
+skipped entirely, so the device-only path costs what it did before plus the recording. When a candidate
+of the model is under shadow evaluation, a device answer is then handed to it (agent/shadow/runner.py:
+a sampling draw, and for a sampled request a copy into a bounded queue; never a wait for the candidate).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -24,6 +26,14 @@ from agent.model import LoadedModel
 from agent.serving import ServedModel, ServingRegistry
 from agent.telemetry.recorders import Recorders
 from protocol.manifest import Manifest
+
+
+class ShadowSink(Protocol):
+    """A candidate under shadow evaluation (agent.shadow.runner.ShadowRunner), as the serving path sees it."""
+
+    def offer(
+        self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], serving_ms: float, serving_version: int
+    ) -> None: ...
 
 
 class NotServing(AgentError):
@@ -75,6 +85,15 @@ def batch_arrays(model: LoadedModel, inputs: Mapping[str, Any]) -> dict[str, np.
     return out
 
 
+def request_rows(model: LoadedModel, arrays: Mapping[str, np.ndarray]) -> int:
+    """Rows (samples) of one request: the batch of its first batch-first input, else one, as telemetry counts."""
+    for b in model.inputs:
+        value = arrays.get(b.name)
+        if b.batch_first and value is not None and np.ndim(value) >= 1:
+            return len(value)
+    return 1
+
+
 class InferenceService:
     """Answers predictions for every model name; owns the per-model fallback routers."""
 
@@ -90,6 +109,7 @@ class InferenceService:
         self_test_failed: Callable[[str], bool] = lambda _name: False,
         manifest_of: Callable[[str], Manifest | None] = lambda _name: None,
         on_window_full: Callable[[], None] = lambda: None,
+        shadows: Mapping[str, ShadowSink] | None = None,
     ) -> None:
         self.serving = serving
         self.metrics = metrics
@@ -100,6 +120,8 @@ class InferenceService:
         self._self_test_failed = self_test_failed
         self._manifest_of = manifest_of
         self._on_window_full = on_window_full
+        # Model name -> its shadow (the daemon's ShadowManager.active: mutated in place, read here without a lock).
+        self.shadows: Mapping[str, ShadowSink] = shadows if shadows is not None else {}
         self._routers: dict[str, tuple[int | None, FallbackRouter]] = {}
         self._lock = threading.Lock()
 
@@ -150,7 +172,8 @@ class InferenceService:
             raise
         except FallbackError as e:
             seconds = time.perf_counter() - start
-            self._fallback_done(name, served, manifest, e.reason, ok=False, failed=True, seconds=seconds)
+            rows = request_rows(served.model, arrays) if served is not None else 1
+            self._fallback_done(name, served, manifest, e.reason, ok=False, failed=True, seconds=seconds, rows=rows)
             raise
         ms = (time.perf_counter() - start) * 1000
         if answer.reason is not None:
@@ -160,6 +183,10 @@ class InferenceService:
         if served is not None:
             ids = self._record(served, arrays, answer.outputs, ms)
         self._count(name, ms)
+        if served is not None and answer.source == "device":  # a cloud answer is not shadowed
+            shadow = self.shadows.get(name)
+            if shadow is not None:
+                shadow.offer(arrays, answer.outputs, ms, served.version)
         return Prediction(
             name, answer.outputs, answer.source, answer.version, answer.reason and answer.reason.value, answer.note, ids
         )
@@ -176,11 +203,14 @@ class InferenceService:
             served.errors += 1
             self.metrics.prediction_errors.labels(served.name, "runtime").inc()
             if self.recorders is not None and served.model.manifest is not None:
-                self.recorders.get(served.model.manifest).record_error()
+                self.recorders.get(served.model.manifest).record_error(request_rows(served.model, arrays))
             raise
         ms = (time.perf_counter() - start) * 1000
         ids = self._record(served, arrays, outputs, ms)
         self._count(served.name, ms)
+        shadow = self.shadows.get(served.name)
+        if shadow is not None:  # after the answer is made and recorded; it is returned unchanged
+            shadow.offer(arrays, outputs, ms, served.version)
         return Prediction(served.name, outputs, "device", served.version, prediction_ids=ids)
 
     def _record(
@@ -208,6 +238,7 @@ class InferenceService:
         ok: bool,
         failed: bool,
         seconds: float,
+        rows: int = 1,
     ) -> None:
         """Count one fallback (answered or failed) in Prometheus and in the window of the right version."""
         reason = reason or "unknown"
@@ -218,8 +249,8 @@ class InferenceService:
         if served is not None and served.model.manifest is not None:
             rec = self.recorders.get(served.model.manifest)
             rec.record_fallback(reason, ok, seconds * 1000)
-            if failed:  # no answer at all for this request
-                rec.record_error()
+            if failed:  # no answer at all for this request: an error per row, as requests are counted per row
+                rec.record_error(rows)
             return
         version = manifest.version if manifest is not None else self.endpoints[name].version
         if version is not None:

@@ -172,6 +172,24 @@ class AgentMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.shadow_samples = Counter(
+            "edgefleet_agent_shadow_samples",
+            "Rows a shadow candidate answered and compared with the serving version",
+            MODEL,
+            registry=self.registry,
+        )
+        self.shadow_dropped = Counter(
+            "edgefleet_agent_shadow_dropped",
+            "Requests sampled for a shadow candidate while its queue was full (never run)",
+            MODEL,
+            registry=self.registry,
+        )
+        self.shadow_failed = Counter(
+            "edgefleet_agent_shadow_failed",
+            "Rows a shadow candidate could not answer",
+            MODEL,
+            registry=self.registry,
+        )
         self.mqtt_connected = Gauge("edgefleet_agent_mqtt_connected", "1 when connected", registry=self.registry)
         self.api_refusals = Counter(
             "edgefleet_agent_api_refusals",

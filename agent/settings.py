@@ -47,6 +47,17 @@ class TelemetrySettings(BaseModel):
     tick_s: float = Field(default=1.0, gt=0, le=60)  # how often windows and acks are looked at
 
 
+class ShadowSettings(BaseModel):
+    """The `[shadow]` table: how a candidate under shadow evaluation runs beside the serving version (docs/agent.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_size: int = Field(default=64, ge=1, le=100_000)  # sampled requests waiting; past this they are dropped
+    cpu_budget: float = Field(default=0.25, gt=0, le=1.0)  # share of one core the shadow worker may keep busy
+    window_s: float = Field(default=60.0, gt=0)  # send a shadow window after this many seconds...
+    window_samples: int = Field(default=1000, ge=1)  # ...or this many compared rows, whichever comes first
+
+
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 ENV_NESTED = "__"
 
@@ -112,6 +123,8 @@ class AgentSettings(BaseModel):
     log_level: str = "INFO"
     # Telemetry and cloud fallback (per model: `[fallback.NAME]`, `[fallback_policy.NAME]`; docs/fallback.md).
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    # Shadow evaluation of candidates the hub names in the desired state (`DesiredState.shadows`).
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     fallback: dict[str, EndpointConfig] = Field(default_factory=dict)
     fallback_policy: dict[str, FallbackPolicy] = Field(default_factory=dict)
     # Per pipeline (`[pipeline_fallback.NAME]`): an endpoint serving the whole pipeline as one model (a Triton

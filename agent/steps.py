@@ -65,9 +65,12 @@ class DeviceSteps:
         notify: Notify | None = None,
         wait: Callable[[float], bool] | None = None,
         superseded: Callable[[UpdateRecord], str | None] | None = None,
+        local_copy: Callable[[Manifest], Path | None] | None = None,
     ) -> None:
         """`wait(seconds)` pauses and says True when the agent stops; `superseded(record)` says why a newer
-        desired state no longer wants that update (None while it still does)."""
+        desired state no longer wants that update (None while it still does); `local_copy(manifest)` names a file
+        on this device that should be the manifest's artifact (a candidate shadow-tested here), taken instead of a
+        download and verified like one."""
         self.settings = settings
         self.profile = profile
         self.identity = identity
@@ -76,6 +79,7 @@ class DeviceSteps:
         self.notify = notify or _ignore
         self.wait = wait or _sleep  # returns True when asked to stop
         self.superseded = superseded or _never
+        self.local_copy = local_copy or _nowhere
         self._active: UpdateRecord | None = None  # the update whose step runs now (checked while downloading)
         self._http: httpx.Client | None = None
         self._downloader: Downloader | None = None
@@ -275,6 +279,10 @@ class DeviceSteps:
             if (info.length, info.hashes.get("sha256")) != (manifest.artifact.size, manifest.artifact.sha256):
                 raise DigestMismatch("the manifest's artifact size/sha256 differ from the signed metadata")
             part = work / f"{manifest.artifact.file}.part"
+            if not part.exists() and (copy := self.local_copy(manifest)) is not None:
+                shutil.copyfile(copy, part)  # the verify step checks it against the signed metadata, as any download
+                self.notify("local_copy", record, {"local_copy": str(copy)})
+                return Ev.DOWNLOADED
             if not part.exists() and self.settings.delta_updates and self._by_patch(record, tuf, info, part):
                 return Ev.DOWNLOADED
             have = part.stat().st_size if part.exists() else 0
@@ -294,7 +302,7 @@ class DeviceSteps:
         assert record.target_version is not None
         details = delta.failed_patch(part)
         if details is None:
-            offer = delta.find_offer(tuf, self.store, record.name, record.target_version, str(info.path))
+            offer = delta.find_offer(tuf, self.patch_base, record.name, record.target_version, str(info.path))
             if offer is None:
                 return False
 
@@ -345,6 +353,11 @@ class DeviceSteps:
             return Ev.STORED
 
         return self._guard(record, act, Ev.ERROR)
+
+    @property
+    def patch_base(self) -> ModelStore:
+        """The store whose active and previous versions a signed patch may start from (a shadow's: the serving one)."""
+        return self.store
 
     @property
     def slots(self) -> SlotStore:
@@ -425,6 +438,10 @@ def _ignore(kind: str, record: UpdateRecord, details: dict[str, Any]) -> None:
 
 
 def _never(_record: UpdateRecord) -> str | None:
+    return None
+
+
+def _nowhere(_manifest: Manifest) -> Path | None:
     return None
 
 

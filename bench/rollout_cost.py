@@ -22,8 +22,16 @@ Delta updates (hub/deltas.py makes the patches at push, agent/delta.py applies t
   the dictionary loses the earlier artifact at level 12 and needs level 19 and ~40x the time of the chosen
   format to keep it (needs the dev extra; left out with a note otherwise).
 
-The shadow half of issue 21 adds its own measurement here (`shadow_added_p50_ms`, target <= 0.05 ms): one more
-function returning its keys, and its target in TARGETS. Prints one JSON object.
+Shadow evaluation (agent/shadow/; docs/agent.md "Shadow evaluation"):
+
+- `shadow_added_p50_ms` (target <= 0.05 ms): the p50 of one in-process device prediction (InferenceService.predict,
+  the `Agent.predict` path, telemetry recording included) of a small MLP with a candidate shadowing it at fraction
+  1.0 (default `[shadow]` settings: queue 64, CPU budget 0.25), minus the p50 without a shadow; the same model and
+  inputs, alternating blocks of calls in one run. Beside it: both p50s and p99s, and how many sampled requests the
+  candidate compared and how many it dropped (its queue full while it idles within its budget).
+
+Prints one JSON object. `python bench/rollout_cost.py shadow` measures the shadow keys alone (seconds, no
+TensorFlow); without an argument, everything (minutes: trains and converts the CNNs).
 """
 
 from __future__ import annotations
@@ -51,10 +59,13 @@ from agent import delta
 from hub import deltas
 from hub.deltas import zstd  # compression.zstd from Python 3.14, backports.zstd before
 
-TARGETS = {"delta_bytes_ratio_head_finetune": 0.15}  # key -> upper bound
+TARGETS = {"delta_bytes_ratio_head_finetune": 0.15, "shadow_added_p50_ms": 0.05}  # key -> upper bound
 FORMATS = {"tflite_fp32": "raspberry_pi_4", "onnx_fp32": "x86_gateway"}
 INT8_FORMATS = {"tflite_int8": "raspberry_pi_4", "onnx_int8": "x86_gateway"}  # reported beside, not a target
 APPLY_RUNS = 15
+SHADOW_BLOCKS = 40  # alternating blocks per arm (shadow off, shadow on)...
+SHADOW_BLOCK_CALLS = 250  # ...of this many predictions each
+SHADOW_MLP = (64, 256, 256, 10)  # the serving model and the candidate: the same shape, other weights
 WIDE = 176  # the CNN's width for the ~5 MB artifact (1.27 M parameters)
 
 
@@ -289,14 +300,107 @@ def measure_deltas(folder: Path) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    from converter.sources import quiet_tensorflow
+def shadow_mlp(path: Path, seed: int) -> Path:
+    """An MLP (ReLU) of SHADOW_MLP with a dynamic batch, written with onnx.helper."""
+    import itertools
 
-    quiet_tensorflow()
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, last = [], [], "x"
+    for i, (a, b) in enumerate(itertools.pairwise(SHADOW_MLP)):
+        inits += [numpy_helper.from_array((rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}"),
+                  numpy_helper.from_array(np.zeros(b, np.float32), f"B{i}")]  # fmt: skip
+        nodes += [helper.make_node("MatMul", [last, f"W{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]  # fmt: skip
+        last = f"a{i}"
+        if i < len(SHADOW_MLP) - 2:
+            nodes.append(helper.make_node("Relu", [last], [f"r{i}"]))
+            last = f"r{i}"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", SHADOW_MLP[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", SHADOW_MLP[-1]])
+    graph = helper.make_graph(nodes, "mlp", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def measure_shadow(folder: Path) -> dict[str, Any]:
+    """`shadow_added_p50_ms` and its context (see the module docstring)."""
+    from agent.inference import InferenceService
+    from agent.metrics import AgentMetrics
+    from agent.model import LoadedModel
+    from agent.serving import ServingRegistry
+    from agent.settings import ShadowSettings
+    from agent.shadow.runner import ShadowRunner
+    from agent.telemetry.recorders import Recorders
+    from protocol.shadow import ShadowSummary, merge_shadow
+    from tests.agent.builders import make_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    serving_path, candidate_path = shadow_mlp(folder / "serving.onnx", 0), shadow_mlp(folder / "candidate.onnx", 1)
+    threads = firmware_profiles.get_profile("x86_gateway").threads
+    serving = ServingRegistry()
+    serving_manifest = make_manifest(serving_path, name="mlp", version=1)
+    serving.install("mlp", 1, LoadedModel.from_file(serving_path, threads, serving_manifest))
+    candidate_manifest = make_manifest(candidate_path, name="mlp", version=2)
+    candidate = LoadedModel.from_file(candidate_path, threads, candidate_manifest)
+    metrics = AgentMetrics()
+    recorders = Recorders("bench-1", "x86_gateway", window_size=1000, window_seconds=60.0)
+    service = InferenceService(serving, metrics, recorders)
+    windows: list[ShadowSummary] = []
+    runner = ShadowRunner(candidate, candidate_manifest, fraction=1.0, settings=ShadowSettings(), emit=windows.append,
+                          metrics=metrics).start()  # fmt: skip
+    x = np.random.default_rng(2).normal(size=(1, SHADOW_MLP[0])).astype(np.float32)
+    arms: dict[str, list[float]] = {"off": [], "on": []}
+    off: dict[str, ShadowRunner] = {}
+    on = {"mlp": runner}
+    for block in range(-2, SHADOW_BLOCKS * 2):  # two warm-up blocks, then off, on, off, on, ...
+        arm = "on" if block % 2 else "off"
+        service.shadows = on if arm == "on" else off
+        times = []
+        for _ in range(SHADOW_BLOCK_CALLS):
+            began = time.perf_counter()
+            service.predict("mlp", {"x": x})
+            times.append((time.perf_counter() - began) * 1000)
+        if block >= 0:
+            arms[arm] += times
+    runner.stop()
+    merged = merge_shadow(windows)
+    p50 = {arm: statistics.median(t) for arm, t in arms.items()}
+    p99 = {arm: float(np.percentile(t, 99)) for arm, t in arms.items()}
+    return {
+        "shadow_added_p50_ms": round(p50["on"] - p50["off"], 4),
+        "shadow": {
+            "path": "InferenceService.predict (= Agent.predict), telemetry recording included; batch 1",
+            "model": f"MLP {'-'.join(map(str, SHADOW_MLP))}, onnxruntime, {threads} threads",
+            "predict_p50_ms": {arm: round(v, 4) for arm, v in p50.items()},
+            "predict_p99_ms": {arm: round(v, 4) for arm, v in p99.items()},
+            "calls_per_arm": len(arms["on"]),
+            "settings": ShadowSettings().model_dump(),
+            "compared": merged.samples if merged else 0,
+            "dropped": merged.dropped if merged else 0,
+            "agreement": round(1 - merged.disagreement, 4) if merged and merged.disagreement is not None else None,
+            "candidate_busy_s": round(runner.busy_s, 3),
+            "candidate_idle_s": round(runner.idle_s, 3),
+        },
+    }
+
+
+def main() -> None:
+    only_shadow = sys.argv[1:] == ["shadow"]
     began = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "rollout_cost"}
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-rollout-") as tmp:
-        result |= measure_deltas(Path(tmp))
+        if not only_shadow:
+            from converter.sources import quiet_tensorflow
+
+            quiet_tensorflow()
+            result |= measure_deltas(Path(tmp))
+        result |= measure_shadow(Path(tmp) / "shadow")
     result["patch_format"] = {"algorithm": deltas.ALGORITHM, "level": deltas.LEVEL, "min_saving": deltas.MIN_SAVING,
                               "history": deltas.HISTORY}  # fmt: skip
     result["targets"] = TARGETS

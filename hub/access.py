@@ -4,7 +4,8 @@ The rule. A device may download (name, version, profile) only if `profile` is th
 `version` is one of:
 
 1. the version of `name` in the device's current desired state (a new release, or a rollback the hub
-   has ordered, which sets the desired state back to the previous version);
+   has ordered, which sets the desired state back to the previous version), or a candidate version of `name`
+   its desired state asks it to shadow-test (`shadows`, docs/shadow.md);
 2. if the device's most recent rollout of `name` (newest `rollouts.created_at`) was released to it
    (`released_at` set, even if since rolled back): that rollout's version, or the `previous_version`
    recorded for the device in it (its rollback target).
@@ -81,6 +82,14 @@ def desired_version(device: dict[str, Any], name: str, kind: str = "model") -> i
     return None
 
 
+def shadowed(device: dict[str, Any], ref: ModelRef) -> bool:
+    """Whether the device's desired state asks it to shadow-test `ref` (a model version)."""
+    return ref.kind == "model" and any(
+        s.get("name") == ref.name and s.get("version") == ref.version
+        for s in (device.get("desired") or {}).get("shadows", [])
+    )
+
+
 def latest_rollout_versions(*, conn: Connection, device_id: str, name: str, kind: str = "model") -> set[int]:
     """If the device's newest rollout of `name` was released to it: that version and the device's rollback target."""
     q = (
@@ -134,7 +143,7 @@ def refusal(*, device: dict[str, Any], ref: ModelRef | None, db: Connection | En
         return "not_a_model", "devices may only download the model versions they are told to run"
     if ref.profile != device["profile"]:
         return "other_profile", f"{ref} is not for this device (its profile is {device['profile']})"
-    if desired_version(device, ref.name, ref.kind) == ref.version:
+    if desired_version(device, ref.name, ref.kind) == ref.version or shadowed(device, ref):
         return None
     with contextlib.ExitStack() as stack:
         conn = stack.enter_context(db.connect()) if isinstance(db, Engine) else db
@@ -144,8 +153,9 @@ def refusal(*, device: dict[str, Any], ref: ModelRef | None, db: Connection | En
         if ref.kind == "model" and pinned_by_pipelines(conn=conn, device=device, ref=ref):
             return None
     return "not_desired", (
-        f"{ref} is not in device {device['id']}'s desired state, nor its latest rollout's version or rollback "
-        f"target, nor a stage of such a pipeline; the hub serves a version only to the devices it is rolled out to"
+        f"{ref} is not in device {device['id']}'s desired state (to run or to shadow-test), nor its latest "
+        f"rollout's version or rollback target, nor a stage of such a pipeline; the hub serves a version only to "
+        f"the devices it is rolled out to"
     )
 
 

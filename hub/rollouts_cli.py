@@ -19,12 +19,40 @@ def _show(ro: dict[str, Any]) -> None:
     """Waves are counted from 0, as in the API (`current_wave`) and the rollout's reasons; wave 0 is the canary."""
     rows = [[wave_label(w["wave"], ro), w["total"], "yes" if w["released"] else "no",
              ", ".join(f"{k}={v}" for k, v in sorted(w["counts"].items()))] for w in ro["waves"]]  # fmt: skip
+    columns = ["wave", "devices", "released", "states"]
+    if (ro.get("spec") or {}).get("shadow"):
+        columns.append("shadow")
+        for row, w in zip(rows, ro["waves"], strict=True):
+            row.append(shadow_text(w.get("shadow")))
     _table(f"rollout {ro['id']}: {ro['model']} v{ro['version']} {ro['state']} at {wave_position(ro)} "
-           f"({ro['reason'] or ''})", ["wave", "devices", "released", "states"], rows)  # fmt: skip
+           f"({ro['reason'] or ''})", columns, rows)  # fmt: skip
     if ro.get("devices"):
         _table("devices", ["device", "wave", "state", "held", "previous", "reason"],
                [[d["device_id"], wave_label(d["wave"], ro), d["state"], "yes" if d["held"] else "",
                  d["previous_version"], d["reason"]] for d in ro["devices"]])  # fmt: skip
+
+
+def shadow_text(evidence: dict[str, Any] | None) -> str:
+    """A wave's shadow phase in a few words: `passed: 120 rows, 0.8% disagree, latency 1.02x`."""
+    if not evidence:
+        return "not started"
+    parts = [f"{evidence['samples'] + evidence['failed']} rows"]
+    if evidence.get("disagreement") is not None:
+        parts.append(f"{evidence['disagreement']:.1%} disagree")
+    if evidence.get("latency_ratio") is not None:
+        parts.append(f"latency {evidence['latency_ratio']:.2f}x")
+    if evidence.get("dropped"):
+        parts.append(f"{evidence['dropped']} dropped")
+    return f"{evidence['verdict']}: {', '.join(parts)}"
+
+
+def shadow_body(fraction: float | None, min_samples: int | None, max_disagreement: float | None,
+                max_latency_ratio: float | None, max_duration_s: float | None) -> dict[str, Any] | None:  # fmt: skip
+    """The rollout's `shadow` from the --shadow-* options (any of them asks for a shadow phase), or None."""
+    given = {"fraction": fraction, "min_samples": min_samples, "max_disagreement": max_disagreement,
+             "max_latency_ratio": max_latency_ratio, "max_duration_s": max_duration_s}  # fmt: skip
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return chosen or None
 
 
 @rollouts.command("create")
@@ -55,13 +83,27 @@ def _show(ro: dict[str, Any]) -> None:
 @click.option("--probation", "probation_s", type=float, default=60.0, show_default=True)
 @click.option("--auto-rollback", is_flag=True)
 @click.option("--pipeline", "is_pipeline", is_flag=True, help="MODEL names a pipeline (edgefleet pipelines push)")
+@click.option("--shadow-fraction", type=float, default=None,
+              help="shadow-test the version on this share of each device's live requests before each wave "
+                   "activates it (any --shadow-* option asks for a shadow phase; docs/shadow.md) [default: 0.1]")
+@click.option("--shadow-min-samples", type=int, default=None,
+              help="compared rows a wave needs before it is judged [default: 200]")
+@click.option("--shadow-max-disagreement", type=float, default=None,
+              help="largest share of rows whose answer may differ from the serving version's [default: 0.05]")
+@click.option("--shadow-max-latency-ratio", type=float, default=None,
+              help="largest candidate / serving mean latency [default: 1.5]")
+@click.option("--shadow-max-duration", "shadow_max_duration_s", type=float, default=None,
+              help="seconds a wave may take to gather its rows, else the rollout pauses [default: 3600]")
 @_options
 def create(model: str, version: int, rollout_id: str | None, group: str | None, profile: str | None,
            tags: tuple[str, ...], device_ids: tuple[str, ...], canary_percent: float, stages: str,
            success_threshold: float, error_threshold: float, timeout_s: float, probation_s: float,
-           auto_rollback: bool, is_pipeline: bool, url: str, token: str | None) -> None:  # fmt: skip
+           auto_rollback: bool, is_pipeline: bool, shadow_fraction: float | None, shadow_min_samples: int | None,
+           shadow_max_disagreement: float | None, shadow_max_latency_ratio: float | None,
+           shadow_max_duration_s: float | None, url: str, token: str | None) -> None:  # fmt: skip
     """Roll MODEL VERSION (a pipeline's, with --pipeline) out to a group, tags, a profile or explicit devices,
-    in waves counted from 0: wave 0 is the canary, then one wave per stage."""
+    in waves counted from 0: wave 0 is the canary, then one wave per stage. With --shadow-*, each wave's devices
+    first run the version beside the serving one on live requests, and the wave activates only if it agrees."""
     try:
         stage_list = [float(s) for s in stages.split(",") if s.strip()]
         tag_map = dict(t.split("=", 1) for t in tags)
@@ -74,6 +116,10 @@ def create(model: str, version: int, rollout_id: str | None, group: str | None, 
             "canary_percent": canary_percent, "stages": stage_list, "success_threshold": success_threshold,
             "error_threshold": error_threshold, "timeout_s": timeout_s, "probation_s": probation_s,
             "auto_rollback": auto_rollback}  # fmt: skip
+    shadow = shadow_body(shadow_fraction, shadow_min_samples, shadow_max_disagreement, shadow_max_latency_ratio,
+                         shadow_max_duration_s)  # fmt: skip
+    if shadow is not None:
+        body["shadow"] = shadow
     _show(_api(url, token).call("POST", "/api/v1/rollouts", json=body))
 
 

@@ -331,10 +331,11 @@ class WindowRecorder:
         kept = np.repeat(firsts > 0, lengths)  # calls made without ids (first id 0) keep no class
         self._open[ids[kept] % MAX_OPEN_PREDICTIONS] = pred[kept]
 
-    def record_error(self) -> None:
+    def record_error(self, rows: int = 1) -> None:
+        """A request of `rows` samples that got no answer: counted per row, as `record` counts inferences."""
         with self._lock:
-            self.errors += 1
-            self.n += 1
+            self.errors += rows
+            self.n += rows
 
     def record_fallback(self, reason: str, ok: bool = True, latency_ms: float | None = None) -> None:
         """One request sent to the cloud: its reason, whether it was answered, and its round trip."""

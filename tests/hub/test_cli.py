@@ -72,6 +72,14 @@ def test_operator_verbs(hub_url: str, tmp_path: Path) -> None:
     assert code == 0 and "aborted" in out
     code, out = run("rollouts", "list", *auth)
     assert code == 0 and "aborted" in out and "0: 0/1, 1: 0/1" in out, out  # healthy of devices, per wave from 0
+    code, out = run("rollouts", "create", "digits", "1", "--id", "rs", "--device", "cli-0", "--canary", "0",
+                    "--shadow-fraction", "0.25", "--shadow-min-samples", "50", *auth)  # fmt: skip
+    assert code == 0 and "shadow" in out and "collecting: 0 rows" in out, out  # a shadow phase, defaults for the rest
+    shadow = httpx.get(f"{hub_url}/api/v1/rollouts/rs", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert shadow["spec"]["shadow"] == {"fraction": 0.25, "min_samples": 50, "max_disagreement": 0.05,
+                                        "max_latency_ratio": 1.5, "max_duration_s": 3600.0}  # fmt: skip
+    code, out = run("rollouts", "create", "digits", "1", "--device", "cli-0", "--shadow-fraction", "2", *auth)
+    assert code == 1 and "fraction" in out and len(out.strip().splitlines()) == 1, out
     assert run("devices", "decommission", "cli-1", *auth) == (0, "decommissioned cli-1\n")
     code, out = run("devices", "decommission", "cli-1", *auth)
     assert code == 1 and "404" in out

@@ -172,6 +172,27 @@ def test_older_rollouts_and_reported_versions_grant_nothing(client: TestClient, 
         assert statuses(client, b, version) == {403}  # nothing released to dev-b yet
 
 
+def test_a_shadowed_candidate_is_served_to_the_devices_shadowing_it_only(client: TestClient, tmp_path: Path) -> None:
+    push(client, tmp_path, 1, (PI,))
+    push(client, tmp_path, 2, (PI,))
+    a, b = enroll(client, "dev-a"), enroll(client, "dev-b")
+    rollout(client, "r1", 1, ["dev-a", "dev-b"])
+    verb(client, "r1", "abort")  # both run v1 (no ticks here: it would complete once they report it)
+    r = client.post("/api/v1/rollouts", headers=ADMIN, json={
+        "id": "r2", "model": "digits", "version": 2, "target": {"devices": ["dev-a", "dev-b"]},
+        "canary_percent": 50, "stages": [100], "shadow": {"fraction": 0.5}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    devices = {d["id"]: d for d in client.get("/api/v1/devices", headers=ADMIN).json()}
+    shadowing = [d for d, v in devices.items() if v["shadowing"] == {"digits": 2}]
+    assert len(shadowing) == 1 and all(v["desired_versions"] == {"digits": 1} for v in devices.values())
+    auth = {"dev-a": a, "dev-b": b}
+    other = ({"dev-a", "dev-b"} - set(shadowing)).pop()
+    assert statuses(client, auth[shadowing[0]], 2) == {200}  # the canary's candidate, before it runs it
+    assert statuses(client, auth[other], 2) == {403}  # wave 1 is not shadowing yet
+    verb(client, "r2", "abort")  # the shadow ends: so does the access (the rollout never released v2 to it)
+    assert statuses(client, auth[shadowing[0]], 2) == {403}
+
+
 def test_devices_get_only_model_targets(client: TestClient) -> None:
     hub = hub_of(client)
     hub.repo.add_targets({"firmware/boot.bin": b"not a model"})
