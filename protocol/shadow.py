@@ -12,7 +12,8 @@ The latency ratio is the candidate's mean latency over the serving version's on 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
@@ -21,7 +22,8 @@ from protocol.base import Contract, Identifier, ModelName, Version
 from protocol.telemetry import LATENCY_BUCKETS_MS, Count, latency_quantile
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
-NonNeg = Annotated[float, Field(ge=0.0)]
+SUM_MAX = 1e300  # sums are capped here (senders and merge_shadow): finite on the wire, where JSON has no inf
+NonNeg = Annotated[float, Field(ge=0.0, le=SUM_MAX, allow_inf_nan=False)]
 BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 
 
@@ -46,7 +48,7 @@ class ShadowSummary(Contract):
     samples: Count = 0  # rows compared
     agreed: Count = 0
     dropped: Count = 0  # requests sampled while the shadow queue was full (never run, never waited for)
-    failed: Count = 0  # requests the candidate could not answer (counted as disagreeing rows, not in `samples`)
+    failed: Count = 0  # rows of requests the candidate could not answer (disagreeing rows, not in `samples`)
     abs_error_sum: NonNeg = 0.0  # over every output element compared
     sq_error_sum: NonNeg = 0.0
     max_abs_error: NonNeg = 0.0
@@ -102,12 +104,17 @@ def merge_shadow(summaries: Sequence[ShadowSummary]) -> ShadowSummary | None:
         agreed=sum(s.agreed for s in summaries),
         dropped=sum(s.dropped for s in summaries),
         failed=sum(s.failed for s in summaries),
-        abs_error_sum=sum(s.abs_error_sum for s in summaries),
-        sq_error_sum=sum(s.sq_error_sum for s in summaries),
+        abs_error_sum=_capped(s.abs_error_sum for s in summaries),
+        sq_error_sum=_capped(s.sq_error_sum for s in summaries),
         max_abs_error=max(s.max_abs_error for s in summaries),
         elements=sum(s.elements for s in summaries),
-        serving_ms_sum=sum(s.serving_ms_sum for s in summaries),
-        candidate_ms_sum=sum(s.candidate_ms_sum for s in summaries),
+        serving_ms_sum=_capped(s.serving_ms_sum for s in summaries),
+        candidate_ms_sum=_capped(s.candidate_ms_sum for s in summaries),
         serving_latency_buckets=[sum(c) for c in zip(*(s.serving_latency_buckets for s in summaries), strict=True)],
         candidate_latency_buckets=[sum(c) for c in zip(*(s.candidate_latency_buckets for s in summaries), strict=True)],
     )
+
+
+def _capped(values: Iterable[float]) -> float:
+    """A sum kept within the fields' bound, so windows from many devices always merge (no overflow to inf)."""
+    return min(math.fsum(values), SUM_MAX)

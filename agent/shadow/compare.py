@@ -9,7 +9,6 @@ output element whose two values are both finite.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,9 +16,10 @@ from typing import Literal
 import numpy as np
 
 from agent.errors import AgentError
+from protocol.shadow import SUM_MAX
 
 Kind = Literal["classifier", "regressor"]
-FLOAT_MAX = sys.float_info.max  # sums are capped here: a summary's numbers must stay finite to be JSON
+FLOAT_MAX = SUM_MAX  # sums are capped here: a summary's numbers must stay finite to be JSON
 
 
 class OutputMismatch(AgentError):

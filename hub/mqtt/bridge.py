@@ -43,7 +43,8 @@ from hub.metrics import HubMetrics
 from hub.mqtt.ingest import IngestBatch, Stored, store_batch
 from hub.store import devices as device_store
 from hub.tuf_repo import Clock
-from protocol.messages import MAX_PAYLOAD_BYTES, Ack, DesiredState, DeviceStatus, Event, ReportedState
+from protocol.messages import MAX_PAYLOAD_BYTES, Ack, DesiredState, DeviceStatus, Event, EventKind, ReportedState
+from protocol.shadow import ShadowSummary
 from protocol.telemetry import decode_message
 from protocol.topics import Channel, device_topic, parse_device_topic, shared_wildcard, wildcard
 
@@ -429,6 +430,8 @@ class MqttBridge:
                 if event.device_id != device_id:
                     raise Rejected("device_mismatch")
                 _zoned(event.ts)
+                if event.kind is EventKind.SHADOW and event.details:
+                    _shadow_window(event)
                 batch.events.append(event)
             elif channel is Channel.TELEMETRY:
                 message = decode_message(payload)
@@ -443,7 +446,7 @@ class MqttBridge:
         except ValidationError as e:
             log.warning("rejected %s: %s", topic, e.errors()[0].get("msg"))
             raise Rejected("malformed") from None
-        except ValueError as e:  # undecodable telemetry compression, a time without a zone
+        except ValueError as e:  # undecodable telemetry compression, a time without a zone, a stray shadow window
             log.warning("rejected %s: %s", topic, e)
             raise Rejected("malformed") from None
         return channel
@@ -460,6 +463,15 @@ class MqttBridge:
                 log.exception("stored desired state of %s is invalid", row["id"])
         self.publish_desired(states)
         log.info("resynced %d desired states", len(states))
+
+
+def _shadow_window(event: Event) -> None:
+    """A shadow event's details must be one ShadowSummary of the candidate it names (hub/rollouts/shadow.py sums
+    them): raises ValidationError or ValueError, so a bad window is refused here, never counted."""
+    window = ShadowSummary.model_validate(event.details)
+    if (window.model, window.version) != (event.model, event.version):
+        raise ValueError(f"a shadow window of {window.model} v{window.version} in an event of {event.model} "
+                         f"v{event.version}")  # fmt: skip
 
 
 def _zoned(*times: datetime) -> None:

@@ -185,6 +185,36 @@ def test_a_time_without_a_zone_is_rejected_not_fatal_to_its_batch(tmp_path: Path
         hub.stop()
 
 
+def test_shadow_windows_are_checked_at_ingest(tmp_path: Path, broker: Broker, unique_root: str, db_url: str) -> None:
+    """A shadow event's details must be a valid ShadowSummary of the candidate the event names: the rollout engine
+    adds them up, so a bad one is refused as malformed here, the good one stored."""
+    hub = _hub_with_device(tmp_path, broker, unique_root, db_url, "d1")
+    hub.start()
+    dev = Collector(broker.port).wait_connected()
+    try:
+        assert hub.bridge is not None and hub.bridge.ingesting.wait(10)
+        base = f"{unique_root}/devices/d1"
+        now = datetime.now(UTC)
+        window = {"model": "m", "version": 2, "kind": "classifier", "samples": 10, "agreed": 9}
+
+        def shadow(seq: int, **details: object) -> bytes:
+            return Event(device_id="d1", seq=seq, kind=EventKind.SHADOW, ts=now, model="m", version=2,
+                         details={**window, **details}).to_bytes()  # fmt: skip
+
+        for payload in (shadow(1, agreed=11), shadow(2, version=3), shadow(3, serving_ms_sum=-1.0), shadow(4)):
+            dev.client.publish(f"{base}/events", payload, qos=1)
+        assert _until(lambda: hub.bridge is not None and hub.bridge.processed >= 4)
+        assert _until(lambda: hub.bridge is not None and hub.bridge.stored >= 1)
+        with hub.engine.connect() as conn:
+            assert [r["seq"] for r in event_store.list_for_device(conn=conn, device_id="d1")] == [4]
+        rejected = {s.labels["reason"]: s.value for m in hub.metrics.mqtt_rejected.collect() for s in m.samples
+                    if s.name.endswith("_total")}  # fmt: skip
+        assert rejected == {"malformed": 3.0}
+    finally:
+        dev.close()
+        hub.stop()
+
+
 def test_acks_are_split_to_stay_under_the_payload_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """However many ids gathered for one device, each ack message holds at most ACK_MAX_IDS of them, in order."""
     monkeypatch.setattr(bridge_module, "ACK_MAX_IDS", 3)
