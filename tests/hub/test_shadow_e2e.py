@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,6 +169,19 @@ def test_shadow_phases_gate_waves_on_live_agreement(tmp_path: Path, env: DemoEnv
         devices = env.api("GET", "/api/v1/devices")
         assert [d["current_versions"]["cls"] for d in devices] == [2, 2]  # nobody activated v3
         assert [(d["desired_versions"]["cls"], d["shadowing"]) for d in devices] == [(2, {})] * 2  # shadows ended
+
+        # The dashboard's rollout pages show each wave's shadow evidence as the API has it.
+        with httpx.Client(base_url=env.hub_url, timeout=30) as web:
+            assert web.post("/dashboard/login", data={"token": env.admin_token}).status_code in (200, 303)
+            for rollout_id, shown in ((r2, done), (r3, paused)):
+                html = web.get(f"/dashboard/rollouts/{rollout_id}").text
+                cells = re.findall(r'data-testid="wave-shadow" data-verdict="(\w+)" data-samples="(\d+)"', html)
+                expected = [(w["shadow"]["verdict"], str(w["shadow"]["samples"] + w["shadow"]["failed"]))
+                            for w in shown["waves"] if w["shadow"]]  # fmt: skip
+                assert cells == expected and expected, (cells, expected)
+                agreement = f"{100 * (1 - shown['waves'][0]['shadow']['disagreement']):.1f}%"
+                assert f'data-testid="shadow-agreement">{agreement}<' in html
+                assert 'data-key="shadow"' in html and "before each wave activates" in html
 
         # Every answer the callers got came from the serving version, exactly as it answers without a shadow.
         assert {v for _k, v, _y in traffic.answers} <= {1, 2} and len(traffic.answers) > 100
