@@ -80,6 +80,10 @@ class SelfTestFailed(AgentError):
     """The self-test (golden cases, NaN/inf, latency budget) failed."""
 
 
+class OutputMismatch(AgentError):
+    """A shadow candidate's outputs do not line up with the serving version's (names, count or shapes)."""
+
+
 class StoreError(AgentError):
     """The on-disk model store is inconsistent."""
 

@@ -15,15 +15,11 @@ from typing import Literal
 
 import numpy as np
 
-from agent.errors import AgentError
+from agent.errors import OutputMismatch
 from protocol.shadow import SUM_MAX
 
 Kind = Literal["classifier", "regressor"]
 FLOAT_MAX = SUM_MAX  # sums are capped here: a summary's numbers must stay finite to be JSON
-
-
-class OutputMismatch(AgentError):
-    """The candidate's outputs do not line up with the serving version's (names, count or shapes)."""
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from prometheus_client import generate_latest
 
-from agent.errors import AgentError
+from agent.errors import AgentError, OutputMismatch
 from agent.inference import InferenceService
 from agent.metrics import AgentMetrics
 from agent.model import LoadedModel
 from agent.serving import ServingRegistry
 from agent.settings import ShadowSettings
-from agent.shadow.compare import Comparison, OutputMismatch, compare, paired
+from agent.shadow.compare import Comparison, compare, paired
 from agent.shadow.runner import ShadowRunner, idle_after
 from agent.shadow.window import ShadowWindow
 from agent.telemetry.recorders import Recorders
