@@ -28,6 +28,10 @@ def quiet_tensorflow() -> Any:
     with silenced():  # absl prints oneDNN notices to fd 2 at import, whatever the log level
         import tensorflow as tf
 
+        # The first look at devices logs an ERROR line on a machine without CUDA ("failed call to cuInit"),
+        # once per process: taken here, under the silence, so it never reaches a user's terminal or log.
+        tf.config.list_physical_devices("GPU")
+
     tf.get_logger().setLevel("ERROR")
     return tf
 
