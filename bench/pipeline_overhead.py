@@ -15,7 +15,9 @@ Three workloads, models built here, one thread each:
 - `pipeline_p50_ratio` = pipeline / raw (target <= 1.10).
 - `http_p50_ms`: `POST /v1/pipelines/bench/predict` on the agent's local API server (agent/httpserver.py, the
   real server the daemon runs, on loopback) with a keep-alive httpx client; `pipeline_http_added_p50_ms` =
-  http - in-process p50 (target <= 1.0): JSON in and out, the HTTP layer, the client.
+  http - in-process p50 (target <= 1.0): JSON in and out, the HTTP layer, the client. `http_floor_p50_ms`: a
+  `GET /healthz` on the same server with the same client in the same rounds (no body, no work): what the HTTP
+  server, loopback and httpx alone cost per call, below which `pipeline_http_added_p50_ms` cannot go.
 Rounds alternate (raw, pipeline, http) so machine load weighs on each alike. Prints one JSON object.
 """
 
@@ -170,7 +172,7 @@ def measure_runner(runner: PipelineRunner, raw: Callable[[], Any], inputs: dict[
     server = LocalApiServer(api, sock)
     server.start()
     body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
-    times: dict[str, list[float]] = {"raw": [], "pipeline": [], "http": []}
+    times: dict[str, list[float]] = {"raw": [], "pipeline": [], "http": [], "floor": []}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
 
@@ -180,12 +182,18 @@ def measure_runner(runner: PipelineRunner, raw: Callable[[], Any], inputs: dict[
                 assert r.status_code == 200, r.text
                 return r
 
-            for fn in (raw, piped, http):  # warm up
+            def floor() -> Any:  # the same server and client with no work and no body: the HTTP layers alone
+                r = client.get("/healthz")
+                assert r.status_code == 200, r.text
+                return r
+
+            for fn in (raw, piped, http, floor):  # warm up
                 timed(fn, 50)
             for _ in range(ROUNDS):
                 times["raw"] += timed(raw, CALLS)
                 times["pipeline"] += timed(piped, CALLS)
                 times["http"] += timed(http, CALLS)
+                times["floor"] += timed(floor, CALLS)
     finally:
         server.stop()
     raw_ms, pipe_ms, http_ms = p50(times["raw"]), p50(times["pipeline"]), p50(times["http"])
@@ -196,6 +204,7 @@ def measure_runner(runner: PipelineRunner, raw: Callable[[], Any], inputs: dict[
         "pipeline_p50_ratio": round(pipe_ms / raw_ms, 3),
         "pipeline_added_p50_us": round((pipe_ms - raw_ms) * 1000, 1),
         "pipeline_http_added_p50_ms": round(http_ms - pipe_ms, 4),
+        "http_floor_p50_ms": round(p50(times["floor"]), 4),
         "node_ms_one_call": {k: round(v, 4) for k, v in runner.run(inputs).node_ms.items()},
     }
 
