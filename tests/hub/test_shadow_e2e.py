@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,10 @@ from hub.ops_cli import archive
 from protocol.manifest import Task
 from tests.agent.builders import make_manifest
 from tests.agent.pipelines import PROFILE
+from tests.hub import test_pipeline_rollout
 from tests.hub.test_pipeline_rollout import AGENT_SETTINGS, FINAL, folder, wait
+
+env = test_pipeline_rollout.env  # the fixture: a real hub process and broker (edgefleet.demo.environment)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,17 +63,6 @@ def disagreeing(w: np.ndarray, b: np.ndarray, share: float) -> tuple[np.ndarray,
         if abs(got - share) < abs(best[2] - share):
             best = (w2, b, got)
     return best
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[DemoEnvironment]:
-    environment = DemoEnvironment(tmp_path / "env")
-    environment.root.mkdir(parents=True)
-    try:
-        environment.start()
-        yield environment
-    finally:
-        environment.stop()
 
 
 class Traffic:
