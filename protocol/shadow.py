@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, model_validator
 
 from protocol.base import Contract, Identifier, ModelName, Version
-from protocol.telemetry import LATENCY_BUCKETS_MS, Count, latency_quantile
+from protocol.telemetry import LATENCY_BUCKETS_MS, Count
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 SUM_MAX = 1e300  # sums are capped here (senders and merge_shadow): finite on the wire, where JSON has no inf
@@ -82,9 +82,6 @@ class ShadowSummary(Contract):
     def mean_abs_error(self) -> float | None:
         return self.abs_error_sum / self.elements if self.elements else None
 
-    def latency_ms(self, which: Literal["serving", "candidate"], q: float) -> float | None:
-        buckets = self.serving_latency_buckets if which == "serving" else self.candidate_latency_buckets
-        return latency_quantile(buckets, q)
 
 
 def merge_shadow(summaries: Sequence[ShadowSummary]) -> ShadowSummary | None:

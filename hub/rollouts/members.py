@@ -50,10 +50,10 @@ def release(conn: Connection, row: dict[str, Any], now: datetime) -> list[Desire
     phase has not let it activate (hub/rollouts/shadow.py), publish the candidate as a shadow test instead."""
     members = rollout_store.members(conn=conn, rollout_id=row["id"])
     todo = [m for m in members if m["wave"] <= row["current_wave"] and m["released_at"] is None and not m["held"]]
-    ready = [m for m in todo if shadow_phase.activates(row, m["wave"])]
-    shadowing = DeviceState.SHADOWING.value
+    activating = {w: shadow_phase.activates(row, w) for w in {m["wave"] for m in todo}}  # once per wave, not member
+    ready = [m for m in todo if activating[m["wave"]]]
     record = shadow_phase.wave_record(row, row["current_wave"])
-    to_shadow = [m for m in todo if m not in ready and m["state"] != shadowing]
+    to_shadow = [m for m in todo if not activating[m["wave"]] and m["state"] != DeviceState.SHADOWING.value]
     if to_shadow and (record or {}).get("verdict", "collecting") == "collecting":
         return set_versions(conn, row, now, ready, rollback=False) + start_shadow(conn, row, now, to_shadow)
     return set_versions(conn, row, now, ready, rollback=False)

@@ -45,7 +45,8 @@ class Devices:
 
     def publish(self, states: list[DesiredState]) -> None:
         for s in states:
-            assert s.generation > self.desired.get(s.device_id, s.model_copy(update={"generation": 0})).generation
+            before = self.desired.get(s.device_id)
+            assert before is None or s.generation > before.generation  # generations only grow
             self.desired[s.device_id] = s
 
     def shadowing(self) -> list[str]:
