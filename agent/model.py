@@ -122,6 +122,16 @@ class LoadedModel:
                     named.setdefault(dim, []).append((b.runtime_name, axis))
         self._named_dims = {k: v for k, v in named.items() if len(v) > 1}
         self._public = {b.runtime_name: b.name for b in self.inputs}
+        # The per-call fast path: an input already an array of the tensor's dtype, rank and fixed dims goes to the
+        # runtime as it is (anything else through `coerce`); outputs neither renamed nor dequantised are the
+        # runtime's own dict.
+        self._ready = tuple(
+            (b.name, b.runtime_name, b.dtype, len(b.shape), 1 if b.batch_first else 0,
+             tuple(b.shape[1:] if b.batch_first else b.shape))
+            for b in self.inputs
+        )  # fmt: skip
+        self._agree = len(self._batched) > 1 or bool(self._named_dims)
+        self._raw_out = all(b.name == b.runtime_name and b.scale is None for b in self.outputs)
 
     @classmethod
     def from_file(
@@ -193,16 +203,21 @@ class LoadedModel:
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
         """Run one batch: inputs by name (arrays or nested lists), outputs by name (dequantised when quantised)."""
-        inputs = self.resolve(inputs)
-        feeds = {b.runtime_name: self.coerce(b.name, inputs[b.name]) for b in self.inputs}
-        if len(self._batched) > 1 and len({feeds[n].shape[0] for n in self._batched}) > 1:
-            raise InputError("inputs have different batch sizes")
-        for dim, uses in self._named_dims.items():
-            sizes = {(self._public[t], axis): feeds[t].shape[axis] for t, axis in uses}
-            if len(set(sizes.values())) > 1:
-                said = ", ".join(f"{n!r} dim {axis} is {size}" for (n, axis), size in sizes.items())
-                raise InputError(f"inputs disagree on the model's dim {dim!r}: {said}")
+        if inputs.keys() != self._names:
+            inputs = self.resolve(inputs)
+        feeds: dict[str, Array] = {}
+        for name, runtime_name, dtype, ndim, skip, dims in self._ready:
+            value = inputs[name]
+            if (type(value) is np.ndarray and value.dtype == dtype and value.ndim == ndim
+                    and value.shape[skip:] == dims and (not skip or value.shape[0])):  # fmt: skip
+                feeds[runtime_name] = value
+            else:
+                feeds[runtime_name] = self.coerce(name, value)
+        if self._agree:
+            self._check_agreement(feeds)
         raw = self._run_rows(feeds) if self._row_by_row else self.runtime.run(feeds)
+        if self._raw_out:
+            return raw
         out: dict[str, Array] = {}
         for b in self.outputs:
             value = raw[b.runtime_name]
@@ -210,6 +225,16 @@ class LoadedModel:
                 value = ((value.astype(np.float32) - b.zero_point) * b.scale).astype(np.float32)
             out[b.name] = value
         return out
+
+    def _check_agreement(self, feeds: dict[str, Array]) -> None:
+        """Inputs with a dynamic batch share its size; inputs sharing a named dynamic dim agree on it."""
+        if len(self._batched) > 1 and len({feeds[n].shape[0] for n in self._batched}) > 1:
+            raise InputError("inputs have different batch sizes")
+        for dim, uses in self._named_dims.items():
+            sizes = {(self._public[t], axis): feeds[t].shape[axis] for t, axis in uses}
+            if len(set(sizes.values())) > 1:
+                said = ", ".join(f"{n!r} dim {axis} is {size}" for (n, axis), size in sizes.items())
+                raise InputError(f"inputs disagree on the model's dim {dim!r}: {said}")
 
     def _run_rows(self, feeds: dict[str, Array]) -> dict[str, Array]:
         """Several rows through a batch-1 model: one call per row, batch-first outputs joined row after row."""

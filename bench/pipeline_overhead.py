@@ -14,10 +14,14 @@ Three workloads, models built here, one thread each:
   straight (bench/raw_runtime.py's runners), then the same numpy glue (the same `topk` step object).
 - `pipeline_p50_ratio` = pipeline / raw (target <= 1.10).
 - `http_p50_ms`: `POST /v1/pipelines/bench/predict` on the agent's local API server (agent/httpserver.py, the
-  real server the daemon runs, on loopback) with a keep-alive httpx client; `pipeline_http_added_p50_ms` =
-  http - in-process p50 (target <= 1.0): JSON in and out, the HTTP layer, the client. `http_floor_p50_ms`: a
-  `GET /healthz` on the same server with the same client in the same rounds (no body, no work): what the HTTP
-  server, loopback and httpx alone cost per call, below which `pipeline_http_added_p50_ms` cannot go.
+  real server the daemon runs, on loopback) with the standard library's keep-alive client (`http.client`, as
+  light as the clients of other languages: curl, Go's net/http); `pipeline_http_added_p50_ms` = http - in-process
+  p50 (target <= 1.0): JSON in and out, the HTTP layer, the client. `http_floor_p50_ms`: a `GET /healthz` on the
+  same server with the same client in the same rounds (no body, no work): what the HTTP server, loopback and the
+  client alone cost per call, below which `pipeline_http_added_p50_ms` cannot go.
+- `..._httpx`: the same two calls with a keep-alive httpx client, reported beside: httpx itself costs about
+  0.3 ms per call here (a `GET /healthz` over a raw socket answers in 0.055 ms, with `http.client` in 0.10 ms,
+  with httpx in 0.39 ms), so these show what a Python caller using httpx sees.
 Rounds alternate (raw, pipeline, http) so machine load weighs on each alike. Prints one JSON object.
 """
 
@@ -151,7 +155,9 @@ def dense(work: Path, width: int) -> tuple[PipelineRunner, Callable[[], Any], di
 
 
 def measure_runner(runner: PipelineRunner, raw: Callable[[], Any], inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """p50s of raw, in-process pipeline and HTTP calls, rounds interleaved."""
+    """p50s of raw, in-process pipeline and HTTP calls (two clients), rounds interleaved."""
+    import http.client
+
     import httpx
 
     from agent.api import LocalApi
@@ -171,40 +177,53 @@ def measure_runner(runner: PipelineRunner, raw: Callable[[], Any], inputs: dict[
     sock = bind_tcp_socket("127.0.0.1", 0)
     server = LocalApiServer(api, sock)
     server.start()
+    port = sock.getsockname()[1]
     body = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
-    times: dict[str, list[float]] = {"raw": [], "pipeline": [], "http": [], "floor": []}
+    headers = {"Content-Type": "application/json"}
+    path = "/v1/pipelines/bench/predict"
+    fns: dict[str, Callable[[], Any]] = {"raw": raw, "pipeline": piped}
+    stdlib = http.client.HTTPConnection("127.0.0.1", port)
+
+    def call(method: str, url: str, content: bytes | None) -> None:
+        stdlib.request(method, url, body=content, headers=headers if content else {})
+        reply = stdlib.getresponse()
+        text = reply.read()
+        assert reply.status == 200, text
+
+    fns["http"] = lambda: call("POST", path, body)
+    fns["floor"] = lambda: call("GET", "/healthz", None)  # no body, no work: the HTTP layers alone
+    times: dict[str, list[float]] = {}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
 
-            def http() -> Any:
-                r = client.post("/v1/pipelines/bench/predict", content=body,
-                                headers={"Content-Type": "application/json"})  # fmt: skip
+            def httpx_post() -> Any:
+                r = client.post(path, content=body, headers=headers)
                 assert r.status_code == 200, r.text
-                return r
 
-            def floor() -> Any:  # the same server and client with no work and no body: the HTTP layers alone
+            def httpx_get() -> Any:
                 r = client.get("/healthz")
                 assert r.status_code == 200, r.text
-                return r
 
-            for fn in (raw, piped, http, floor):  # warm up
+            fns |= {"http_httpx": httpx_post, "floor_httpx": httpx_get}
+            for fn in fns.values():  # warm up
                 timed(fn, 50)
             for _ in range(ROUNDS):
-                times["raw"] += timed(raw, CALLS)
-                times["pipeline"] += timed(piped, CALLS)
-                times["http"] += timed(http, CALLS)
-                times["floor"] += timed(floor, CALLS)
+                for key, fn in fns.items():
+                    times.setdefault(key, []).extend(timed(fn, CALLS))
     finally:
+        stdlib.close()
         server.stop()
-    raw_ms, pipe_ms, http_ms = p50(times["raw"]), p50(times["pipeline"]), p50(times["http"])
+    ms = {key: p50(samples) for key, samples in times.items()}
     return {
-        "raw_p50_ms": round(raw_ms, 4),
-        "pipeline_p50_ms": round(pipe_ms, 4),
-        "http_p50_ms": round(http_ms, 4),
-        "pipeline_p50_ratio": round(pipe_ms / raw_ms, 3),
-        "pipeline_added_p50_us": round((pipe_ms - raw_ms) * 1000, 1),
-        "pipeline_http_added_p50_ms": round(http_ms - pipe_ms, 4),
-        "http_floor_p50_ms": round(p50(times["floor"]), 4),
+        "raw_p50_ms": round(ms["raw"], 4),
+        "pipeline_p50_ms": round(ms["pipeline"], 4),
+        "http_p50_ms": round(ms["http"], 4),
+        "pipeline_p50_ratio": round(ms["pipeline"] / ms["raw"], 3),
+        "pipeline_added_p50_us": round((ms["pipeline"] - ms["raw"]) * 1000, 1),
+        "pipeline_http_added_p50_ms": round(ms["http"] - ms["pipeline"], 4),
+        "http_floor_p50_ms": round(ms["floor"], 4),
+        "pipeline_http_added_p50_ms_httpx": round(ms["http_httpx"] - ms["pipeline"], 4),
+        "http_floor_p50_ms_httpx": round(ms["floor_httpx"], 4),
         "node_ms_one_call": {k: round(v, 4) for k, v in runner.run(inputs).node_ms.items()},
     }
 

@@ -96,35 +96,48 @@ class PipelineRunner:
                 step = make_step(node.params)
                 nodes.append(_Node(node.name, "step", step, feeds, keeps, node.params.op == "window"))
         self._nodes = tuple(nodes)
+        self._plan = tuple((n.name, n.kind == "stage", n.fn, n.feeds, n.keeps) for n in nodes)
         self._outputs = tuple(spec.outputs.items())
-        self._lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if any(n.stateful for n in nodes) else contextlib.nullcontext()
-        )
+        self._lock = threading.Lock() if any(n.stateful for n in nodes) else None  # None: no state to guard
 
     def run(self, inputs: Mapping[str, Any], on_stage: StageHook | None = None) -> PipelineResult:
         """One call: pipeline inputs by name -> outputs by name, with each node's time; `on_stage` sees each
         stage's inputs and outputs once it has run."""
         values = self._coerced(inputs)
+        if self._lock is None:
+            node_ms = self._run_nodes(values, on_stage)
+        else:
+            with self._lock:
+                node_ms = self._run_nodes(values, on_stage)
+        outputs = {}
+        for name, ref in self._outputs:
+            value = values[ref]
+            outputs[name] = value if type(value) is np.ndarray else np.asarray(value)
+        return PipelineResult(outputs, node_ms)
+
+    def _run_nodes(self, values: dict[str, Any], on_stage: StageHook | None) -> dict[str, float]:
+        """Every node in order over the value table (which gains their outputs); each node's milliseconds."""
         node_ms: dict[str, float] = {}
         clock = time.perf_counter_ns
-        with self._lock:
-            for node in self._nodes:
-                feeds = {tensor: values[key] for tensor, key in node.feeds}
-                start = clock()
-                try:
-                    out = node.fn(feeds)
-                except (InputError, ValueError) as e:
-                    raise PipelineError(f"{node.kind} {node.name!r}: {e}") from e
-                ms = node_ms[node.name] = (clock() - start) / 1e6
-                if on_stage is not None and node.kind == "stage":
-                    on_stage(node.name, feeds, out, ms)
-                for tensor, key in node.keeps:
-                    values[key] = out[tensor]
-        return PipelineResult({name: np.asarray(values[ref]) for name, ref in self._outputs}, node_ms)
+        for name, is_stage, fn, feeds_from, keeps in self._plan:  # plain tuples: no attribute lookups per call
+            feeds = {}
+            for tensor, key in feeds_from:
+                feeds[tensor] = values[key]
+            start = clock()
+            try:
+                out = fn(feeds)
+            except (InputError, ValueError) as e:
+                raise PipelineError(f"{'stage' if is_stage else 'step'} {name!r}: {e}") from e
+            ms = node_ms[name] = (clock() - start) / 1e6
+            if on_stage is not None and is_stage:
+                on_stage(name, feeds, out, ms)
+            for tensor, key in keeps:
+                values[key] = out[tensor]
+        return node_ms
 
     def reset(self) -> None:
         """Forget the state of stateful steps (a new stream)."""
-        with self._lock:
+        with self._lock or contextlib.nullcontext():
             for node in self._nodes:
                 reset = getattr(node.fn, "reset", None)
                 if reset is not None:

@@ -182,21 +182,25 @@ class LiteRTRuntime:
                 except (ValueError, RuntimeError) as e:
                     raise ModelLoadError(f"LiteRT refused the inputs: {e}") from e
                 return {name: np.array(out[name]) for name, _ in self._out_index}
+            interp, shapes, index_of = self._interp, self._shapes, self._in_index  # locals: this runs per call
             resized = False
             for name, value in feeds.items():
-                if value.shape != self._shapes[name]:
-                    self._interp.resize_tensor_input(self._in_index[name], list(value.shape), strict=False)
-                    self._shapes[name] = value.shape
+                if value.shape != shapes[name]:
+                    interp.resize_tensor_input(index_of[name], list(value.shape), strict=False)
+                    shapes[name] = value.shape
                     resized = True
             if resized:
                 try:
-                    self._interp.allocate_tensors()
+                    interp.allocate_tensors()
                 except (ValueError, RuntimeError) as e:
                     raise ModelLoadError(f"LiteRT cannot resize to these input shapes: {e}") from e
             try:
                 for name, value in feeds.items():
-                    self._interp.set_tensor(self._in_index[name], value)
-                self._interp.invoke()
+                    interp.set_tensor(index_of[name], value)
+                interp.invoke()
             except (ValueError, RuntimeError) as e:  # a shape the graph cannot take, found while it runs
                 raise ModelLoadError(f"LiteRT refused the inputs: {e}") from e
-            return {name: self._interp.get_tensor(index) for name, index in self._out_index}
+            outputs: dict[str, Array] = {}
+            for name, index in self._out_index:
+                outputs[name] = interp.get_tensor(index)
+            return outputs
