@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,21 @@ def test_bad_input_is_4xx_with_message(api: tuple[str, Agent], body: bytes, stat
     url, _ = api
     r = httpx.post(f"{url}/v1/models/demo/predict", content=body)
     assert r.status_code == status and message in r.json()["error"]
+
+
+def test_json_the_strict_parser_refuses_is_read_by_the_standard_one(api: tuple[str, Agent]) -> None:
+    """Bodies are parsed with orjson first (fast, RFC 8259 only); what Python's json also reads (UTF-16, NaN,
+    1e400) gets the answers it got before the fast parser came in."""
+    url, _ = api
+    plain = httpx.post(f"{url}/v1/models/demo/predict", json={"inputs": {"x": [[1, 2, 3, 4]]}})
+    assert plain.status_code == 200, plain.text
+    utf16 = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode("utf-16")
+    r = httpx.post(f"{url}/v1/models/demo/predict", content=utf16)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"] == plain.json()["outputs"]
+    for literal in (b"NaN", b"1e400"):
+        r = httpx.post(f"{url}/v1/models/demo/predict", content=b'{"inputs": {"x": [[%s, 1, 2, 3]]}}' % literal)
+        assert r.status_code == 422 and "inputs hold NaN or inf" in r.json()["error"], (literal, r.text)
 
 
 def test_unknown_model_404_and_rollback_route(api: tuple[str, Agent]) -> None:
