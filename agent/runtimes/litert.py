@@ -159,6 +159,7 @@ class LiteRTRuntime:
         self._in_index = {t.name: int(d["index"]) for t, d in pairs}
         self._out_index = [(t.name, int(d["index"])) for t, (_, d) in zip(self.outputs, out_items, strict=True)]
         self._shapes = {t.name: tuple(int(x) for x in d["shape"]) for t, d in pairs}
+        self._one_output = self._out_index[0] if len(self._out_index) == 1 else None
 
     def _details(self, runner: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
         """(name, detail) of the inputs and outputs to run: a signature's on its own subgraph, else the primary
@@ -183,24 +184,28 @@ class LiteRTRuntime:
                     raise ModelLoadError(f"LiteRT refused the inputs: {e}") from e
                 return {name: np.array(out[name]) for name, _ in self._out_index}
             interp, shapes, index_of = self._interp, self._shapes, self._in_index  # locals: this runs per call
-            resized = False
             for name, value in feeds.items():
                 if value.shape != shapes[name]:
-                    interp.resize_tensor_input(index_of[name], list(value.shape), strict=False)
-                    shapes[name] = value.shape
-                    resized = True
-            if resized:
-                try:
-                    interp.allocate_tensors()
-                except (ValueError, RuntimeError) as e:
-                    raise ModelLoadError(f"LiteRT cannot resize to these input shapes: {e}") from e
+                    self._resize(feeds)
+                    break
             try:
                 for name, value in feeds.items():
                     interp.set_tensor(index_of[name], value)
                 interp.invoke()
             except (ValueError, RuntimeError) as e:  # a shape the graph cannot take, found while it runs
                 raise ModelLoadError(f"LiteRT refused the inputs: {e}") from e
-            outputs: dict[str, Array] = {}
-            for name, index in self._out_index:
-                outputs[name] = interp.get_tensor(index)
-            return outputs
+            if self._one_output is not None:  # most models: a dict display, no loop
+                name, index = self._one_output
+                return {name: interp.get_tensor(index)}
+            return {name: interp.get_tensor(index) for name, index in self._out_index}
+
+    def _resize(self, feeds: dict[str, Array]) -> None:
+        """Resize the inputs whose shape changed and allocate again (a new batch size; rare)."""
+        for name, value in feeds.items():
+            if value.shape != self._shapes[name]:
+                self._interp.resize_tensor_input(self._in_index[name], list(value.shape), strict=False)
+                self._shapes[name] = value.shape
+        try:
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"LiteRT cannot resize to these input shapes: {e}") from e
