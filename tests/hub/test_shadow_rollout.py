@@ -7,6 +7,7 @@ agents shadowing a real candidate over a real broker: tests/hub/test_shadow_e2e.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from hub.rollouts import shadow as shadow_phase
 from hub.rollouts.engine import RolloutEngine
 from hub.rollouts.machine import RolloutEvent
 from hub.schemas import RolloutCreate, ShadowSpec
+from hub.security import mosquitto_hash
 from hub.store import audit
 from hub.store import devices as device_store
 from hub.store import rollouts as rollout_store
@@ -237,3 +239,43 @@ def test_the_api_takes_and_shows_a_shadow_phase(tmp_path: Any, db_url: str) -> N
         pipeline = client.post("/api/v1/rollouts", headers=admin,
                                json={"pipeline": "p", "version": 1, "shadow": {"fraction": 0.5}})  # fmt: skip
         assert pipeline.status_code == 422 and "not available for pipeline rollouts" in pipeline.text
+
+
+def _enroll(db: Engine, device_id: str, engine: RolloutEngine, clock: FakeClock) -> None:
+    """A device enrolls while the rollout runs: the hub's enrollment creates it and has the engine adopt it."""
+    token = hashlib.sha256(device_id.encode()).hexdigest()
+    with db.begin() as conn:
+        device_store.create_device(conn=conn, now=clock(), device_id=device_id, profile="p", group="g", tags={},
+                                   token_sha256=token, mqtt_password_hash=mosquitto_hash("x"),
+                                   agent_version="t")  # fmt: skip
+    engine.adopt_device(device_id)
+
+
+def test_a_device_enrolled_during_a_shadow_phase_shadows_and_one_enrolled_after_it_passed_activates(
+    db: Engine,
+) -> None:
+    """docs/shadow.md: a device that enrolls during a wave's shadow phase joins it; one that joins after the wave
+    passed activates directly. The newcomer's windows count toward the wave's evidence like the others'."""
+    engine, devices, clock = setup(db)
+    canary = devices.shadowing()
+    assert len(canary) == 1 and devices.serving() == []  # wave 0 (the canary) is in its shadow phase
+    _enroll(db, "late-shadow", engine, clock)
+    assert devices.shadowing() == sorted([*canary, "late-shadow"]) and devices.serving() == []
+    assert devices.desired["late-shadow"].shadows[0].rollout_id == "r"
+    with db.connect() as conn:
+        members = {m["device_id"]: m for m in rollout_store.members(conn=conn, rollout_id="r")}
+    assert (members["late-shadow"]["wave"], members["late-shadow"]["state"]) == (0, "shadowing")
+    devices.send("late-shadow", 60, 60)
+    engine.tick()
+    assert devices.serving() == []  # 60 of the 100 rows, all from the newcomer
+    devices.send(canary[0], 60, 60)
+    engine.tick()
+    assert devices.serving() == sorted([*canary, "late-shadow"]) and devices.shadowing() == []
+    record = rollout(db)["spec"]["shadow_waves"]["0"]
+    assert record["verdict"] == "passed" and "120 rows" in record["reason"]
+    assert rollout(db)["current_wave"] == 0  # the canary wave is still on probation
+    _enroll(db, "late-active", engine, clock)  # its shadow phase passed: straight to the new version
+    assert "late-active" in devices.serving() and "late-active" not in devices.shadowing()
+    with db.connect() as conn:
+        state = {m["device_id"]: (m["wave"], m["state"]) for m in rollout_store.members(conn=conn, rollout_id="r")}
+    assert state["late-active"][0] == 0 and state["late-active"][1] != "shadowing"
