@@ -226,7 +226,8 @@ class ShadowRunner:
 
     # ---- stop -----------------------------------------------------------------------------------
     def stop(self) -> ShadowSummary | None:
-        """Stop the worker, drop what still waits in the queue, send the open window (returned too)."""
+        """Stop the worker; what still waits in the queue is counted as dropped in the open window, which is sent
+        (and returned)."""
         self._halt.set()
         with self._ready:
             self._ready.notify_all()
@@ -237,8 +238,14 @@ class ShadowRunner:
                             "without it", self.name, self.version, STOP_WAIT_S)  # fmt: skip
         with self._lock:
             self._closed = True
+            unrun = len(self._pending)  # sampled, never compared: dropped, as when the queue is full
             self._pending.clear()
+            if unrun:
+                self._window.add_dropped(unrun)
+                self.totals["dropped"] += unrun
             summary = self._window.close()
+        if unrun:
+            self._dropped_metric.inc(unrun)
         if summary is not None:
             self._send(summary)
         return summary

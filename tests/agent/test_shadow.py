@@ -266,6 +266,26 @@ def test_budget_failures_and_a_serving_version_change(tmp_path: Path) -> None:
     assert "ModelLoadError" in status["last_failure"]
 
 
+def test_requests_still_queued_at_the_stop_are_counted_as_dropped_in_the_last_window(tmp_path: Path) -> None:
+    """Nothing sampled is lost without a trace: what the worker never reached before the stop is `dropped`."""
+    serving = affine_model(tmp_path, "demo", 1, W, B)
+    sent: list[ShadowSummary] = []
+    metrics = AgentMetrics()
+    settings_ = ShadowSettings(queue_size=100, cpu_budget=1.0, window_samples=10_000)
+    runner = ShadowRunner(*affine_model(tmp_path, "demo", 2, W, B), settings=settings_, emit=sent.append,
+                          metrics=metrics, fraction=1.0)  # fmt: skip  # not started: every offer stays queued
+    x = RNG.normal(size=(1, 4)).astype(np.float32)
+    y = serving[0].predict({"x": x})
+    for _ in range(7):
+        runner.offer({"x": x}, y, 0.1, 1)
+    assert runner.status()["queued"] == 7
+    last = runner.stop()
+    assert last is not None and sent == [last]
+    assert (last.samples, last.dropped) == (0, 7)
+    assert runner.totals["dropped"] == 7 and runner.status()["queued"] == 0
+    assert metrics.registry.get_sample_value("edgefleet_agent_shadow_dropped_total", {"model": "demo"}) == 7
+
+
 # ---- the serving path: errors per row (telemetry counts requests per row too) ---------------------------
 def test_a_failed_batch_counts_an_error_per_row(tmp_path: Path) -> None:
     model, _ = affine_model(tmp_path, "demo", 1, W, B, batch_one_only=True)
