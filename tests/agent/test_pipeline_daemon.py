@@ -37,9 +37,14 @@ def test_a_pipeline_version_installs_as_one_unit_and_answers_through_the_local_a
     assert (answer.version, answer.source) == (1, "device")
     np.testing.assert_allclose(answer.outputs["scores"], expected["scores"], rtol=1e-6)
     assert set(answer.node_ms) == {"embed", "head", "label"}
-    kinds = [e["kind"] for e in observer.events() if e.get("pipeline") == "mixed"]
+    # The reported state (published at once) can arrive before the events (sent through the outbox): wait for them.
+    def kinds() -> list[str]:
+        return [e["kind"] for e in sorted(observer.events(), key=lambda e: e["seq"]) if e.get("pipeline") == "mixed"]
+
+    wait_for(lambda: "committed" in kinds(), what="the pipeline's committed event")
+    order = kinds()
     assert (
-        kinds.index("verified") < kinds.index("activated") < kinds.index("self_test_passed") < kinds.index("committed")
+        order.index("verified") < order.index("activated") < order.index("self_test_passed") < order.index("committed")
     )
     assert all(e.get("model") is None for e in observer.events() if e.get("pipeline") == "mixed")
 
