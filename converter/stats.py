@@ -17,6 +17,9 @@ from protocol.telemetry import channel_axis
 DEFAULT_BINS = 10
 MAX_PER_FEATURE = 256  # above this many elements per sample, group by channel instead
 GOLDEN_CASES = 8
+# Inputs and expected outputs of all golden cases together, as JSON numbers in the manifest: a model with large
+# tensors (an audio model: 44k samples in, 75k values out) gets fewer cases (at least one), not a 20 MB manifest.
+MAX_GOLDEN_VALUES = 250_000
 
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -49,26 +52,32 @@ def baseline_stats(
     hists: list[HistogramBaseline] = []
     grouping: str = "feature"
     for name, x in inputs.items():
-        per_sample = int(np.prod(x.shape[1:]))
-        if per_sample <= MAX_PER_FEATURE:
-            flat = x.reshape(len(x), -1)
-            hists += [histogram(f"{name}[{j}]", flat[:, j], bins) for j in range(flat.shape[1])]
-        else:
-            grouping = "channel"
-            axis = channel_axis(x.shape)
-            moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
-            hists += [histogram(f"{name}[c{j}]", moved[:, j], bins) for j in range(moved.shape[1])]
-    first = next(iter(reference.values()))
+        by_channel, found = tensor_histograms(name, x, bins)
+        hists += found
+        grouping = "channel" if by_channel else grouping
+    first_name, first = next(iter(reference.items()))
     n = len(first)
     if classifier:
         probs = first.reshape(n, -1)
         counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
         return BaselineStats(n_samples=n, inputs=hists, class_counts=[int(c) for c in counts], grouping=grouping)  # type: ignore[arg-type]
-    outs = []
-    for name, y in reference.items():
-        flat = y.reshape(n, -1)
-        outs += [histogram(f"{name}[{j}]", flat[:, j], bins) for j in range(flat.shape[1])]
+    # The first output only, grouped as an input would be: it is what the agent records (agent/telemetry), and a
+    # wide output (a spectrogram, a mask) as one histogram per element made manifests of tens of MB.
+    _by_channel, outs = tensor_histograms(first_name, first, bins)
     return BaselineStats(n_samples=n, inputs=hists, outputs=outs, grouping=grouping)  # type: ignore[arg-type]
+
+
+def tensor_histograms(name: str, x: np.ndarray, bins: int = DEFAULT_BINS) -> tuple[bool, list[HistogramBaseline]]:
+    """Histograms of one tensor (samples first): one per element (`name[j]`) when a sample has at most
+    MAX_PER_FEATURE of them, else one per channel (`name[c<j>]`, protocol.telemetry.channel_axis); whether
+    grouped by channel."""
+    per_sample = int(np.prod(x.shape[1:]))
+    if per_sample <= MAX_PER_FEATURE:
+        flat = x.reshape(len(x), -1)
+        return False, [histogram(f"{name}[{j}]", flat[:, j], bins) for j in range(flat.shape[1])]
+    axis = channel_axis(x.shape)
+    moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+    return True, [histogram(f"{name}[c{j}]", moved[:, j], bins) for j in range(moved.shape[1])]
 
 
 def golden_indices(n: int, k: int = GOLDEN_CASES) -> np.ndarray:
@@ -95,7 +104,9 @@ def golden_set(runner: ArtifactRunner, data: Dataset, classifier: bool) -> Golde
     Inputs are flattened; their shapes go with each case when the tensor spec cannot tell them (a whole
     tensor per sample, a dynamic dim past the first).
     """
-    idx = golden_indices(len(data))
+    first = data.take(0, 1)
+    values = sum(np.size(v) for v in first.values()) + sum(np.size(v) for v in runner.run(first).values())
+    idx = golden_indices(len(data), max(1, min(GOLDEN_CASES, MAX_GOLDEN_VALUES // max(values, 1))))
     chosen = data.subset(idx)
     by_name = {s.name: s for s in runner.inputs}
     need_shapes = any(not s.batch_first or None in s.shape[1:] for s in by_name.values())

@@ -182,11 +182,15 @@ def _features(taken: _Counts) -> list[FeatureWindow]:
     ]
 
 
+def _flat_rows(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1)
+
+
 def _extractor(name: str, hists: list[HistogramBaseline]) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows of feature values for one input tensor, matching how the converter grouped it."""
+    """Rows of feature values for one tensor, matching how the converter grouped it (converter/stats.py)."""
     channel = hists[0].name.startswith(f"{name}[c")
     if not channel:
-        return lambda x: x.reshape(len(x), -1)
+        return _flat_rows
     n_channels = len(hists)
 
     def rows(x: np.ndarray) -> np.ndarray:
@@ -234,7 +238,12 @@ class WindowRecorder:
         self.classifier = manifest.task is Task.CLASSIFICATION and base.class_counts is not None
         self.n_classes = len(base.class_counts or [])
         out_dtype = manifest.outputs[0].dtype if manifest.outputs else "float64"
-        self._out_binner = _Binner(base.outputs, out_dtype) if base.outputs and not self.classifier else None
+        # The first output's histograms (a manifest from before the converter kept only those has every output's:
+        # the others are never recorded), rows taken as the converter grouped them (per element or per channel).
+        first_out = manifest.outputs[0].name if manifest.outputs else ""
+        out_hists = [h for h in base.outputs if h.name.startswith(f"{first_out}[")] or base.outputs
+        self._out_binner = _Binner(out_hists, out_dtype) if out_hists and not self.classifier else None
+        self._out_rows = _extractor(first_out, out_hists) if out_hists else _flat_rows
         self._binners = [b for _, _, _, b in self._inputs] + ([self._out_binner] if self._out_binner else [])
         self._classes = np.zeros(max(self.n_classes, 1), np.int64)
         self._confusion = np.zeros((self.n_classes, self.n_classes), np.int64) if self.classifier else None
@@ -290,7 +299,7 @@ class WindowRecorder:
                 if len(self._unsettled) >= SETTLE_EVERY:
                     self._settle()
             elif self._out_binner is not None:
-                filled += self._out_binner.add_rows(first.reshape(len(first), -1))
+                filled += self._out_binner.add_rows(self._out_rows(first))
             self._lat.append(latency_ms / max(batch, 1))
             self.n += batch
             if filled and (self._on_pending is None or self._waiting() > MAX_PENDING_CHUNKS):

@@ -14,6 +14,7 @@ import pytest
 
 from agent.model import LoadedModel
 from converter.pipeline import ConvertRequest, ConvertResult, convert
+from protocol import layout
 from protocol.manifest import Manifest
 from tests.corpus.catalog import CORPUS, CorpusModel, Reference, model_path, within
 from tests.support.profiles import relaxed_profiles
@@ -112,6 +113,9 @@ def _check_artifact(model: CorpusModel, result: ConvertResult, m: Manifest, fold
     from converter.sources import load_source
 
     artifact = result.out / m.profile / m.artifact.file
+    # A device downloads and parses the manifest: a few MB at most (basic-pitch's was 50 MB of histograms and
+    # golden values before the converter grouped wide outputs by channel and capped the golden values).
+    assert (result.out / m.profile / layout.MANIFEST_FILE).stat().st_size < 8_000_000
     loaded = LoadedModel.from_file(artifact, manifest=m)
     source = load_source(model_path(model, folder))
     assert [s.name for s in m.inputs] == [s.name for s in source.inputs]
