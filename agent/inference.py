@@ -9,6 +9,7 @@ a sampling draw, and for a sampled request a copy into a bounded queue; never a 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from agent.model import LoadedModel
 from agent.serving import ServedModel, ServingRegistry
 from agent.telemetry.recorders import Recorders
 from protocol.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 
 class ShadowSink(Protocol):
@@ -123,6 +126,7 @@ class InferenceService:
         # Model name -> its shadow (the daemon's ShadowManager.active: mutated in place, read here without a lock).
         self.shadows: Mapping[str, ShadowSink] = shadows if shadows is not None else {}
         self._routers: dict[str, tuple[int | None, FallbackRouter]] = {}
+        self._unrecordable: set[tuple[str, int]] = set()  # model versions whose telemetry refused an answer (logged)
         self._lock = threading.Lock()
 
     def has_fallback(self, name: str) -> bool:
@@ -220,7 +224,16 @@ class InferenceService:
         if self.recorders is None or served.model.manifest is None:
             return []
         rec = self.recorders.get(served.model.manifest)
-        ids = rec.record(arrays, outputs, ms, keep_ids=True)
+        try:
+            ids = rec.record(arrays, outputs, ms, keep_ids=True)
+        except (ValueError, IndexError) as e:  # values the manifest's baseline cannot bin: the answer still goes out
+            key = (served.name, served.version)
+            if key not in self._unrecordable:
+                self._unrecordable.add(key)
+                log.warning("telemetry of %s v%s cannot record this model's answers (%s); they are served "
+                            "unrecorded", served.name, served.version, e)  # fmt: skip
+            self.metrics.telemetry_unrecorded.labels(served.name).inc()
+            return []
         if rec.n >= rec.window_size:
             self._on_window_full()  # the uplink closes it now instead of at its next tick
         return ids

@@ -180,13 +180,19 @@ class AgentMetrics:
         )
         self.shadow_dropped = Counter(
             "edgefleet_agent_shadow_dropped",
-            "Requests sampled for a shadow candidate while its queue was full (never run)",
+            "Requests sampled for a shadow candidate and never run (its queue was full, or it stopped first)",
             MODEL,
             registry=self.registry,
         )
         self.shadow_failed = Counter(
             "edgefleet_agent_shadow_failed",
             "Rows a shadow candidate could not answer",
+            MODEL,
+            registry=self.registry,
+        )
+        self.telemetry_unrecorded = Counter(
+            "edgefleet_agent_telemetry_unrecorded",
+            "Answers served but left out of telemetry: the manifest's baseline cannot bin them (logged once)",
             MODEL,
             registry=self.registry,
         )

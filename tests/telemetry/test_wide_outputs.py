@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.telemetry import WindowRecorder
 from converter.stats import baseline_stats, bin_counts
@@ -56,3 +57,31 @@ def test_the_first_wide_output_is_grouped_by_channel_and_recorded_as_the_convert
     channel0 = outputs["contour"][:, positions, 0]
     assert window.outputs[0].counts == list(bin_counts(channel0, np.asarray(manifest.baseline.outputs[0].edges)))
     assert drift_report(manifest.baseline, window).dataset_drift is False  # the baseline's own data
+
+
+def test_answers_the_baseline_cannot_bin_are_served_unrecorded_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest whose output histograms do not fit the model's answers (one made by another converter, say) costs
+    the telemetry of those answers, never the answers: each is counted, the first one logged."""
+    from agent.inference import InferenceService
+    from agent.metrics import AgentMetrics
+    from agent.model import LoadedModel
+    from agent.serving import ServingRegistry
+    from agent.telemetry.recorders import Recorders
+
+    art = onnx_linear(tmp_path / "lin.onnx")  # x [?, 4] -> y [?, 3]
+    manifest = make_manifest(art)
+    x = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32)
+    wrong = baseline_stats({"x": x}, {"y": np.zeros((16, 5), np.float32)}, classifier=False)  # 5 outputs, not 3
+    manifest = manifest.model_copy(update={"baseline": wrong})
+    serving = ServingRegistry()
+    serving.install("demo", 1, LoadedModel.from_file(art, manifest=manifest))
+    metrics = AgentMetrics()
+    service = InferenceService(serving, metrics, Recorders("dev-1", "x86_gateway", window_size=1000, window_seconds=3600))
+    with caplog.at_level("WARNING", logger="agent.inference"):
+        answers = [service.predict("demo", {"x": x[i : i + 1]}) for i in range(3)]
+    assert all(a.outputs["y"].shape == (1, 3) for a in answers)
+    assert metrics.registry.get_sample_value("edgefleet_agent_telemetry_unrecorded_total", {"model": "demo"}) == 3
+    said = [r.getMessage() for r in caplog.records if "cannot record" in r.getMessage()]
+    assert len(said) == 1 and "demo v1" in said[0], said
