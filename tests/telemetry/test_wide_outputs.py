@@ -78,7 +78,8 @@ def test_answers_the_baseline_cannot_bin_are_served_unrecorded_counted_and_logge
     serving = ServingRegistry()
     serving.install("demo", 1, LoadedModel.from_file(art, manifest=manifest))
     metrics = AgentMetrics()
-    service = InferenceService(serving, metrics, Recorders("dev-1", "x86_gateway", window_size=1000, window_seconds=3600))
+    recorders = Recorders("dev-1", "x86_gateway", window_size=1000, window_seconds=3600)
+    service = InferenceService(serving, metrics, recorders)
     with caplog.at_level("WARNING", logger="agent.inference"):
         answers = [service.predict("demo", {"x": x[i : i + 1]}) for i in range(3)]
     assert all(a.outputs["y"].shape == (1, 3) for a in answers)
