@@ -87,6 +87,13 @@ class Observer:
             seen.add(key)
         return out
 
+    def events_when(
+        self, kind: str, match: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Events of `kind` that `match`, once at least one has come: events go through the agent's outbox and can
+        arrive after the reported state (published at once) already shows what they tell."""
+        return wait_for(lambda: [e for e in self.events(kind) if match(e)], timeout, f"a {kind!r} event")  # type: ignore[no-any-return]
+
     def payloads_status(self) -> list[dict[str, Any]]:
         return self.payloads(Channel.STATUS)
 

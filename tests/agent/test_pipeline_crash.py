@@ -116,7 +116,6 @@ def test_kill9_in_each_pipeline_state_serves_one_whole_set_then_converges(
             what=f"converged to {final} v{expected} ({log.read_text()[-500:]})",
         )
         assert complete_active(data) == expected
-        events = [e for e in observer.events(final) if e.get("pipeline") == "mixed"]
-        assert any(e["version"] == expected for e in events)
+        assert observer.events_when(final, lambda e: e.get("pipeline") == "mixed" and e["version"] == expected)
     finally:
         stop(proc)

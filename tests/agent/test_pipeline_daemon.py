@@ -143,7 +143,7 @@ def test_a_failing_stage_rolls_the_whole_set_back_with_the_stage_named(
     report = pipeline_report(observer)
     assert report is not None
     assert "stage 'head' (linear v2)" in report["reason"] and "NaN" in report["reason"]
-    failed = [e for e in observer.events("self_test_failed") if e.get("pipeline") == "mixed"]
+    failed = observer.events_when("self_test_failed", lambda e: e.get("pipeline") == "mixed")
     assert failed and failed[-1]["version"] == 2 and "stage 'head'" in failed[-1]["reason"]
     answer = agent.predict_pipeline("mixed", SAMPLES[0])
     assert answer.version == 1 and np.isfinite(answer.outputs["scores"]).all()
@@ -169,5 +169,5 @@ def test_a_pipeline_left_out_of_the_desired_state_is_uninstalled(
     wait_for(lambda: pipeline_report(observer) is None, what="pipeline gone from the reported state")
     assert agent.pipelines.get("mixed") is None
     assert not (agent.settings.data_dir / "pipelines" / "mixed").exists()
-    gone = [e for e in observer.events("uninstalled") if e.get("pipeline") == "mixed"]
+    gone = observer.events_when("uninstalled", lambda e: e.get("pipeline") == "mixed")
     assert gone and gone[-1]["version"] == 1

@@ -516,7 +516,7 @@ def test_a_regressor_candidate_reports_its_errors_and_agreement_within_the_golde
     assert merged.max_abs_error == pytest.approx(float(diff.max()), rel=1e-12)
     # The activation took the verified candidate from the shadow store (checked against the signed metadata again)
     # and the shadow's files were deleted after.
-    downloaded = next(e for e in observer.events("downloaded") if e["version"] == 2)
+    downloaded = observer.events_when("downloaded", lambda e: e["version"] == 2)[0]
     assert "shadow" in downloaded["details"]["local_copy"]
     assert len(artifact_gets(hub, "demo", 2)) == 1
     wait_for(lambda: not (tmp_path / "device" / "shadow" / "models" / "demo").exists(), what="candidate deleted")
