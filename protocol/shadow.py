@@ -83,7 +83,6 @@ class ShadowSummary(Contract):
         return self.abs_error_sum / self.elements if self.elements else None
 
 
-
 def merge_shadow(summaries: Sequence[ShadowSummary]) -> ShadowSummary | None:
     """The pooled summary of one candidate's windows (any devices); None for none. Keys must agree."""
     if not summaries:

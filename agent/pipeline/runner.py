@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,10 +44,11 @@ class PipelineResult:
         return sum(self.node_ms.values())
 
 
-@dataclass(frozen=True)
-class _Node:
+class _Node(NamedTuple):
+    """A node of the compiled plan; a tuple, so the per-call loop unpacks it instead of looking attributes up."""
+
     name: str
-    kind: str  # "stage" | "step"
+    is_stage: bool  # a stage (a model), else a built-in step
     fn: Fn
     feeds: tuple[tuple[str, str], ...]  # (the node's input name, key in the value table)
     keeps: tuple[tuple[str, str], ...]  # (its output name, key in the value table): only what is read later
@@ -91,12 +92,11 @@ class PipelineRunner:
             feeds = tuple((tensor, ref) for tensor, ref in node.inputs.items())
             keeps = tuple((ref.partition(".")[2], ref) for ref in sorted(read) if ref.partition(".")[0] == node.name)
             if isinstance(node, StageSpec):
-                nodes.append(_Node(node.name, "stage", self.models[node.name].predict, feeds, keeps, False))
+                nodes.append(_Node(node.name, True, self.models[node.name].predict, feeds, keeps, False))
             else:
                 step = make_step(node.params)
-                nodes.append(_Node(node.name, "step", step, feeds, keeps, node.params.op == "window"))
+                nodes.append(_Node(node.name, False, step, feeds, keeps, node.params.op == "window"))
         self._nodes = tuple(nodes)
-        self._plan = tuple((n.name, n.kind == "stage", n.fn, n.feeds, n.keeps) for n in nodes)
         self._outputs = tuple(spec.outputs.items())
         self._lock = threading.Lock() if any(n.stateful for n in nodes) else None  # None: no state to guard
 
@@ -119,7 +119,7 @@ class PipelineRunner:
         """Every node in order over the value table (which gains their outputs); each node's milliseconds."""
         node_ms: dict[str, float] = {}
         clock = time.perf_counter_ns
-        for name, is_stage, fn, feeds_from, keeps in self._plan:  # plain tuples: no attribute lookups per call
+        for name, is_stage, fn, feeds_from, keeps, _stateful in self._nodes:
             feeds = {}
             for tensor, key in feeds_from:
                 feeds[tensor] = values[key]
