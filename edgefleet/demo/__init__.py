@@ -20,7 +20,7 @@ from edgefleet.demo.pipeline import PIPELINE
 from edgefleet.demo.progress import Progress
 from edgefleet.demo.story import Story, StoryResult
 from edgefleet.demo.view import live_view
-from edgefleet.termination import exit_on_termination, ignore_termination
+from edgefleet.termination import exit_on_termination, ignore_termination, signalled
 
 
 def _rollout_cell(ro: dict[str, Any]) -> str:
@@ -124,6 +124,7 @@ def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
     story = Story(root, devices, say=say, progress=progress)
     exit_on_termination()  # `kill`, `timeout`, a closed terminal: stop what the demo started, as Ctrl-C does
     stopped_by: str | None = None
+    signum: int | None = None
     finished = False
     progress.start()  # in a terminal only until the live tables show progress themselves
     try:
@@ -147,13 +148,15 @@ def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
             )
             while True:
                 time.sleep(1)
-    except DemoError as e:
-        raise click.ClickException(str(e)) from e
-    except KeyboardInterrupt:
-        stopped_by = "Ctrl-C"
-    except SystemExit as e:
-        stopped_by = _SIGNAL_NAMES.get(e.code) if isinstance(e.code, int) else None
-        raise
+    except (KeyboardInterrupt, SystemExit, Exception) as e:
+        signum = signalled()
+        if signum is None:
+            if isinstance(e, DemoError):
+                raise click.ClickException(str(e)) from e
+            raise
+        # the signal's exception, or what library code unwinding it raised instead (TensorFlow, signalled while
+        # it traces a graph, asserts on its graph stack): either way the signal stopped the demo
+        stopped_by = _STOPPED_BY[signum]
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         ignore_termination()
@@ -168,8 +171,8 @@ def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
                           soft_wrap=True)  # fmt: skip
         else:
             console.print(work, markup=False, highlight=False, soft_wrap=True)
-    if stopped_by is not None and not finished:
-        raise SystemExit(128 + signal.SIGINT)  # the shell's convention for Ctrl-C: 130
+    if signum is not None and not (finished and signum == signal.SIGINT):  # Ctrl-C ends a finished demo: 0
+        raise SystemExit(128 + signum)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
 
 
-_SIGNAL_NAMES = {128 + s: s.name for s in (signal.SIGTERM, signal.SIGHUP)}
+_STOPPED_BY: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
