@@ -75,3 +75,29 @@ def test_converter_artifact_installs_through_the_daemon(
         assert served is not None and served.version == 1
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("profile", ["raspberry_pi_4", "x86_gateway"])
+def test_golden_numbers_are_the_float32_values_in_their_shortest_decimals(
+    converted: dict[str, object], profile: str
+) -> None:
+    """Golden cases hold the validation rows and the artifact's outputs exactly as float32, each written as float32's
+    shortest decimal (about 40 % of the manifest's golden text saved against float64's)."""
+    import json
+
+    from protocol.layout import MANIFEST_FILE
+
+    _manifest, folder = converted[profile]  # type: ignore[misc]
+    x = np.random.default_rng(0).normal(size=(400, 8)).astype("float32")[200:]  # the fixture's validation rows
+    rows = {row.tobytes() for row in x}
+    raw = json.loads((folder / MANIFEST_FILE).read_text())
+    shortest = longest = 0
+    for case in raw["golden"]["cases"]:
+        for values in (*case["inputs"].values(), *case["expected"].values()):
+            as32 = np.asarray(values, np.float64).astype(np.float32)
+            assert [str(v) for v in as32] == [repr(v) for v in values]  # each number: float32's shortest decimal
+            shortest += len(json.dumps(values))
+            longest += len(json.dumps([float(v) for v in as32]))
+        (given,) = case["inputs"].values()
+        assert np.asarray(given, np.float64).astype(np.float32).tobytes() in rows
+    assert shortest < 0.75 * longest, (shortest, longest)
