@@ -83,13 +83,12 @@ def test_a_stale_pid_file_is_one_warning_and_the_accounts_are_still_written(
 ) -> None:
     """A pid file a stopped broker left behind: the hub writes the accounts (a broker started later reads them)
     and says so once, instead of failing its start with a traceback."""
-    import os
+    import subprocess
 
     pid_file = tmp_path / "mosquitto.pid"
-    dead = os.fork()
-    if dead == 0:
-        os._exit(0)
-    os.waitpid(dead, 0)  # a pid that no process has now
+    child = subprocess.Popen(["true"])  # not os.fork(): the test process runs threads (JAX's, among others)
+    child.wait()
+    dead = child.pid  # a pid that no process has now
     pid_file.write_text(f"{dead}\n")
     auth = MosquittoAuth(password_file=tmp_path / "auth" / "passwd", acl_file=tmp_path / "auth" / "acl",
                          pid_file=pid_file, topic_root=unique_root)  # fmt: skip
