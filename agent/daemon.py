@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from agent.enroll import ensure_identity
-from agent.errors import AgentError
 from agent.fsutil import remove_crash_leftovers
 from agent.inference import Prediction
 from agent.lifecycle import TERMINAL, Ev, Lifecycle, UpdateRecord
@@ -20,10 +19,8 @@ from agent.memory import release_free_memory
 from agent.metrics import AgentMetrics
 from agent.mqtt import MqttSession
 from agent.pipeline.inference import PipelineAnswer, PipelineInference
-from agent.pipeline.serving import PipelineRegistry, load_pipeline
-from agent.pipeline.store import PipelineStore
-from agent.pipeline.updates import PipelineSteps
-from agent.reporting import EventLog, event_for_transition, reported_state, reported_units
+from agent.pipeline.units import PipelineUnits
+from agent.reporting import EventLog, event_for_transition, reported_state
 from agent.runtimes import INSTALL_HINT, installed_runtimes, runtime_for_format, runtime_installed
 from agent.serving import ServingRegistry
 from agent.servingcontext import ServingContext, serving_path
@@ -45,7 +42,6 @@ from protocol.messages import (
     ReportedState,
 )
 from protocol.messages import LifecycleState as State
-from protocol.pipeline import PipelineManifest, PipelineSpec
 from protocol.topics import Channel
 
 if TYPE_CHECKING:
@@ -77,15 +73,10 @@ class Agent:
             settings.data_dir / "lifecycle", self.steps, self._on_transition, lambda _record: self.report()
         )
         # Pipelines are units of their own: a store whose versions hold whole stage sets, a lifecycle per pipeline.
-        self.pipeline_store = PipelineStore(settings.data_dir / "pipelines")
-        self.pipelines = PipelineRegistry()
-        self.pipeline_steps = PipelineSteps(
-            settings, self.profile, self.identity, self.store, self.serving, self._notify_pipeline, self._stop.wait,
-            superseded=self._pipeline_superseded, pipelines=self.pipeline_store, served=self.pipelines,
-        )  # fmt: skip
-        self.pipeline_lifecycle = Lifecycle(
-            settings.data_dir / "pipeline-lifecycle", self.pipeline_steps, self._on_pipeline_transition,
-            lambda _record: self.report(),
+        self.pipelines = PipelineUnits(
+            settings, self.profile, self.identity, self.store, self.serving, notify=self._notify_pipeline,
+            on_transition=self._on_pipeline_transition, on_saved=lambda _record: self.report(), wait=self._stop.wait,
+            superseded=self._pipeline_superseded, emit=self.emit,
         )  # fmt: skip
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.desired: DesiredState | None = None
@@ -127,10 +118,10 @@ class Agent:
             settings, self.device_id, self.profile.name, self.mqtt, self.context, self.events
         )
         self.pipeline_inference = PipelineInference(
-            self.pipelines, self.metrics, self.recorders, self.uplink.wake,
+            self.pipelines.served, self.metrics, self.recorders, self.uplink.wake,
             endpoints=settings.pipeline_fallback, policies=settings.pipeline_fallback_policy,
-            online=self.mqtt.connected.is_set, spec_of=self._pipeline_spec,
-            self_test_failed=self._pipeline_self_test_failed,
+            online=self.mqtt.connected.is_set, spec_of=self.pipelines.spec,
+            self_test_failed=self.pipelines.self_test_failed,
         )  # fmt: skip
         # Candidates under shadow evaluation (agent/shadow/): fetched by the reconcile worker, fed by the serving path.
         self.shadows = ShadowManager(
@@ -156,13 +147,13 @@ class Agent:
             log.info("start-up: removed %d file%s (%s) a crash left in %s", files, plural, amount, data_dir)
         for name in self.store.names():
             self.context.serve_active(name, self.profile.threads)
-        for name in self.pipeline_store.names():
-            self._serve_active_pipeline(name)
+        for name in self.pipelines.store.names():
+            self.pipelines.serve_active(name)
         for name in self.lifecycle.names():
             if self.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume", name))
-        for name in self.pipeline_lifecycle.names():
-            if self.pipeline_lifecycle.load(name).state not in TERMINAL:
+        for name in self.pipelines.lifecycle.names():
+            if self.pipelines.lifecycle.load(name).state not in TERMINAL:
                 self._work.put(("resume_pipeline", name))
         self.uplink.start()  # first: an unusable outbox stops the start before any update resumes
         release_free_memory()  # what loading the active models freed (see agent/memory.py)
@@ -177,7 +168,7 @@ class Agent:
         self.uplink.stop()  # open windows go to the outbox; they are sent after the next start
         self.mqtt.stop()
         self.steps.close()
-        self.pipeline_steps.close()
+        self.pipelines.close()
         self.events.close()
 
     # ---- incoming messages (MQTT thread: validate, count, enqueue; never raise) -------------------
@@ -230,7 +221,7 @@ class Agent:
                 if kind == "resume":
                     self.lifecycle.run(self.lifecycle.load(item))
                 elif kind == "resume_pipeline":
-                    self.pipeline_lifecycle.run(self.pipeline_lifecycle.load(item))
+                    self.pipelines.lifecycle.run(self.pipelines.lifecycle.load(item))
                 elif kind == "desired":
                     if self.latest_desired in (None, item):  # else a later one is queued behind: apply that one
                         self.desired = item
@@ -253,9 +244,8 @@ class Agent:
         assert desired is not None
         self.reconciles += 1
         self._reconcile_units(self.lifecycle, self.store, desired.models, retry_failed, self.uninstall)
-        self._reconcile_units(
-            self.pipeline_lifecycle, self.pipeline_store, desired.pipelines, retry_failed, self.uninstall_pipeline
-        )
+        units = self.pipelines
+        self._reconcile_units(units.lifecycle, units.store, desired.pipelines, retry_failed, units.uninstall)
         self.shadows.reconcile(desired.shadows, desired.generation)  # after the updates: an activated candidate's
         self.applied_generation = desired.generation  # update could take its verified copy before it is deleted
 
@@ -320,33 +310,6 @@ class Agent:
         with contextlib.suppress(KeyError):  # never served in this process
             self.metrics.active_version.remove(name)
         self.emit(EventKind.UNINSTALLED, model=name, version=version, reason=reason)
-
-    def uninstall_pipeline(self, name: str, reason: str) -> None:
-        """A pipeline the hub no longer wants: stop serving it, delete its versions and its record."""
-        record = self.pipeline_lifecycle.load(name)
-        if record.state not in TERMINAL:
-            return  # an interrupted update finishes first
-        version = self.pipeline_store.slot_version(name, "active")
-        self.pipelines.remove(name)
-        self.pipeline_store.remove(name)
-        self.pipeline_lifecycle.forget(name)
-        self.pipeline_steps.spec_file(name).unlink(missing_ok=True)
-        self.emit(EventKind.UNINSTALLED, pipeline=name, version=version, reason=reason)
-
-    def _serve_active_pipeline(self, name: str) -> None:
-        """At start: serve the active set; mid-update, the set that passed before (as for models)."""
-        version = self.pipeline_store.slot_version(name, "active")
-        record = self.pipeline_lifecycle.load(name)
-        if record.state in (State.ACTIVATING, State.SELF_TEST, State.ROLLING_BACK):
-            version = record.from_version
-        if version is None:
-            return
-        try:
-            runner = load_pipeline(self.pipeline_store, name, version, self.profile.threads)
-        except AgentError as e:
-            log.error("cannot serve pipeline %s v%s: %s", name, version, e)
-            return
-        self.pipelines.install(name, version, runner)
 
     def request_rollback(self, name: str) -> None:
         """Queue a manual rollback (from the local API)."""
@@ -413,7 +376,7 @@ class Agent:
             if now - self._retry_reported.get((unit, record.name), float("-inf")) >= RETRY_REPORT_EVERY_S:
                 self._retry_reported[(unit, record.name)] = now
                 # The same state, with the reason; reported_state reads the records.
-                (self.lifecycle if unit == "model" else self.pipeline_lifecycle).save(record)
+                (self.lifecycle if unit == "model" else self.pipelines.lifecycle).save(record)
                 self.report()
             return
         events = {"download_started": EventKind.DOWNLOAD_STARTED, "download_resumed": EventKind.DOWNLOAD_RESUMED}
@@ -445,7 +408,7 @@ class Agent:
             store=self.store,
             lifecycle=self.lifecycle,
             serving=self.serving,
-            pipelines=reported_units(self.pipeline_store, self.pipeline_lifecycle, self.pipelines),
+            pipelines=self.pipelines.reported(),
         )
 
     def report(self) -> None:
@@ -457,25 +420,13 @@ class Agent:
     def models_view(self) -> list[dict[str, Any]]:
         return [m.model_dump(mode="json") for m in self.reported_state().models]
 
-    def pipelines_view(self) -> list[dict[str, Any]]:
-        """Each pipeline's lifecycle, and the stages of the version serving now."""
-        out = []
-        for unit in reported_units(self.pipeline_store, self.pipeline_lifecycle, self.pipelines):
-            view = unit.model_dump(mode="json")
-            served = self.pipelines.get(unit.name)
-            if served is not None:  # one object: the version serving and its stages, read together
-                view["serving_version"] = served.version
-                view["stages"] = {s.name: {"model": s.model, "version": s.version} for s in served.runner.spec.stages}
-            out.append(view)
-        return out
-
     def health_view(self) -> dict[str, Any]:
         return {
             "status": "ok",
             "device_id": self.device_id,
             "mqtt_connected": self.mqtt.connected.is_set(),
             "serving": {s.name: s.version for s in self.serving.all()},
-            "pipelines": {p.name: p.version for p in self.pipelines.all()},
+            "pipelines": {p.name: p.version for p in self.pipelines.served.all()},
             "rejected_messages": self.rejected,
             "runtimes": installed_runtimes(),
             "telemetry": self.uplink.view(),
@@ -495,7 +446,7 @@ class Agent:
             self.request_rollback,
             inference=self.inference,
             pipelines=self.pipeline_inference,
-            pipelines_view=self.pipelines_view,
+            pipelines_view=self.pipelines.view,
         )
 
     def predict(self, name: str, inputs: dict[str, Any]) -> Prediction:
@@ -505,25 +456,6 @@ class Agent:
     def predict_pipeline(self, name: str, inputs: dict[str, Any]) -> PipelineAnswer:
         """One call of a pipeline: the device's answer with each node's time, or the cloud's."""
         return self.pipeline_inference.predict(name, inputs)
-
-    def _pipeline_spec(self, name: str) -> PipelineSpec | None:
-        """The newest spec known for `name`: the active version's, else the one being downloaded."""
-        record = self.pipeline_lifecycle.load(name)
-        for version in (self.pipeline_store.slot_version(name, "active"), record.target_version):
-            if version is not None and self.pipeline_store.installed(name, version):
-                with contextlib.suppress(AgentError):
-                    return self.pipeline_store.manifest(name, version).spec
-        path = self.pipeline_steps.workdir(record) / "pipeline.json"
-        if record.target_version is not None and path.is_file():
-            with contextlib.suppress(ValueError):
-                return PipelineManifest.from_json(path.read_bytes()).spec
-        with contextlib.suppress(OSError, ValueError):
-            return PipelineSpec.from_json(self.pipeline_steps.spec_file(name).read_bytes())
-        return None
-
-    def _pipeline_self_test_failed(self, name: str) -> bool:
-        record = self.pipeline_lifecycle.load(name)
-        return record.state in TERMINAL and (record.reason or "").startswith("self-test failed")
 
 
 def _superseded_by(

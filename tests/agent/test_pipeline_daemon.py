@@ -148,14 +148,14 @@ def test_a_failing_stage_rolls_the_whole_set_back_with_the_stage_named(
     answer = agent.predict_pipeline("mixed", SAMPLES[0])
     assert answer.version == 1 and np.isfinite(answer.outputs["scores"]).all()
     # Every stage of v1 serves, and nothing of v2: the embed stage of v2 passed its own self-test but never served.
-    served = agent.pipelines.get("mixed")
+    served = agent.pipelines.served.get("mixed")
     assert served is not None
     assert {s: (m.manifest.name, m.manifest.version) for s, m in served.runner.models.items() if m.manifest} == {
         "embed": ("dense", 1),
         "head": ("linear", 1),
     }
-    assert agent.pipeline_store.slot_version("mixed", "active") == 1
-    assert not agent.pipeline_store.version_dir("mixed", 2).exists()
+    assert agent.pipelines.store.slot_version("mixed", "active") == 1
+    assert not agent.pipelines.store.version_dir("mixed", 2).exists()
 
 
 def test_a_pipeline_left_out_of_the_desired_state_is_uninstalled(
@@ -167,7 +167,7 @@ def test_a_pipeline_left_out_of_the_desired_state_is_uninstalled(
     wait_for(settled(observer, "committed", 1), what="pipeline v1 committed")
     desire(observer, 2, [])
     wait_for(lambda: pipeline_report(observer) is None, what="pipeline gone from the reported state")
-    assert agent.pipelines.get("mixed") is None
+    assert agent.pipelines.served.get("mixed") is None
     assert not (agent.settings.data_dir / "pipelines" / "mixed").exists()
     gone = observer.events_when("uninstalled", lambda e: e.get("pipeline") == "mixed")
     assert gone and gone[-1]["version"] == 1
