@@ -116,8 +116,8 @@ def golden_set(runner: ArtifactRunner, data: Dataset, classifier: bool) -> Golde
     Inputs are flattened; their shapes go with each case when the tensor spec cannot tell them (a whole
     tensor per sample, a dynamic dim past the first).
     """
-    first = data.take(0, 1)
-    values = sum(np.size(v) for v in first.values()) + sum(np.size(v) for v in runner.run(first).values())
+    sample = data.take(0, 1)
+    values = sum(np.size(v) for v in sample.values()) + sum(np.size(v) for v in runner.run(sample).values())
     idx = golden_indices(len(data), max(1, min(GOLDEN_CASES, MAX_GOLDEN_VALUES // max(values, 1))))
     chosen = data.subset(idx)
     by_name = {s.name: s for s in runner.inputs}

@@ -123,8 +123,7 @@ def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
 
     story = Story(root, devices, say=say, progress=progress)
     exit_on_termination()  # `kill`, `timeout`, a closed terminal: stop what the demo started, as Ctrl-C does
-    stopped_by: str | None = None
-    signum: int | None = None
+    signum: int | None = None  # the signal that stopped the demo
     finished = False
     progress.start()  # in a terminal only until the live tables show progress themselves
     try:
@@ -156,7 +155,6 @@ def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
             raise
         # the signal's exception, or what library code unwinding it raised instead (TensorFlow, signalled while
         # it traces a graph, asserts on its graph stack): either way the signal stopped the demo
-        stopped_by = _STOPPED_BY[signum]
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         ignore_termination()
@@ -165,9 +163,9 @@ def demo(devices: int, once: bool, workdir: Path | None, keep: bool) -> None:
         started = story.started()
         story.stop()
         # a demo that failed keeps its files: the error names the logs in them
-        work = _clean_up(root, owned=workdir is None, keep=keep or not (finished or stopped_by))
-        if stopped_by is not None:
-            console.print(_stopped_line(stopped_by, during, started, work), markup=False, highlight=False,
+        work = _clean_up(root, owned=workdir is None, keep=keep or not (finished or signum is not None))
+        if signum is not None:
+            console.print(_stopped_line(_STOPPED_BY[signum], during, started, work), markup=False, highlight=False,
                           soft_wrap=True)  # fmt: skip
         else:
             console.print(work, markup=False, highlight=False, soft_wrap=True)
